@@ -1,0 +1,32 @@
+# The two set-up commands on a fresh machine: `make demo` and `make test`. Both install what they need.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint stack-up stack-down
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml infra/install-system-deps.sh
+	bash infra/install-system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/diffsentry demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -ra
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+stack-up: setup
+	$(BIN)/diffsentry stack up
+
+stack-down: setup
+	$(BIN)/diffsentry stack down

@@ -1,0 +1,1 @@
+"""Infrastructure: the local stack of real services and its health checks."""

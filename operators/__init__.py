@@ -1,0 +1,1 @@
+"""Small stream operators, each testable without a broker."""

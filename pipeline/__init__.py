@@ -1,0 +1,1 @@
+"""DiffSentry stream pipeline: settings, topics, CLI and the faust app wiring."""

@@ -1,0 +1,25 @@
+"""The ``diffsentry`` command line: one entry point, one sub-command group per concern."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
+stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
+train_app = typer.Typer(no_args_is_help=True, help="Train diffusion models into the Triton model repository.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate models on labelled data.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Convert public data sets to the benchmark layout.")
+ingest_app = typer.Typer(no_args_is_help=True, help="Publish sensor readings or video frames to Kafka.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(ingest_app, name="ingest")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

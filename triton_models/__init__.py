@@ -1,0 +1,1 @@
+"""Model math (networks, schedules, samplers, scoring, training) and the Triton model repository."""

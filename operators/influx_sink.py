@@ -1,0 +1,172 @@
+"""Scores and alerts -> InfluxDB (v2 write API), buffered, retried, with an awaitable acknowledgement.
+
+Schema (one measurement per modality, plus alerts):
+
+- ``sensor_scores`` (tag ``asset``) and ``video_scores`` (tag ``camera``), both also tagged ``model`` and
+  ``version``; fields ``score``, ``threshold``, ``is_anomaly`` and, for sensors, the top-N per-channel
+  contributions as ``contribution_<channel>`` (channel names with characters other than letters, digits and ``_``
+  replaced by ``_``); video points carry ``location_y``/``location_x`` when the score has a location.
+- ``alerts`` (tags ``modality``, ``stream``, ``model``, ``severity``): fields ``firing`` (1 firing, 0 resolved),
+  ``state``, ``alert_id``, ``score``, ``threshold``, ``started_at``, ``top_channels``.
+
+Timestamps are EVENT time (a window's last sample, a frame's capture time, an alert transition's time) at
+millisecond precision: a re-delivered message produces the same series and timestamp, so the store overwrites the
+point instead of adding one (writes are idempotent, which is what makes at-least-once delivery safe).
+
+:meth:`InfluxSink.write` returns a future that resolves once the store acknowledged every point handed over so far
+in that call; the worker commits Kafka offsets only after it resolves. While the store is down, points stay in the
+buffer (in order) and the flush is retried with exponential backoff without limit: nothing is dropped, and the
+worker stops consuming once its in-flight limit is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+
+from influxdb_client import Point, WritePrecision
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+from operators.resilience import Backoff
+from pipeline import metrics
+from pipeline.contracts import Alert, Score
+
+MEASUREMENTS = {"sensor": "sensor_scores", "video": "video_scores"}
+STREAM_TAGS = {"sensor": "asset", "video": "camera"}
+ALERTS_MEASUREMENT = "alerts"
+_FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def event_time_ms(ts: float) -> int:
+    return round(ts * 1000)
+
+
+def contribution_field(channel: str) -> str:
+    return "contribution_" + _FIELD_UNSAFE.sub("_", channel)
+
+
+def score_point(score: Score, top_n: int = 3) -> Point:
+    point = (
+        Point(MEASUREMENTS[score.modality])
+        .tag(STREAM_TAGS[score.modality], score.stream)
+        .tag("model", score.model)
+        .tag("version", score.model_version or "default")
+        .field("score", float(score.score))
+        .field("threshold", float(score.threshold))
+        .field("is_anomaly", bool(score.is_anomaly))
+        .time(event_time_ms(score.ts), WritePrecision.MS)
+    )
+    top = sorted(score.contributions.items(), key=lambda item: item[1], reverse=True)[:top_n]
+    for channel, value in top:
+        point.field(contribution_field(channel), float(value))
+    if score.location is not None:
+        point.field("location_y", float(score.location[0])).field("location_x", float(score.location[1]))
+    return point
+
+
+def alert_point(alert: Alert) -> Point:
+    return (
+        Point(ALERTS_MEASUREMENT)
+        .tag("modality", alert.modality)
+        .tag("stream", alert.stream)
+        .tag("model", alert.model)
+        .tag("severity", alert.severity)
+        .field("firing", int(alert.state == "firing"))
+        .field("state", alert.state)
+        .field("alert_id", alert.alert_id)
+        .field("score", float(alert.score))
+        .field("threshold", float(alert.threshold))
+        .field("started_at", float(alert.started_at))
+        .field("top_channels", ",".join(alert.top_channels))
+        .time(event_time_ms(alert.ts), WritePrecision.MS)
+    )
+
+
+class InfluxSink:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        org: str,
+        bucket: str,
+        batch_size: int = 1000,
+        flush_interval_s: float = 0.02,
+        timeout_ms: int = 5000,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._client_args = {"url": url, "token": token, "org": org, "timeout": timeout_ms}
+        self.org, self.bucket = org, bucket
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.backoff = backoff or Backoff(initial_s=0.1, max_s=5.0)
+        self._buffer: deque[tuple[str, asyncio.Future[None] | None]] = deque()
+        self._has_data = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: InfluxDBClientAsync | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._client = InfluxDBClientAsync(**self._client_args)
+        self._task = asyncio.create_task(self._flush_forever(), name="influx-sink")
+
+    def write(self, points: list[Point]) -> asyncio.Future[None]:
+        """Queue points; the returned future resolves once the store acknowledged all of them."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not points:
+            future.set_result(None)
+            return future
+        lines = [point.to_line_protocol() for point in points]
+        for line in lines[:-1]:
+            self._buffer.append((line, None))
+        # Batches are written in order, so the last line's acknowledgement covers the earlier ones.
+        self._buffer.append((lines[-1], future))
+        metrics.SINK_BUFFERED.set(len(self._buffer))
+        self._has_data.set()
+        return future
+
+    async def _flush_forever(self) -> None:
+        assert self._client is not None
+        write_api = self._client.write_api()
+        while True:
+            await self._has_data.wait()
+            if len(self._buffer) < self.batch_size and not self._closing:
+                await asyncio.sleep(self.flush_interval_s)
+            batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+            attempt = 0
+            while True:
+                started = time.perf_counter()
+                try:
+                    await write_api.write(
+                        bucket=self.bucket,
+                        org=self.org,
+                        record="\n".join(line for line, _ in batch),
+                        write_precision=WritePrecision.MS,
+                    )
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    metrics.SINK_ERRORS.inc()
+                    attempt += 1
+                    await asyncio.sleep(self.backoff.delay(attempt))
+            metrics.SINK_LATENCY.observe(time.perf_counter() - started)
+            for _ in batch:
+                _, future = self._buffer.popleft()
+                if future is not None and not future.done():
+                    future.set_result(None)
+            metrics.SINK_BUFFERED.set(len(self._buffer))
+            if not self._buffer:
+                self._has_data.clear()
+
+    async def aclose(self) -> None:
+        """Write what is buffered (waiting for the store if it is down), then close."""
+        self._closing = True
+        while self._buffer and self._task is not None and not self._task.done():
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()

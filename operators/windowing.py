@@ -1,0 +1,161 @@
+"""Sensor readings -> per-asset sliding windows in event time.
+
+Policy (what happens to time, gaps and late data):
+
+- Time is discretised on an absolute grid: a reading at event time ``ts`` fills slot ``round(ts / period)``, where
+  ``period`` is the model card's ``sample_period_s``. Windows cover ``window`` consecutive slots and start on slots
+  that are multiples of ``stride``. Because the grid is absolute, the same readings always give the same windows,
+  whichever offset a restarted worker resumes from; scores of re-delivered windows therefore land on the same
+  timestamps and overwrite themselves in the store.
+- The first window of an asset starts at the first grid start at or after its first reading (a worker resuming from
+  a committed offset sees the oldest reading of the window it was building first, so it rebuilds that window).
+- A window is emitted as soon as every slot holds a reading, or when the asset's event-time watermark (the newest
+  slot seen minus ``allowed_lateness`` slots) has passed the window's end. Emission never waits on wall-clock time.
+- Missing samples (empty slots when a window is emitted) are marked ``observed = False`` and their values are
+  filled by linear interpolation in time per channel (constant at the edges, seeded with the last value seen before
+  the window), so the model always receives finite raw values. Windows with fewer than ``min_observed_fraction``
+  observed slots are not emitted (counted in ``skipped_windows``); a silence longer than a window jumps ahead
+  instead of producing a run of empty windows.
+- Late samples: a reading for a slot inside the window being built (out of order) is placed in its slot. A reading
+  older than the start of the window being built can no longer change anything emitted: it is dropped and counted
+  in ``late_readings`` (its slot stays unobserved). Two readings for one slot: the later one wins (re-delivery).
+- A reading must carry exactly the model card's channels; anything else is a :class:`ContractError` (dead letter).
+
+Each slot remembers an opaque, ordered ``ref`` (the Kafka offset) so the worker can tell which offsets are still
+needed to rebuild the state: :meth:`SensorWindower.oldest_ref`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.contracts import ContractError, SensorReading, SensorWindow
+
+
+@dataclass(frozen=True)
+class EmittedWindow:
+    window: SensorWindow
+    values: np.ndarray  # float32 [L, C], channels in model-card order, gaps filled
+    observed: np.ndarray  # bool [L, C]
+    oldest_ref: int | None  # smallest ref among the readings in the window
+
+
+@dataclass
+class _AssetState:
+    start: int
+    slots: dict[int, tuple[np.ndarray, int | None]] = field(default_factory=dict)
+    newest_slot: int = -(2**62)
+    last_values: np.ndarray | None = None  # last reading before ``start``, seeds the fill of leading gaps
+
+
+class SensorWindower:
+    def __init__(
+        self,
+        channels: Sequence[str],
+        window: int,
+        stride: int,
+        sample_period_s: float,
+        allowed_lateness: int = 0,
+        min_observed_fraction: float = 0.5,
+    ) -> None:
+        if not 0 < stride <= window:
+            raise ValueError(f"stride must be in 1..window, got {stride} for window {window}")
+        self.channels = tuple(channels)
+        self._channel_set = frozenset(self.channels)
+        self.window = window
+        self.stride = stride
+        self.period = sample_period_s
+        self.allowed_lateness = allowed_lateness
+        self.min_observed = math.ceil(min_observed_fraction * window)
+        self._assets: dict[str, _AssetState] = {}
+        self.late_readings = 0
+        self.skipped_windows = 0
+
+    def _row(self, reading: SensorReading) -> np.ndarray:
+        if reading.values.keys() != self._channel_set:
+            missing = sorted(self._channel_set - reading.values.keys())
+            unexpected = sorted(reading.values.keys() - self._channel_set)
+            raise ContractError(
+                f"asset {reading.asset!r}: expected the {len(self.channels)} model channels; "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        return np.array([reading.values[name] for name in self.channels], dtype=np.float64)
+
+    def add(self, reading: SensorReading, ref: int | None = None) -> list[EmittedWindow]:
+        """Add one reading; returns the windows it completed (usually zero or one)."""
+        row = self._row(reading)
+        slot = round(reading.ts / self.period)
+        state = self._assets.get(reading.asset)
+        if state is None:
+            state = self._assets[reading.asset] = _AssetState(start=-(-slot // self.stride) * self.stride)
+        if slot < state.start:
+            self.late_readings += 1
+            return []
+        state.slots[slot] = (row, ref)
+        state.newest_slot = max(state.newest_slot, slot)
+        emitted = []
+        while True:
+            end = state.start + self.window
+            in_window = [s for s in state.slots if s < end]
+            watermark = state.newest_slot - self.allowed_lateness
+            if len(in_window) < self.window and watermark < end:
+                return emitted
+            if len(in_window) >= self.min_observed:
+                emitted.append(self._build(reading.asset, state, in_window))
+            else:
+                self.skipped_windows += 1
+            self._advance(state)
+
+    def _build(self, asset: str, state: _AssetState, in_window: list[int]) -> EmittedWindow:
+        length, width = self.window, len(self.channels)
+        observed_steps = np.array(sorted(s - state.start for s in in_window))
+        known = np.stack([state.slots[state.start + int(step)][0] for step in observed_steps])
+        if state.last_values is not None and observed_steps[0] > 0:
+            observed_steps = np.concatenate([[-1], observed_steps])
+            known = np.vstack([state.last_values, known])
+        steps = np.arange(length)
+        values = np.empty((length, width), dtype=np.float32)
+        for channel in range(width):
+            values[:, channel] = np.interp(steps, observed_steps, known[:, channel])
+        observed = np.zeros((length, width), dtype=bool)
+        observed[observed_steps[observed_steps >= 0]] = True
+        refs = [ref for s in in_window if (ref := state.slots[s][1]) is not None]
+        window = SensorWindow.model_construct(
+            asset=asset,
+            start_ts=state.start * self.period,
+            end_ts=(state.start + length - 1) * self.period,
+            channels=list(self.channels),
+            values=values.tolist(),
+            observed=observed.tolist(),
+        )
+        return EmittedWindow(window, values, observed, min(refs) if refs else None)
+
+    def _advance(self, state: _AssetState) -> None:
+        new_start = state.start + self.stride
+        for slot in sorted(s for s in state.slots if s < new_start):
+            state.last_values = state.slots.pop(slot)[0]
+        if state.slots:
+            oldest = min(state.slots)
+            if oldest >= new_start + self.window:
+                # A silence longer than a window: jump to the first window that holds the oldest buffered slot.
+                new_start = -(-(oldest - self.window + 1) // self.stride) * self.stride
+        state.start = new_start
+
+    def oldest_ref(self, asset: str) -> int | None:
+        """Smallest ref still buffered for the asset (what a restart must re-read), or None."""
+        state = self._assets.get(asset)
+        if state is None:
+            return None
+        refs = [ref for _, ref in state.slots.values() if ref is not None]
+        return min(refs) if refs else None
+
+    def assets(self) -> list[str]:
+        return list(self._assets)
+
+    def forget(self, asset: str) -> None:
+        """Drop an asset's state (its partition moved to another worker)."""
+        self._assets.pop(asset, None)

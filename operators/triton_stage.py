@@ -42,6 +42,14 @@ def is_transient(error: BaseException) -> bool:
     return True  # connection errors, timeouts, cancellations of the channel: the service, not the input
 
 
+def _per_item(score: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``SCORE`` as [n]; a model configured with ``dims: [1]`` (Triton needs a non-empty shape for batched
+    outputs unless it reshapes) answers [n, 1], which carries the same values."""
+    if score is not None and score.shape == (n, 1):
+        return score.reshape(n)
+    return score
+
+
 @dataclass(frozen=True)
 class TsRequest:
     stream: str
@@ -148,6 +156,7 @@ class TritonStage:
         metrics.BATCH_SIZE.labels(self.ts_model).observe(len(items))
         outs = score, steps, channels = [result.as_numpy(name) for name in TS_OUTPUTS]
         n, length, width = windows.shape
+        score = _per_item(score, n)
         if (
             score is None
             or steps is None
@@ -177,8 +186,8 @@ class TritonStage:
         except InferenceServerException as error:
             raise PermanentScoringError(f"{self.video_model} rejected the input: {error}") from error
         metrics.BATCH_SIZE.labels(self.video_model).observe(len(stacks))
-        score, heat = result.as_numpy("SCORE"), result.as_numpy("MAP")
         n = frames.shape[0]
+        score, heat = _per_item(result.as_numpy("SCORE"), n), result.as_numpy("MAP")
         if score is None or heat is None or score.shape != (n,) or heat.ndim != 3 or heat.shape[0] != n:
             raise PermanentScoringError(f"{self.video_model} returned outputs of unexpected shapes for {n} stacks")
         return [VideoResult(float(score[i]), heat[i]) for i in range(n)]

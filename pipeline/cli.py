@@ -16,6 +16,12 @@ app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(ingest_app, name="ingest")
 
+# Commands live in their own modules; registration here stays one line each.
+from pipeline import ingest_sensors, run_command  # noqa: E402
+
+app.command("run")(run_command.run)
+ingest_app.command("sensors")(ingest_sensors.sensors)
+
 
 def main() -> None:
     app()

@@ -53,6 +53,53 @@ class InfluxSettings(BaseModel):
     bucket: str = "diffsentry"
 
 
+class SensorSettings(BaseModel):
+    """The sensor stream. ``assets`` is the asset registry: glob patterns of admitted asset ids; a reading of any
+    other asset is dead-lettered as unknown. Empty (default): the ``streams`` listed in the ts model card, or every
+    asset when the card lists none."""
+
+    assets: list[str] = Field(default_factory=list)
+    mode: Literal["imputation", "reconstruction"] | None = None  # None: the model card's default_mode
+    allowed_lateness: int = Field(default=0, ge=0)  # slots a window waits for out-of-order readings
+    min_observed_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    top_channels: int = Field(default=3, ge=0)  # per-channel contributions written with each score
+
+
+class ThresholdSettings(BaseModel):
+    """See operators/thresholding.py: ``fixed`` uses the model card's threshold; ``spot``/``dspot`` adapt it."""
+
+    mode: Literal["fixed", "spot", "dspot"] = "fixed"
+    risk: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    calibration_count: int = Field(default=500, ge=10)
+    initial_quantile: float = Field(default=0.98, gt=0.0, lt=1.0)
+    drift_depth: int = Field(default=50, ge=1)
+    history: int = Field(default=5000, ge=100)
+    floor_at_calibrated: bool = True
+
+
+class StreamSettings(BaseModel):
+    """The streaming worker: batching to Triton, resilience, the store sink, commits, metrics."""
+
+    max_batch: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0.0)
+    max_concurrency: int = Field(default=4, ge=1)  # Triton requests in flight per model
+    max_in_flight: int = Field(default=4096, ge=1)  # windows/stacks between emission and the store's ack
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset_s: float = Field(default=1.0, gt=0.0)
+    backoff_initial_s: float = Field(default=0.05, gt=0.0)
+    backoff_max_s: float = Field(default=2.0, gt=0.0)
+    sink_batch_size: int = Field(default=2000, ge=1)
+    sink_flush_interval_ms: float = Field(default=20.0, ge=0.0)
+    sink_timeout_ms: int = Field(default=5000, ge=100)
+    commit_interval_s: float = Field(default=0.5, gt=0.0)
+    fetch_max_records: int = Field(default=1000, ge=1)
+    session_timeout_ms: int = Field(default=6000, ge=1000)  # tansu answers JoinGroup after ~session_timeout/2
+    heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0)  # Prometheus /metrics and /healthz; 0 picks a free port
+    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFSENTRY_", env_nested_delimiter="__", extra="ignore")
 
@@ -60,6 +107,8 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    sensors: SensorSettings = Field(default_factory=SensorSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     state_dir: Path = Path(".diffsentry")
     model_repository: Path = Path(".diffsentry/model_repository")
 

@@ -42,3 +42,13 @@ async def ensure_topics(settings: Settings, admin: AIOKafkaAdminClient) -> list[
             [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor) for s in missing]
         )
     return [spec.name for spec in missing]
+
+
+async def ensure_topics_exist(settings: Settings) -> list[str]:
+    """Connect an admin client to the configured broker and create the missing declared topics."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, client_id=settings.kafka.client_id)
+    await admin.start()
+    try:
+        return await ensure_topics(settings, admin)
+    finally:
+        await admin.close()

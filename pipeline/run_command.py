@@ -1,0 +1,38 @@
+"""``diffsentry run``: the streaming worker against the configured broker, Triton and store, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Annotated
+
+import typer
+
+from pipeline.app import Worker
+from pipeline.settings import get_settings
+from pipeline.topics import ensure_topics_exist
+
+
+def run(
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="override stream.metrics_port")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run the streaming worker: readings and frames in, scores and alerts out."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(
+            update={"stream": settings.stream.model_copy(update={"metrics_port": metrics_port})}
+        )
+
+    async def main() -> None:
+        await ensure_topics_exist(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        worker = Worker(settings)
+        await worker.run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,275 @@
+"""The streaming worker against real services: tansu, tritonserver (a tiny python-backend model with the
+ts_diffusion contract, tests/integration/models), VictoriaMetrics (InfluxDB v2 write API)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from operators.model_cards import card_path, load_ts_card
+from operators.resilience import Backoff, CircuitBreaker
+from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
+from operators.windowing import SensorWindower
+from pipeline.app import Worker
+from pipeline.contracts import DeadLetter, SensorReading, decode
+from pipeline.ingest_sensors import publish, read_sensor_csv, readings
+from pipeline.settings import (
+    InfluxSettings,
+    KafkaSettings,
+    SensorSettings,
+    Settings,
+    StreamSettings,
+    TopicSettings,
+    TritonSettings,
+)
+from pipeline.topics import ensure_topics_exist
+from tests.integration import stream_services
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = Path(__file__).parent / "models"
+DATA = Path(os.environ.get("DIFFSENTRY_DATA", ROOT.parent / "shared" / "data"))
+SKAB_FILE = DATA / "skab" / "valve1" / "0.csv"
+
+
+class Stack:
+    def __init__(self, work: Path) -> None:
+        self.broker, self.bootstrap = stream_services.tansu(work)
+        self.store, self.store_url = stream_services.victoria_metrics(work)
+        self.triton, self.triton_url = stream_services.tritonserver(work, MODELS)
+
+    def settings(self, **sensor_overrides) -> Settings:
+        suffix = uuid.uuid4().hex[:8]
+        topics = TopicSettings(
+            sensor_readings=f"readings-{suffix}",
+            video_frames=f"frames-{suffix}",
+            scores=f"scores-{suffix}",
+            alerts=f"alerts-{suffix}",
+            dead_letter=f"dead-{suffix}",
+            partitions=2,
+        )
+        return Settings(
+            kafka=KafkaSettings(bootstrap_servers=self.bootstrap, consumer_group=f"worker-{suffix}"),
+            topics=topics,
+            triton=TritonSettings(grpc_url=self.triton_url, request_timeout_s=5.0),
+            influx=InfluxSettings(url=self.store_url),
+            sensors=SensorSettings(**sensor_overrides),
+            stream=StreamSettings(metrics_port=0, breaker_reset_s=0.5, backoff_max_s=0.5, session_timeout_ms=3000),
+            model_repository=MODELS,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("stream-stack"))
+    services = [stack.broker, stack.store, stack.triton]
+    try:
+        for service in services:
+            service.start()
+        yield stack
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+class RunningWorker:
+    def __init__(self, settings: Settings) -> None:
+        self.worker = Worker(settings)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Worker:
+        await ensure_topics_exist(self.worker.settings)
+        self.task = asyncio.create_task(self.worker.run(self.stop))
+        ready = asyncio.create_task(self.worker.ready.wait())
+        await asyncio.wait({ready, self.task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            self.task.result()
+        assert self.worker.ready.is_set(), "worker did not start consuming"
+        return self.worker
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, timeout=60)
+
+
+@pytest.fixture
+async def worker_factory() -> AsyncIterator:
+    yield RunningWorker
+
+
+async def stored_points(store_url: str, measurement_field: str, **labels: str) -> dict[int, float]:
+    """timestamp (ms) -> value of one stored series family, read back through VictoriaMetrics' export API."""
+    matcher = ",".join([f'__name__="{measurement_field}"', *(f'{k}="{v}"' for k, v in labels.items())])
+    async with httpx.AsyncClient(base_url=store_url, timeout=10) as client:
+        await client.get("/internal/force_flush")
+        response = await client.post("/api/v1/export", data={"match[]": "{" + matcher + "}"})
+    response.raise_for_status()
+    points: dict[int, float] = {}
+    for line in response.text.splitlines():
+        series = json.loads(line)
+        points.update(zip(series["timestamps"], series["values"], strict=True))
+    return points
+
+
+async def wait_for(condition, timeout_s: float = 60.0, interval_s: float = 0.5):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(interval_s)
+
+
+def expected_window_ends(table, asset: str) -> set[int]:
+    card = load_ts_card(card_path(MODELS, "ts_diffusion"))
+    windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
+    ends = set()
+    for reading in readings(table, asset, loop=False):
+        ends.update(round(w.window.end_ts * 1000) for w in windower.add(reading))
+    return ends
+
+
+@pytest.fixture(scope="module")
+def skab_table():
+    if not SKAB_FILE.exists():
+        pytest.skip(f"SKAB data not found at {SKAB_FILE} (set DIFFSENTRY_DATA or place it at ../shared/data)")
+    return read_sensor_csv(SKAB_FILE)
+
+
+async def test_skab_replay_writes_a_score_for_every_window(stack: Stack, skab_table, worker_factory) -> None:
+    settings = stack.settings()
+    asset = f"valve1-0-{uuid.uuid4().hex[:6]}"
+    expected = expected_window_ends(skab_table, asset)
+    assert len(expected) > 250  # 1147 rows with gaps: ~280 windows of 16 with stride 4
+    async with worker_factory(settings) as worker:
+        sent = await publish(settings, skab_table, asset, speed=0, loop=False)
+        assert sent == len(skab_table.rows)
+
+        async def all_scored() -> bool:
+            return set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) >= expected
+
+        assert await wait_for(all_scored, timeout_s=120), "not every window has a score in the store"
+        assert worker.windower is not None and worker.windower.late_readings == 0
+    scores = await stored_points(stack.store_url, "sensor_scores_score", asset=asset)
+    assert set(scores) == expected  # exactly the windows, each once (event-time timestamps)
+    thresholds = await stored_points(stack.store_url, "sensor_scores_threshold", asset=asset)
+    assert set(thresholds.values()) == {6.0}
+    anomalies = await stored_points(stack.store_url, "sensor_scores_is_anomaly", asset=asset)
+    assert set(anomalies.values()) <= {0.0, 1.0} and len(anomalies) == len(expected)
+    # Offsets are committed after the writes: a fresh consumer of the group starts behind everything processed.
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=settings.kafka.consumer_group)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(settings.topics.sensor_readings) or set()
+        committed = [await consumer.committed(TopicPartition(settings.topics.sensor_readings, p)) for p in partitions]
+    finally:
+        await consumer.stop()
+    assert sum(c or 0 for c in committed) >= len(skab_table.rows) - 16  # at most the last, unfinished window
+
+
+async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_continues(
+    stack: Stack, worker_factory
+) -> None:
+    settings = stack.settings(assets=["pump-*"])
+    card = load_ts_card(card_path(MODELS, "ts_diffusion"))
+    good = {name: 1.0 for name in card.channels}
+    bad_messages = [
+        b"{not json",
+        json.dumps({"asset": "pump-1", "ts": 1.0, "values": {"Current": 1.0}}).encode(),
+        json.dumps({"asset": "pump-1", "ts": 2.0, "values": {**good, "Current": math.nan}}).encode(),
+        SensorReading(asset="boiler-9", ts=3.0, values=good).to_json(),
+    ]
+    async with worker_factory(settings):
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            for raw in bad_messages:
+                await producer.send_and_wait(settings.topics.sensor_readings, raw, key=b"pump-1")
+            rng = np.random.default_rng(0)
+            for t in range(40):
+                values = {name: float(rng.normal()) for name in card.channels}
+                reading = SensorReading(asset="pump-1", ts=1000.0 + t, values=values)
+                await producer.send_and_wait(settings.topics.sensor_readings, reading.to_json(), key=b"pump-1")
+        finally:
+            await producer.stop()
+
+        async def scored() -> int:
+            return len(await stored_points(stack.store_url, "sensor_scores_score", asset="pump-1"))
+
+        assert await wait_for(scored) == 7  # slots 1000..1039: windows starting 1000, 1004, ..., 1024
+    consumer = AIOKafkaConsumer(
+        settings.topics.dead_letter, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        while len(letters) < len(bad_messages):
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
+            letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    reasons = sorted(letter.reason for letter in letters)
+    assert len(letters) == 4
+    assert any("malformed JSON" in r for r in reasons)
+    assert any("missing" in r and "Pressure" in r for r in reasons)
+    assert any("not a finite number" in r for r in reasons)
+    assert any("unknown asset 'boiler-9'" in r for r in reasons)
+    assert all(letter.source_topic == settings.topics.sensor_readings for letter in letters)
+
+
+async def test_triton_stage_rejects_a_wrong_shape_permanently_and_scores_the_rest(stack: Stack) -> None:
+    stage = TritonStage(stack.triton_url, "ts_diffusion", "video_diffusion")
+    try:
+        good = TsRequest("a", np.zeros((16, 8), dtype=np.float32), "reconstruction")
+        wrong = TsRequest("b", np.zeros((15, 8), dtype=np.float32), "reconstruction")
+        results = await stage.score_ts([good, good])
+        assert len(results) == 2 and all(r.step_scores.shape == (16,) for r in results)
+        mixed = await stage.score_ts([good, wrong, good])
+        assert isinstance(mixed[1], PermanentScoringError)
+        assert not isinstance(mixed[0], BaseException) and not isinstance(mixed[2], BaseException)
+        alone = await stage.score_ts([wrong])
+        assert isinstance(alone[0], PermanentScoringError) and "INVALID_ARGUMENT" in str(alone[0])
+        assert stage.breaker.state == "closed"
+    finally:
+        await stage.close()
+
+
+async def test_scoring_waits_while_triton_is_down_and_completes_after_restart(stack: Stack) -> None:
+    stage = TritonStage(
+        stack.triton_url,
+        "ts_diffusion",
+        "video_diffusion",
+        request_timeout_s=2.0,
+        backoff=Backoff(initial_s=0.05, max_s=0.5),
+        breaker=CircuitBreaker(failure_threshold=2, reset_timeout_s=0.5),
+    )
+    request = TsRequest("a", np.ones((16, 8), dtype=np.float32), "reconstruction")
+    try:
+        stack.triton.stop()
+        pending = asyncio.create_task(stage.score_ts([request]))
+        await asyncio.sleep(3)
+        assert not pending.done()  # waiting, not failed
+        assert stage.breaker.state in ("open", "half_open")
+        await asyncio.to_thread(stack.triton.start)
+        results = await asyncio.wait_for(pending, timeout=60)
+        assert not isinstance(results[0], BaseException) and results[0].score >= 0
+        assert stage.breaker.state == "closed"
+    finally:
+        await stage.close()
+        if stack.triton.process is None or stack.triton.process.poll() is not None:
+            await asyncio.to_thread(stack.triton.start)

@@ -7,8 +7,10 @@ Policy (what happens to time, gaps and late data):
   that are multiples of ``stride``. Because the grid is absolute, the same readings always give the same windows,
   whichever offset a restarted worker resumes from; scores of re-delivered windows therefore land on the same
   timestamps and overwrite themselves in the store.
-- The first window of an asset starts at the first grid start at or after its first reading (a worker resuming from
-  a committed offset sees the oldest reading of the window it was building first, so it rebuilds that window).
+- The first window of an asset starts at the first grid start at or after its first reading. The state remembers
+  the newest reading before the window being built (the "seed": it fills leading gaps); :meth:`oldest_ref` and
+  each window's ``oldest_ref`` include it, so a worker resuming from a committed offset re-reads the seed first,
+  which aligns its first window with the one that was being built, and rebuilds identical windows.
 - A window is emitted as soon as every slot holds a reading, or when the asset's event-time watermark (the newest
   slot seen minus ``allowed_lateness`` slots) has passed the window's end. Emission never waits on wall-clock time.
 - Missing samples (empty slots when a window is emitted) are marked ``observed = False`` and their values are
@@ -17,8 +19,9 @@ Policy (what happens to time, gaps and late data):
   observed slots are not emitted (counted in ``skipped_windows``); a silence longer than a window jumps ahead
   instead of producing a run of empty windows.
 - Late samples: a reading for a slot inside the window being built (out of order) is placed in its slot. A reading
-  older than the start of the window being built can no longer change anything emitted: it is dropped and counted
-  in ``late_readings`` (its slot stays unobserved). Two readings for one slot: the later one wins (re-delivery).
+  older than the start of the window being built can no longer change anything emitted: it only replaces the seed
+  if it is newer than it, otherwise it is dropped and counted in ``late_readings`` (its slot stays unobserved).
+  Two readings for one slot: the later one wins (re-delivery).
 - A reading must carry exactly the model card's channels; anything else is a :class:`ContractError` (dead letter).
 
 Each slot remembers an opaque, ordered ``ref`` (the Kafka offset) so the worker can tell which offsets are still
@@ -49,7 +52,9 @@ class _AssetState:
     start: int
     slots: dict[int, tuple[np.ndarray, int | None]] = field(default_factory=dict)
     newest_slot: int = -(2**62)
-    last_values: np.ndarray | None = None  # last reading before ``start``, seeds the fill of leading gaps
+    # The newest reading before ``start``: (slot, values, ref). It seeds the fill of leading gaps, and a restart
+    # that re-reads from it rebuilds the same window grid (its slot aligns the first window to ``start``).
+    seed: tuple[int, np.ndarray, int | None] | None = None
 
 
 class SensorWindower:
@@ -93,7 +98,10 @@ class SensorWindower:
         if state is None:
             state = self._assets[reading.asset] = _AssetState(start=-(-slot // self.stride) * self.stride)
         if slot < state.start:
-            self.late_readings += 1
+            if state.seed is None or slot > state.seed[0]:
+                state.seed = (slot, row, ref)  # e.g. the first reading a resumed worker re-reads
+            else:
+                self.late_readings += 1
             return []
         state.slots[slot] = (row, ref)
         state.newest_slot = max(state.newest_slot, slot)
@@ -114,9 +122,9 @@ class SensorWindower:
         length, width = self.window, len(self.channels)
         observed_steps = np.array(sorted(s - state.start for s in in_window))
         known = np.stack([state.slots[state.start + int(step)][0] for step in observed_steps])
-        if state.last_values is not None and observed_steps[0] > 0:
+        if state.seed is not None and observed_steps[0] > 0:
             observed_steps = np.concatenate([[-1], observed_steps])
-            known = np.vstack([state.last_values, known])
+            known = np.vstack([state.seed[1], known])
         steps = np.arange(length)
         values = np.empty((length, width), dtype=np.float32)
         for channel in range(width):
@@ -124,6 +132,8 @@ class SensorWindower:
         observed = np.zeros((length, width), dtype=bool)
         observed[observed_steps[observed_steps >= 0]] = True
         refs = [ref for s in in_window if (ref := state.slots[s][1]) is not None]
+        if state.seed is not None and state.seed[2] is not None:
+            refs.append(state.seed[2])
         window = SensorWindow.model_construct(
             asset=asset,
             start_ts=state.start * self.period,
@@ -137,7 +147,8 @@ class SensorWindower:
     def _advance(self, state: _AssetState) -> None:
         new_start = state.start + self.stride
         for slot in sorted(s for s in state.slots if s < new_start):
-            state.last_values = state.slots.pop(slot)[0]
+            row, ref = state.slots.pop(slot)
+            state.seed = (slot, row, ref)
         if state.slots:
             oldest = min(state.slots)
             if oldest >= new_start + self.window:
@@ -151,6 +162,8 @@ class SensorWindower:
         if state is None:
             return None
         refs = [ref for _, ref in state.slots.values() if ref is not None]
+        if state.seed is not None and state.seed[2] is not None:
+            refs.append(state.seed[2])
         return min(refs) if refs else None
 
     def assets(self) -> list[str]:

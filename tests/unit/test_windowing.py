@@ -81,18 +81,44 @@ def test_wrong_channels_are_a_contract_error() -> None:
         windower.add(SensorReading(asset="x", ts=0.0, values={"a": 1.0, "c": 2.0}))
 
 
-def test_oldest_ref_tracks_what_a_restart_must_reread_and_replay_is_identical() -> None:
+def test_oldest_ref_includes_the_seed_before_the_window_being_built() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
-    times = [float(t) for t in range(7)]
-    emitted = feed(windower, times)
+    emitted = feed(windower, [float(t) for t in range(7)])
     assert [w.window.start_ts for w in emitted] == [0.0, 2.0]
-    assert windower.oldest_ref("pump") == 4  # slots 4..6 still buffered, refs = offsets 4..6
-    # A new worker resuming from offset 4 rebuilds exactly the windows the old one would have emitted next.
-    resumed = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
-    rest = [float(t) for t in range(4, 12)]
-    original = [w.window.start_ts for w in feed(windower, [float(t) for t in range(7, 12)])]
-    replayed = [w.window.start_ts for w in feed(resumed, rest)]
-    assert replayed == original == [4.0, 6.0, 8.0]
+    assert windower.oldest_ref("pump") == 3  # slots 4..6 are buffered; slot 3 is the seed before start 4
+    assert emitted[1].oldest_ref == 1  # window 2..5 needs its seed, slot 1, to be rebuilt
+
+
+def test_resuming_from_any_committed_position_rebuilds_identical_windows() -> None:
+    rng = np.random.default_rng(7)
+    times = [float(t) for t in range(200) if rng.random() > 0.15]  # about 15 % of the samples missing
+
+    def run(windower: SensorWindower, start: int) -> list:
+        out = []
+        for offset in range(start, len(times)):
+            out += [(offset, w) for w in windower.add(reading(times[offset], times[offset] ** 0.5), ref=offset)]
+        return out
+
+    full = SensorWindower(CHANNELS, window=8, stride=3, sample_period_s=1.0)
+    reference = run(full, 0)
+    by_end = {w.window.end_ts: w for _, w in reference}
+    for crash_after in range(20, len(times) - 20, 7):
+        # What a worker that processed offsets < crash_after would have committed: the smallest offset its
+        # windowing state still needs, or that a window emitted at its last step still needs.
+        partial = SensorWindower(CHANNELS, window=8, stride=3, sample_period_s=1.0)
+        emitted = [w for offset, w in reference if offset < crash_after]
+        for offset in range(crash_after):
+            partial.add(reading(times[offset], times[offset] ** 0.5), ref=offset)
+        in_flight = emitted[-2:]  # the newest windows may not be written yet
+        committed = min([partial.oldest_ref("pump"), *(w.oldest_ref for w in in_flight)])
+        resumed = run(SensorWindower(CHANNELS, window=8, stride=3, sample_period_s=1.0), committed)
+        assert resumed, "resuming produced nothing"
+        for _, window in resumed:
+            original = by_end[window.window.end_ts]  # never a window the uninterrupted run did not emit
+            np.testing.assert_array_equal(window.observed, original.observed)
+            np.testing.assert_allclose(window.values, original.values)
+        must_rebuild = {end for end in by_end if end >= in_flight[0].window.end_ts}
+        assert must_rebuild <= {w.window.end_ts for _, w in resumed}  # no window is lost
 
 
 def test_assets_are_independent() -> None:

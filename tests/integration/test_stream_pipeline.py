@@ -7,6 +7,8 @@ import asyncio
 import json
 import math
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from operators.model_cards import card_path, load_ts_card
@@ -273,3 +276,142 @@ async def test_scoring_waits_while_triton_is_down_and_completes_after_restart(st
         await stage.close()
         if stack.triton.process is None or stack.triton.process.poll() is not None:
             await asyncio.to_thread(stack.triton.start)
+
+
+def metric_total(name: str) -> float:
+    """Sum of a counter over all its labels in this process (the in-process worker's metrics)."""
+    from prometheus_client import REGISTRY
+
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == name
+        for sample in metric.samples
+        if sample.name == f"{name}_total"
+    )
+
+
+async def replay_with_fault(stack: Stack, table, settings: Settings, asset: str, fault) -> set[int]:
+    """Replay at 250x real time while ``fault`` runs; return the stored window timestamps."""
+    expected = expected_window_ends(table, asset)
+    dead_before = metric_total("diffsentry_dead_letters")
+    async with RunningWorker(settings):
+        replay = asyncio.create_task(publish(settings, table, asset, speed=250, loop=False))
+        await asyncio.sleep(1.0)
+        await fault()
+        await replay
+
+        async def all_scored() -> bool:
+            return set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) >= expected
+
+        await wait_for(all_scored, timeout_s=120)
+    assert metric_total("diffsentry_dead_letters") == dead_before  # an outage is not a reason to dead-letter anything
+    stored = set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset))
+    assert stored == expected, f"{len(expected - stored)} windows lost, {len(stored - expected)} unexpected"
+    return stored
+
+
+async def test_triton_outage_mid_stream_loses_no_window(stack: Stack, skab_table) -> None:
+    async def restart_triton() -> None:
+        await asyncio.to_thread(stack.triton.stop)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(stack.triton.start)
+
+    errors_before = metric_total("diffsentry_triton_errors")
+    await replay_with_fault(stack, skab_table, stack.settings(), f"triton-fault-{uuid.uuid4().hex[:6]}", restart_triton)
+    assert metric_total("diffsentry_triton_errors") > errors_before  # the outage did hit the worker
+
+
+async def test_store_outage_mid_stream_loses_no_point(stack: Stack, skab_table) -> None:
+    async def restart_store() -> None:
+        await asyncio.to_thread(stack.store.stop)
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(stack.store.start)
+
+    errors_before = metric_total("diffsentry_sink_errors")
+    await replay_with_fault(stack, skab_table, stack.settings(), f"store-fault-{uuid.uuid4().hex[:6]}", restart_store)
+    assert metric_total("diffsentry_sink_errors") > errors_before  # the outage did hit the worker
+
+
+class WorkerProcess:
+    """``diffsentry run`` as a separate process, configured through a YAML file, that a test can SIGKILL."""
+
+    def __init__(self, settings: Settings, work: Path) -> None:
+        self.port = stream_services.free_port()
+        config = settings.model_dump(mode="json")
+        config["stream"]["metrics_port"] = self.port
+        self.config_path = work / f"worker-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = work / f"worker-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, "DIFFSENTRY_CONFIG": str(self.config_path), "PYTHONPATH": str(ROOT)}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+        async def consuming() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                async with httpx.AsyncClient(timeout=1) as client:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/healthz")
+                return response.status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert await wait_for(consuming, timeout_s=60, interval_s=0.2), self.log_path.read_text()[-2000:]
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+async def committed_total(bootstrap: str, settings: Settings) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.kafka.consumer_group)
+    await consumer.start()
+    try:
+        topic = settings.topics.sensor_readings
+        partitions = consumer.partitions_for_topic(topic) or set()
+        return sum([(await consumer.committed(TopicPartition(topic, p))) or 0 for p in partitions])
+    finally:
+        await consumer.stop()
+
+
+async def test_killed_worker_resumes_from_committed_offsets_without_gap(
+    stack: Stack, skab_table, tmp_path: Path
+) -> None:
+    settings = stack.settings()
+    asset = f"kill-{uuid.uuid4().hex[:6]}"
+    expected = expected_window_ends(skab_table, asset)
+    await ensure_topics_exist(settings)
+    first, second = WorkerProcess(settings, tmp_path), WorkerProcess(settings, tmp_path)
+    try:
+        await first.start()
+        replay = asyncio.create_task(publish(settings, skab_table, asset, speed=250, loop=False))
+        await asyncio.sleep(2.5)
+        first.kill()  # SIGKILL: no graceful shutdown, no final commit
+        committed_at_kill = await committed_total(stack.bootstrap, settings)
+        await replay
+        stored_at_kill = set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset))
+        assert 0 < committed_at_kill < len(skab_table.rows) and stored_at_kill < expected
+        await second.start()
+
+        async def all_scored() -> bool:
+            return set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) >= expected
+
+        assert await wait_for(all_scored, timeout_s=120), second.log_path.read_text()[-3000:]
+    finally:
+        first.terminate()
+        second.terminate()
+    assert set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) == expected
+    assert "dead letter" not in second.log_path.read_text()

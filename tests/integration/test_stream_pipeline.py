@@ -4,6 +4,7 @@ ts_diffusion contract, tests/integration/models), VictoriaMetrics (InfluxDB v2 w
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import os
@@ -18,13 +19,14 @@ import numpy as np
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from PIL import Image
 
 from operators.model_cards import card_path, load_ts_card
 from operators.resilience import Backoff, CircuitBreaker
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
 from operators.windowing import SensorWindower
 from pipeline.app import Worker
-from pipeline.contracts import DeadLetter, SensorReading, decode
+from pipeline.contracts import FRAME_HEADER, DeadLetter, SensorReading, VideoFrame, decode
 from pipeline.ingest_sensors import publish, read_sensor_csv, readings
 from pipeline.settings import (
     InfluxSettings,
@@ -415,3 +417,60 @@ async def test_killed_worker_resumes_from_committed_offsets_without_gap(
         second.terminate()
     assert set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) == expected
     assert "dead letter" not in second.log_path.read_text()
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+async def test_video_frames_are_scored_per_camera_and_corrupt_jpeg_is_dead_lettered(
+    stack: Stack, worker_factory
+) -> None:
+    settings = stack.settings()
+    camera = f"cam-{uuid.uuid4().hex[:6]}"
+    async with worker_factory(settings) as worker:
+        assert settings.topics.video_frames in worker.topology
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            for seq in range(12):
+                image = np.full((96, 128), 40, dtype=np.uint8)
+                if seq == 8:
+                    image[20:70, 80:120] = 250  # something appears in the right half
+                frame = VideoFrame(camera=camera, seq=seq, ts=100.0 + seq / 10, width=128, height=96)
+                headers = [(FRAME_HEADER, frame.to_json())]
+                await producer.send_and_wait(
+                    settings.topics.video_frames, jpeg(image), key=camera.encode(), headers=headers
+                )
+            broken = VideoFrame(camera="cam-broken", seq=0, ts=1.0, width=128, height=96)
+            await producer.send_and_wait(
+                settings.topics.video_frames,
+                b"\xff\xd8\xff\xe0not a jpeg at all",
+                key=b"cam-broken",
+                headers=[(FRAME_HEADER, broken.to_json())],
+            )
+        finally:
+            await producer.stop()
+
+        async def scored() -> int:
+            return len(await stored_points(stack.store_url, "video_scores_score", camera=camera))
+
+        assert await wait_for(scored) == 10  # 12 frames, the first 2 are only context
+    scores = await stored_points(stack.store_url, "video_scores_score", camera=camera)
+    anomalies = await stored_points(stack.store_url, "video_scores_is_anomaly", camera=camera)
+    peak = max(scores, key=scores.get)
+    assert peak == 100_800 and anomalies[peak] == 1.0 and sum(anomalies.values()) <= 3
+    location_x = await stored_points(stack.store_url, "video_scores_location_x", camera=camera)
+    assert location_x[peak] > 0.5
+    consumer = AIOKafkaConsumer(
+        settings.topics.dead_letter, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=5000)
+        letters = [decode(DeadLetter, r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    assert len(letters) == 1 and "corrupt JPEG" in letters[0].reason and letters[0].key == "cam-broken"

@@ -74,7 +74,9 @@ def list_(api_url: ApiUrl = None) -> None:
 
 
 @app.command("remove")
-def remove(subscription_id: Annotated[str, typer.Argument(help="The id `list` shows.")], api_url: ApiUrl = None) -> None:
+def remove(
+    subscription_id: Annotated[str, typer.Argument(help="The id that `list` shows.")], api_url: ApiUrl = None
+) -> None:
     """Delete a subscription."""
     _call("DELETE", f"/v1/subscriptions/{subscription_id}", api_url)
     typer.echo(f"removed {subscription_id}")

@@ -1,8 +1,10 @@
 """Alert delivery: signed webhooks with retries and a dead-letter topic, and a live fan-out for SSE listeners.
 
 ``AlertDispatcher.submit`` only writes a journal row per matching webhook and starts a task, so the scoring path
-never waits on a subscriber. Each delivery is tried until it succeeds, fails permanently (a 4xx other than
-408/425/429) or runs out of attempts, with exponential backoff between tries; then it goes to the dead-letter sink.
+never waits on a subscriber. Deliveries to one subscription about one stream go out in order (a resolve never
+overtakes its firing, even across retries); everything else runs concurrently, at most ``concurrency`` requests.
+Each delivery is tried until it succeeds, fails permanently (a 4xx other than 408/425/429) or runs out of
+attempts, with exponential backoff between tries; then it goes to the dead-letter sink.
 The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
 Receivers dedupe on the ``Idempotency-Key`` header.
 """
@@ -206,6 +208,7 @@ class AlertDispatcher:
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._started = False
 
     async def start(self) -> int:
@@ -253,11 +256,24 @@ class AlertDispatcher:
         return self._journal.summary()
 
     def _spawn(self, subscription_id: str, alert: Alert, attempts: int) -> None:
-        task = asyncio.create_task(self._deliver(subscription_id, alert, attempts))
+        lane = (subscription_id, alert.modality, alert.stream)
+        previous = self._last_per_lane.get(lane)
+        task = asyncio.create_task(self._deliver(subscription_id, alert, attempts, previous))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._last_per_lane[lane] = task
 
-    async def _deliver(self, subscription_id: str, alert: Alert, attempts: int) -> None:
+        def _done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if self._last_per_lane.get(lane) is finished:
+                del self._last_per_lane[lane]
+
+        task.add_done_callback(_done)
+
+    async def _deliver(
+        self, subscription_id: str, alert: Alert, attempts: int, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome does not matter, only that it went first
         body = alert.to_json()
         while True:
             subscription = self._store.get(subscription_id)

@@ -11,6 +11,8 @@ Phases of a stream (``modality/stream``)::
 - Scores at or before the last event time seen on a stream are late (or re-delivered) and change nothing; the
   state, including that event time, is saved after every score, so a restarted worker that re-reads the same scores
   emits nothing twice. Alert ids are derived from the stream and the start time, so they are the same on every run.
+- The alerts a score emits are saved with the state in the same transaction, in an outbox, until the caller
+  ``acknowledge``s them (after publishing); a worker that died in between finds them in ``unpublished()``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pipeline.contracts import SEVERITY_ORDER, Alert, Score, Severity
+from pipeline.contracts import SEVERITY_ORDER, Alert, Score, Severity, decode
 from pipeline.settings import AlertingSettings
 
 Phase = Literal["ok", "pending", "firing", "resolved"]
@@ -59,11 +61,18 @@ class StreamState:
 
 
 class AlertStateStore(Protocol):
-    """Where stream states live between scores and across restarts."""
+    """Where stream states live between scores and across restarts, with an outbox of unpublished alerts."""
 
     def load(self, key: str) -> StreamState | None: ...
 
-    def save(self, key: str, state: StreamState) -> None: ...
+    def save(self, key: str, state: StreamState, emitted: list[Alert]) -> None:
+        """Stores the state and adds the alerts it emitted to the outbox, both or neither."""
+
+    def unpublished(self) -> list[Alert]:
+        """Outbox alerts not acknowledged yet, oldest first."""
+        ...
+
+    def acknowledge(self, alert: Alert) -> None: ...
 
 
 class MemoryAlertStateStore:
@@ -71,13 +80,22 @@ class MemoryAlertStateStore:
 
     def __init__(self) -> None:
         self._states: dict[str, str] = {}
+        self._outbox: dict[str, Alert] = {}
 
     def load(self, key: str) -> StreamState | None:
         raw = self._states.get(key)
         return StreamState.from_json(raw) if raw is not None else None
 
-    def save(self, key: str, state: StreamState) -> None:
+    def save(self, key: str, state: StreamState, emitted: list[Alert]) -> None:
         self._states[key] = state.to_json()
+        for alert in emitted:
+            self._outbox.setdefault(idempotency_key(alert), alert)
+
+    def unpublished(self) -> list[Alert]:
+        return list(self._outbox.values())
+
+    def acknowledge(self, alert: Alert) -> None:
+        self._outbox.pop(idempotency_key(alert), None)
 
 
 class SqliteAlertStateStore:
@@ -91,19 +109,39 @@ class SqliteAlertStateStore:
         # NORMAL in WAL mode loses nothing when the process dies, only on power loss; a commit per score stays cheap.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS alert_streams (key TEXT PRIMARY KEY, state TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS alert_outbox (key TEXT PRIMARY KEY, alert TEXT NOT NULL)")
 
     def load(self, key: str) -> StreamState | None:
         with self._lock:
             row = self._db.execute("SELECT state FROM alert_streams WHERE key = ?", (key,)).fetchone()
         return StreamState.from_json(row[0]) if row else None
 
-    def save(self, key: str, state: StreamState) -> None:
+    def save(self, key: str, state: StreamState, emitted: list[Alert]) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO alert_streams (key, state) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET state = excluded.state",
-                (key, state.to_json()),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT INTO alert_streams (key, state) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET state = excluded.state",
+                    (key, state.to_json()),
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO alert_outbox (key, alert) VALUES (?, ?)",
+                    [(idempotency_key(alert), alert.to_json().decode()) for alert in emitted],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def unpublished(self) -> list[Alert]:
+        with self._lock:
+            rows = self._db.execute("SELECT alert FROM alert_outbox ORDER BY rowid").fetchall()
+        return [decode(Alert, row[0]) for row in rows]
+
+    def acknowledge(self, alert: Alert) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM alert_outbox WHERE key = ?", (idempotency_key(alert),))
 
     def close(self) -> None:
         with self._lock:
@@ -157,8 +195,17 @@ class AlertEngine:
         gap = state.last_ts is not None and score.ts - state.last_ts > self.settings.max_gap_s
         state.last_ts = score.ts
         alerts = self._step(stream_key(score.modality, score.stream), state, score, gap)
-        self._store.save(stream_key(score.modality, score.stream), state)
+        self._store.save(stream_key(score.modality, score.stream), state, alerts)
         return alerts
+
+    def unpublished(self) -> list[Alert]:
+        """Alerts emitted but not acknowledged, e.g. by a worker that died before publishing them: publish these
+        first after a restart (they keep their ids, so a receiver that got them already can drop them)."""
+        return self._store.unpublished()
+
+    def acknowledge(self, alert: Alert) -> None:
+        """Marks an alert returned by ``observe`` or ``unpublished`` as published (out of the outbox)."""
+        self._store.acknowledge(alert)
 
     def _step(self, key: str, state: StreamState, score: Score, gap: bool) -> list[Alert]:
         cfg = self.settings

@@ -19,6 +19,7 @@ from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
 from pipeline import settings as settings_module
+from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
 from pipeline.contracts import Alert, DeadLetter, Score, Severity, decode
 from pipeline.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings
@@ -347,3 +348,57 @@ async def test_cli_adds_lists_and_removes_through_the_api(tmp_path: Path, monkey
             assert missing.exit_code == 1 and "404" in missing.stderr
     finally:
         settings_module.get_settings.cache_clear()
+
+
+async def test_the_alerting_service_recovers_alerts_a_crashed_worker_never_published(tmp_path: Path) -> None:
+    dead_letters: list[DeadLetter] = []
+
+    async def to_dead_letter(letter: DeadLetter) -> None:
+        dead_letters.append(letter)
+
+    settings = Settings(
+        state_dir=tmp_path,
+        api=ApiSettings(port=0, token=TOKEN),
+        delivery=FAST_RETRIES,
+        alerting=AlertingSettings(for_s=1.0, for_points=2),
+    )
+    scores = [
+        Score(
+            modality="video",
+            stream="cam-3",
+            ts=50.0 + t,
+            score=3.0,
+            threshold=1.0,
+            is_anomaly=True,
+            model="video_diffusion",
+            model_version="1",
+            location=(0.4, 0.6),
+        )
+        for t in range(3)
+    ]
+    async with receiver() as hook:
+        first = await AlertingService.start(settings, dead_letter=to_dead_letter)
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            response = await client.post(
+                f"{first.api_url}/v1/subscriptions",
+                json={"name": "cams", "selector": {"modality": "video"}, "delivery": {"webhook_url": hook.url}},
+            )
+            secret = response.json()["secret"]
+        hook.secret = secret
+        emitted = [alert for score in scores for alert in first.observe(score)]
+        assert [(a.state, a.severity, a.location) for a in emitted] == [("firing", "critical", (0.4, 0.6))]
+        await first.dispatcher.drain()
+        await first.stop()  # "crashed" before publishing and acknowledging
+
+        second = await AlertingService.start(settings, dead_letter=to_dead_letter)
+        try:
+            assert [a for score in scores for a in second.observe(score)] == []  # re-read scores: nothing new
+            recovered = second.recover()
+            assert recovered == emitted
+            for alert in recovered:
+                second.acknowledge(alert)
+            await second.dispatcher.drain()
+            assert second.recover() == []
+        finally:
+            await second.stop()
+        assert hook.alerts == emitted and hook.counts.requests == 1 and dead_letters == []

@@ -179,3 +179,20 @@ def test_a_restarted_worker_rereading_scores_emits_nothing_twice(tmp_path: Path,
     store.close()
     keys = [idempotency_key(a) for _, a in before + after]
     assert keys == reference
+
+
+def test_emitted_alerts_wait_in_the_outbox_until_acknowledged(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.sqlite"
+    store = SqliteAlertStateStore(path)
+    engine = AlertEngine(SETTINGS, store)
+    (_, firing), *_ = run(engine, series(0, [1.5] * 4))
+    store.close()
+
+    store = SqliteAlertStateStore(path)
+    engine = AlertEngine(SETTINGS, store)
+    assert engine.unpublished() == [firing]  # the worker died before publishing it
+    engine.acknowledge(firing)
+    resolved = [a for _, a in run(engine, series(4, [0.1] * 3))]
+    assert engine.unpublished() == resolved and [a.state for a in resolved] == ["resolved"]
+    store.close()
+    assert AlertEngine(SETTINGS, SqliteAlertStateStore(path)).unpublished() == resolved

@@ -136,6 +136,11 @@ def _stream_selector(request: web.Request) -> Selector:
         subscription = request.app[STORE].get(subscription_id)
         if subscription is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such subscription"}), content_type="application/json")
+        if not (subscription.enabled and subscription.delivery.sse):
+            raise web.HTTPConflict(
+                text=json.dumps({"error": "this subscription is disabled or does not deliver by SSE"}),
+                content_type="application/json",
+            )
         return subscription.selector
     try:
         return Selector.model_validate({k: query[k] for k in ("stream", "modality", "min_severity") if k in query})

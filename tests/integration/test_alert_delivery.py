@@ -293,6 +293,28 @@ async def test_sse_stream_pushes_only_matching_alerts(tmp_path: Path) -> None:
         bad = await svc.client.get("/v1/alerts/stream", params={"min_severity": "panic"})
         assert bad.status_code == 400
         assert (await svc.client.get("/v1/alerts/stream", params={"subscription": "sub-none"})).status_code == 404
+        webhook_only = await svc.subscribe("http://127.0.0.1:9/")
+        not_sse = await svc.client.get("/v1/alerts/stream", params={"subscription": webhook_only["id"]})
+        assert not_sse.status_code == 409
+
+
+async def test_stopping_the_server_ends_open_sse_streams(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, api=ApiSettings(port=0, token=TOKEN))
+
+    async def no_dead_letters(letter: DeadLetter) -> None:
+        raise AssertionError(letter)
+
+    alerting = await AlertingService.start(settings, dead_letter=no_dead_letters)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        httpx.AsyncClient(base_url=alerting.api_url, headers=headers) as client,
+        client.stream("GET", "/v1/alerts/stream") as response,
+    ):
+        lines = response.aiter_lines()
+        assert await next_event(lines) == [": connected"]
+        stopping = asyncio.create_task(alerting.stop())
+        assert [line async for line in lines] == []
+        await stopping
 
 
 async def test_scores_become_signed_webhook_deliveries_end_to_end(tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ class DeliveryJournal:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # As for alert state: a process crash loses nothing, and submit() stays in microseconds (FULL fsyncs, ~4 ms).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS deliveries ("
             " subscription_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, payload TEXT NOT NULL,"

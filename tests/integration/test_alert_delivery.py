@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from typer.testing import CliRunner
 
 from operators.alerting import AlertEngine, idempotency_key
@@ -424,3 +425,38 @@ async def test_the_alerting_service_recovers_alerts_a_crashed_worker_never_publi
         finally:
             await second.stop()
         assert hook.alerts == emitted and hook.counts.requests == 1 and dead_letters == []
+
+
+async def test_no_more_than_concurrency_requests_are_in_flight(tmp_path: Path) -> None:
+    in_flight, most, gate, arrived = 0, 0, asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        arrived.set()
+        await gate.wait()
+        in_flight -= 1
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", slow_hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with service(tmp_path, FAST_RETRIES.model_copy(update={"concurrency": 2})) as svc:
+            await svc.subscribe(f"http://{host}:{port}/")
+            for n in range(6):
+                svc.dispatcher.submit(alert(stream=f"pump-{n}").model_copy(update={"alert_id": f"al-{n}"}))
+            while in_flight < 2:
+                await arrived.wait()
+                arrived.clear()
+            await asyncio.sleep(0.2)  # room for a third request to slip through, if the bound were broken
+            assert in_flight == 2
+            gate.set()
+            await svc.dispatcher.drain()
+            assert most == 2 and svc.dispatcher.summary()["delivered"] == 6
+    finally:
+        await runner.cleanup()

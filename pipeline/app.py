@@ -3,7 +3,7 @@
     sensor-readings --decode/validate--> windowing (per asset) --+
                                                                  +--> micro-batch scoring (Triton, across streams)
     video-frames ----decode/validate--> frame buffer (per camera)+        --> threshold (per stream, in order)
-                                                                          --> alert engine (AlertEngine.observe)
+                                                                          --> alerts (AlertObserver.observe)
                                                                           --> store (scores, alerts) + scores and
                                                                               alerts topics
     anything invalid or permanently unscorable --> dead-letter topic, with the reason
@@ -61,6 +61,7 @@ from operators.thresholding import ThresholdConfig, Thresholder
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest, TsResult, VideoResult
 from operators.windowing import EmittedWindow, SensorWindower
 from pipeline import metrics
+from pipeline.alerting_service import AlertingService
 from pipeline.contracts import (
     FRAME_HEADER,
     Alert,
@@ -77,25 +78,15 @@ from pipeline.settings import Settings
 log = logging.getLogger("diffsentry.worker")
 
 
-class AlertEngine(Protocol):
-    """The alerting hook: sees every score in stream order, returns the alert transitions it causes."""
+class AlertObserver(Protocol):
+    """The alerting hook (``pipeline.alerting_service.AlertingService`` in production): sees every score in stream
+    order and returns the alert transitions it causes; each is acknowledged once published (topic and store)."""
 
     def observe(self, score: Score) -> list[Alert]: ...
 
+    def recover(self) -> list[Alert]: ...
 
-class NoAlerts:
-    def observe(self, score: Score) -> list[Alert]:
-        return []
-
-
-def default_alert_engine(settings: Settings) -> AlertEngine:
-    """The alert state machine once ``operators/alerting.py`` provides it (alerts branch), else no alerts."""
-    try:
-        from operators import alerting  # type: ignore[attr-defined]
-    except ImportError:
-        log.warning("operators.alerting is not installed: scores are written, no alerts are raised")
-        return NoAlerts()
-    return alerting.AlertEngine.from_settings(settings)
+    def acknowledge(self, alert: Alert) -> None: ...
 
 
 class AssetRegistry:
@@ -177,9 +168,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Worker:
-    def __init__(self, settings: Settings, alert_engine: AlertEngine | None = None) -> None:
+    def __init__(self, settings: Settings, alerts: AlertObserver | None = None) -> None:
         self.settings = settings
-        self.alert_engine = alert_engine or default_alert_engine(settings)
+        self.alerts = alerts  # None: run() starts the AlertingService (engine, subscriptions API, delivery)
+        self._alerting: AlertingService | None = None
         self.ts_card, self.video_card = self._load_cards()
         stream = settings.stream
         self.triton = TritonStage(
@@ -290,6 +282,12 @@ class Worker:
         health = await self._start_health_server()
         await self.sink.start()
         await self.producer.start()
+        if self.alerts is None:
+            self._alerting = await AlertingService.start(settings, dead_letter=self._publish_dead_letter)
+            self.alerts = self._alerting
+        # Alerts a previous run emitted but did not publish: publish them before anything new.
+        for alert in self.alerts.recover():
+            await self._emit_alerts([alert])
         await self.consumer.start()
         self.consumer.subscribe(list(self.topology), listener=_Rebalance(self))
         committer = asyncio.create_task(self._commit_forever(), name="committer")
@@ -334,6 +332,8 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sink.aclose()
         await self.triton.close()
+        if self._alerting is not None:
+            await self._alerting.stop()
         await health.cleanup()
 
     # -- sensors ---------------------------------------------------------------------------------------------
@@ -458,7 +458,8 @@ class Worker:
                 location=location,
                 produced_at=trigger.timestamp / 1000,
             )
-            alerts = self.alert_engine.observe(score)
+            assert self.alerts is not None
+            alerts = self.alerts.observe(score)
             self.order.leave(stream, mine)
             await self._emit(score, alerts)
             metrics.SCORES.labels(modality, str(is_anomaly).lower()).inc()
@@ -473,16 +474,23 @@ class Worker:
             self._in_flight.release()
 
     async def _emit(self, score: Score, alerts: list[Alert]) -> None:
+        """Score and alerts to the store and their topics; returns once all are acknowledged."""
         assert self.producer is not None
-        topics = self.settings.topics
-        key = score.stream.encode()
-        points = [score_point(score, self.settings.sensors.top_channels), *map(alert_point, alerts)]
-        written = self.sink.write(points)
-        sends = [await self.producer.send(topics.scores, score.to_json(), key=key)]
-        for alert in alerts:
-            sends.append(await self.producer.send(topics.alerts, alert.to_json(), key=key))
-            metrics.ALERTS.labels(alert.modality, alert.state).inc()
+        written = self.sink.write([score_point(score, self.settings.sensors.top_channels)])
+        sent = await self.producer.send(self.settings.topics.scores, score.to_json(), key=score.stream.encode())
+        await asyncio.gather(written, sent, self._emit_alerts(alerts))
+
+    async def _emit_alerts(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        assert self.producer is not None and self.alerts is not None
+        written = self.sink.write([alert_point(alert) for alert in alerts])
+        topic = self.settings.topics.alerts
+        sends = [await self.producer.send(topic, alert.to_json(), key=alert.stream.encode()) for alert in alerts]
         await asyncio.gather(written, *sends)
+        for alert in alerts:
+            self.alerts.acknowledge(alert)
+            metrics.ALERTS.labels(alert.modality, alert.state).inc()
 
     # -- dead letters ----------------------------------------------------------------------------------------
 
@@ -510,14 +518,17 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _send_dead_letter(self, tp: TopicPartition, offset: int, letter: DeadLetter) -> None:
-        assert self.producer is not None
         try:
-            key = letter.key.encode() if letter.key else None
-            await (await self.producer.send(self.settings.topics.dead_letter, letter.to_json(), key=key))
-            metrics.DEAD_LETTERS.labels(letter.source_topic, letter.error_type).inc()
-            log.warning("dead letter from %s@%s: %s", letter.source_topic, offset, letter.reason)
+            await self._publish_dead_letter(letter)
         finally:
             self.ledger.release(tp, offset)
+
+    async def _publish_dead_letter(self, letter: DeadLetter) -> None:
+        assert self.producer is not None
+        key = letter.key.encode() if letter.key else None
+        await (await self.producer.send(self.settings.topics.dead_letter, letter.to_json(), key=key))
+        metrics.DEAD_LETTERS.labels(letter.source_topic, letter.error_type).inc()
+        log.warning("dead letter from %s@%s: %s", letter.source_topic, letter.offset, letter.reason)
 
     async def _dead_letter_item(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from pipeline import ingest_sensors, run_command, subscriptions_cli
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
 train_app = typer.Typer(no_args_is_help=True, help="Train diffusion models into the Triton model repository.")
@@ -15,10 +17,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(ingest_app, name="ingest")
-
-# Commands live in their own modules; registration here stays one line each.
-from pipeline import ingest_sensors, run_command  # noqa: E402
-
+app.add_typer(subscriptions_cli.app, name="subscriptions")
 app.command("run")(run_command.run)
 ingest_app.command("sensors")(ingest_sensors.sensors)
 

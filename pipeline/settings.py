@@ -100,6 +100,38 @@ class StreamSettings(BaseModel):
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
 
 
+class AlertingSettings(BaseModel):
+    """The alert state machine, in event time (see README, "Alerts and subscriptions")."""
+
+    for_s: float = Field(default=10.0, ge=0, description="a stream must stay anomalous this long before firing")
+    for_points: int = Field(default=2, ge=1, description="...and for at least this many consecutive scores")
+    resolve_ratio: float = Field(default=0.8, gt=0, le=1, description="resolving needs score < threshold * this")
+    resolve_for_s: float = Field(default=30.0, ge=0, description="...for this long")
+    cooldown_s: float = Field(default=60.0, ge=0, description="no new alert on a stream this long after a resolve")
+    critical_ratio: float = Field(default=2.0, gt=1, description="score / threshold at which severity is critical")
+    max_gap_s: float = Field(default=120.0, gt=0, description="a longer silence restarts the for/resolve clocks")
+    top_channels: int = Field(default=3, ge=0, description="contributing channels carried by an alert")
+
+
+class ApiSettings(BaseModel):
+    """The REST API for subscriptions and the server-sent-events alert stream."""
+
+    host: str = "127.0.0.1"
+    port: int = 8088
+    token: str = Field(default="diffsentry-dev-token", min_length=1)
+
+
+class DeliverySettings(BaseModel):
+    """Webhook delivery: bounded concurrency, exponential backoff, then the dead-letter topic."""
+
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    backoff_jitter: float = Field(default=0.1, ge=0, le=1, description="each delay is scaled by 1 ± this at random")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFSENTRY_", env_nested_delimiter="__", extra="ignore")
 
@@ -109,6 +141,9 @@ class Settings(BaseSettings):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     sensors: SensorSettings = Field(default_factory=SensorSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     state_dir: Path = Path(".diffsentry")
     model_repository: Path = Path(".diffsentry/model_repository")
 

@@ -26,9 +26,11 @@ from operators.resilience import Backoff, CircuitBreaker
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
 from operators.windowing import SensorWindower
 from pipeline.app import Worker
-from pipeline.contracts import FRAME_HEADER, DeadLetter, SensorReading, VideoFrame, decode
+from pipeline.contracts import FRAME_HEADER, Alert, DeadLetter, SensorReading, VideoFrame, decode
 from pipeline.ingest_sensors import publish, read_sensor_csv, readings
 from pipeline.settings import (
+    AlertingSettings,
+    ApiSettings,
     InfluxSettings,
     KafkaSettings,
     SensorSettings,
@@ -50,11 +52,12 @@ SKAB_FILE = DATA / "skab" / "valve1" / "0.csv"
 
 class Stack:
     def __init__(self, work: Path) -> None:
+        self.work = work
         self.broker, self.bootstrap = stream_services.tansu(work)
         self.store, self.store_url = stream_services.victoria_metrics(work)
         self.triton, self.triton_url = stream_services.tritonserver(work, MODELS)
 
-    def settings(self, **sensor_overrides) -> Settings:
+    def settings(self, alerting: AlertingSettings | None = None, **sensor_overrides) -> Settings:
         suffix = uuid.uuid4().hex[:8]
         topics = TopicSettings(
             sensor_readings=f"readings-{suffix}",
@@ -72,6 +75,9 @@ class Stack:
             sensors=SensorSettings(**sensor_overrides),
             stream=StreamSettings(metrics_port=0, breaker_reset_s=0.5, backoff_max_s=0.5, session_timeout_ms=3000),
             model_repository=MODELS,
+            state_dir=self.work / f"state-{suffix}",
+            api=ApiSettings(port=0),
+            alerting=alerting or AlertingSettings(),
         )
 
 
@@ -474,3 +480,40 @@ async def test_video_frames_are_scored_per_camera_and_corrupt_jpeg_is_dead_lette
     finally:
         await consumer.stop()
     assert len(letters) == 1 and "corrupt JPEG" in letters[0].reason and letters[0].key == "cam-broken"
+
+
+async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(stack: Stack, worker_factory) -> None:
+    alerting = AlertingSettings(for_s=0, for_points=2, resolve_for_s=0, cooldown_s=0)
+    settings = stack.settings(alerting=alerting)
+    card = load_ts_card(card_path(MODELS, "ts_diffusion"))
+    asset = f"pump-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(1)
+    async with worker_factory(settings):
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            for t in range(80):
+                values = {name: float(rng.normal()) for name in card.channels}
+                if 40 <= t < 43:
+                    values["Current"] = 500.0  # a 3-sample spike: every window holding it scores high
+                reading = SensorReading(asset=asset, ts=2000.0 + t, values=values)
+                await producer.send_and_wait(settings.topics.sensor_readings, reading.to_json(), key=asset.encode())
+        finally:
+            await producer.stop()
+
+        async def firing() -> dict[int, float]:
+            return await stored_points(stack.store_url, "alerts_firing", stream=asset)
+
+        transitions = await wait_for(firing)
+    assert 1.0 in transitions.values(), transitions
+    anomalies = await stored_points(stack.store_url, "sensor_scores_is_anomaly", asset=asset)
+    assert sum(anomalies.values()) >= 2
+    consumer = AIOKafkaConsumer(settings.topics.alerts, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=5000)
+        alerts = [decode(Alert, r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    assert [a.state for a in alerts][:1] == ["firing"] and alerts[0].stream == asset
+    assert "Current" in alerts[0].top_channels

@@ -1,0 +1,208 @@
+"""Alert subscriptions: who wants which alerts, and how; kept durably in sqlite.
+
+A subscription selects alerts by stream glob (``pump-*``), modality (or any) and minimum severity, and receives
+them by webhook (signed with its shared secret) and/or on the server-sent-events stream. The secret is write-only:
+it is stored, used to sign, and never returned by list or get.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
+
+from pipeline.contracts import SEVERITY_ORDER, Alert, Modality, Severity
+
+
+class Selector(BaseModel):
+    """Which alerts: a shell-style glob on the stream (asset or camera), a modality or any, a minimum severity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stream: str = Field(default="*", min_length=1, max_length=200)
+    modality: Modality | None = None
+    min_severity: Severity = "warning"
+
+    def matches(self, alert: Alert) -> bool:
+        return (
+            fnmatch.fnmatchcase(alert.stream, self.stream)
+            and (self.modality is None or self.modality == alert.modality)
+            and SEVERITY_ORDER[alert.severity] >= SEVERITY_ORDER[self.min_severity]
+        )
+
+
+class Delivery(BaseModel):
+    """How: an HTTP POST to a webhook, the server-sent-events stream, or both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    webhook_url: HttpUrl | None = None
+    sse: bool = False
+
+    @model_validator(mode="after")
+    def _some_channel(self) -> Delivery:
+        if self.webhook_url is None and not self.sse:
+            raise ValueError("a subscription needs a webhook_url, sse, or both")
+        return self
+
+    @field_serializer("webhook_url")
+    def _url_as_text(self, url: HttpUrl | None) -> str | None:
+        return str(url) if url is not None else None
+
+
+class SubscriptionSpec(BaseModel):
+    """What a client sends to create or replace a subscription."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    selector: Selector = Field(default_factory=Selector)
+    delivery: Delivery
+    secret: str | None = Field(default=None, min_length=16, max_length=512, repr=False)
+    enabled: bool = True
+
+
+class Subscription(BaseModel):
+    """A stored subscription; ``secret`` is excluded from every dump, so it cannot leak through the API."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    name: str
+    selector: Selector
+    delivery: Delivery
+    enabled: bool
+    has_secret: bool
+    created_at: float
+    updated_at: float
+    secret: str | None = Field(default=None, exclude=True, repr=False)
+
+    def matches(self, alert: Alert) -> bool:
+        return self.enabled and self.selector.matches(alert)
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7396): objects merge, ``null`` removes a key, anything else replaces."""
+    merged = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class SubscriptionStore:
+    """Subscriptions in a sqlite file; every method is a short transaction, safe to call from the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS subscriptions ("
+            " id TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, spec: SubscriptionSpec) -> tuple[Subscription, str | None]:
+        """Stores a new subscription; returns it and the secret generated for a webhook sent without one."""
+        generated = None
+        if spec.delivery.webhook_url is not None and spec.secret is None:
+            generated = secrets.token_urlsafe(32)
+            spec = spec.model_copy(update={"secret": generated})
+        subscription_id = "sub-" + uuid.uuid4().hex[:16]
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO subscriptions (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (subscription_id, spec.model_dump_json(), now, now),
+            )
+        subscription = self.get(subscription_id)
+        assert subscription is not None
+        return subscription, generated
+
+    def get(self, subscription_id: str) -> Subscription | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, spec, created_at, updated_at FROM subscriptions WHERE id = ?", (subscription_id,)
+            ).fetchone()
+        return self._from_row(row) if row else None
+
+    def list(self) -> list[Subscription]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, spec, created_at, updated_at FROM subscriptions ORDER BY created_at, id"
+            ).fetchall()
+        return [self._from_row(row) for row in rows]
+
+    def replace(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
+        """PUT: all fields but the write-only secret, kept when the new spec omits it; ValueError if invalid."""
+        current = self._spec(subscription_id)
+        if current is None:
+            return None
+        if spec.secret is None:
+            spec = spec.model_copy(update={"secret": current.secret})
+        return self._write(subscription_id, spec)
+
+    def patch(self, subscription_id: str, patch: dict[str, Any]) -> Subscription | None:
+        """PATCH with JSON merge-patch semantics; ValueError (pydantic's included) when the result is invalid."""
+        current = self._spec(subscription_id)
+        if current is None:
+            return None
+        merged = _merge(json.loads(current.model_dump_json()), patch)
+        if "secret" not in merged and current.delivery.webhook_url is not None:
+            merged["secret"] = current.secret  # the secret is write-only; null cannot clear it while a webhook uses it
+        return self._write(subscription_id, SubscriptionSpec.model_validate(merged))
+
+    def delete(self, subscription_id: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
+        return cursor.rowcount > 0
+
+    def matching(self, alert: Alert) -> list[Subscription]:
+        """The enabled subscriptions whose selector takes this alert (with their secrets, for signing)."""
+        return [subscription for subscription in self.list() if subscription.matches(alert)]
+
+    def _spec(self, subscription_id: str) -> SubscriptionSpec | None:
+        with self._lock:
+            row = self._db.execute("SELECT spec FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+        return SubscriptionSpec.model_validate_json(row[0]) if row else None
+
+    def _write(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
+        if spec.delivery.webhook_url is not None and spec.secret is None:
+            # Only creation generates a secret (and returns it once); an update cannot show one, so it must bring it.
+            raise ValueError("a webhook needs a secret: send one with this update")
+        with self._lock:
+            self._db.execute(
+                "UPDATE subscriptions SET spec = ?, updated_at = ? WHERE id = ?",
+                (spec.model_dump_json(), time.time(), subscription_id),
+            )
+        return self.get(subscription_id)
+
+    @staticmethod
+    def _from_row(row: tuple[str, str, float, float]) -> Subscription:
+        subscription_id, raw, created_at, updated_at = row
+        spec = SubscriptionSpec.model_validate_json(raw)
+        return Subscription(
+            id=subscription_id,
+            name=spec.name,
+            selector=spec.selector,
+            delivery=spec.delivery,
+            enabled=spec.enabled,
+            has_secret=spec.secret is not None,
+            created_at=created_at,
+            updated_at=updated_at,
+            secret=spec.secret,
+        )

@@ -1,0 +1,92 @@
+"""A small webhook receiver for the demo and tests: verifies signatures, dedupes, records deliveries.
+
+It is also the reference for subscribers: verify ``X-DiffSentry-Signature`` over the raw body before parsing,
+and drop a delivery whose ``Idempotency-Key`` was seen before (delivery is at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from operators.delivery import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
+from pipeline.contracts import Alert, ContractError, decode
+
+
+@dataclass
+class ReceiverCounts:
+    requests: int = 0
+    injected_failures: int = 0
+    bad_signatures: int = 0
+    duplicates: int = 0
+    accepted: int = 0
+
+
+class WebhookReceiver:
+    """Serves ``POST /`` on 127.0.0.1; ``fail_first`` answers the first requests with ``fail_status`` (tests)."""
+
+    def __init__(
+        self, secret: str, *, host: str = "127.0.0.1", port: int = 0, fail_first: int = 0, fail_status: int = 503
+    ) -> None:
+        self.secret = secret
+        self.host = host
+        self.port = port
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.alerts: list[Alert] = []
+        self.keys: list[str] = []
+        self.counts = ReceiverCounts()
+        self._runner: web.AppRunner | None = None
+        self._arrived = asyncio.Condition()
+
+    @property
+    def url(self) -> str:
+        if self._runner is None:
+            raise RuntimeError("the receiver is not started")
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}/"
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_for(self, count: int) -> list[Alert]:
+        """Waits until ``count`` distinct deliveries arrived (callers bound it with their own timeout)."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.alerts) >= count)
+        return list(self.alerts)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.counts.requests += 1
+        if self.counts.requests <= self.fail_first:
+            self.counts.injected_failures += 1
+            return web.Response(status=self.fail_status, text="failing on purpose")
+        body = await request.read()
+        if not verify_signature(self.secret, body, request.headers.get(SIGNATURE_HEADER)):
+            self.counts.bad_signatures += 1
+            return web.Response(status=401, text="bad signature")
+        try:
+            alert = decode(Alert, body)
+        except ContractError as error:
+            return web.Response(status=400, text=str(error))
+        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        if key in self.keys:
+            self.counts.duplicates += 1
+            return web.Response(status=200, text="duplicate")
+        self.counts.accepted += 1
+        async with self._arrived:
+            self.keys.append(key)
+            self.alerts.append(alert)
+            self._arrived.notify_all()
+        return web.Response(status=200, text="ok")

@@ -1,0 +1,222 @@
+"""REST API for alert subscriptions and the server-sent-events alert stream (aiohttp).
+
+Every ``/v1`` route needs ``Authorization: Bearer <api.token>``; ``/healthz`` does not.
+
+- ``POST /v1/subscriptions`` create (201; a generated webhook secret is returned in this response only)
+- ``GET /v1/subscriptions`` list, ``GET /v1/subscriptions/{id}`` get (secrets never appear)
+- ``PUT /v1/subscriptions/{id}`` replace, ``PATCH /v1/subscriptions/{id}`` JSON merge patch, ``DELETE`` remove (204)
+- ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or ``?stream=&modality=&min_severity=``
+- ``GET /v1/deliveries`` webhook deliveries by outcome
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from operators.alerting import idempotency_key
+from operators.delivery import AlertDispatcher, AlertHub
+from operators.subscriptions import Selector, Subscription, SubscriptionSpec, SubscriptionStore
+from pipeline.settings import Settings
+
+KEEPALIVE_S = 15.0
+
+STORE = web.AppKey("store", SubscriptionStore)
+HUB = web.AppKey("hub", AlertHub)
+DISPATCHER = web.AppKey("dispatcher", AlertDispatcher)
+TOKEN = web.AppKey("token", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+def _bad_request(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
+
+
+def _invalid(error: ValueError) -> web.Response:
+    if isinstance(error, ValidationError):
+        reasons = [f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()]
+        return web.json_response({"error": "invalid subscription", "reasons": reasons}, status=400)
+    return _error(400, str(error))
+
+
+def _public(subscription: Subscription) -> dict[str, Any]:
+    return subscription.model_dump(mode="json")
+
+
+@web.middleware
+async def _bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), request.app[TOKEN].encode()):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+    return await handler(request)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as error:
+        raise _bad_request(f"malformed JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise _bad_request("expected a JSON object")
+    return body
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _create(request: web.Request) -> web.Response:
+    try:
+        spec = SubscriptionSpec.model_validate(await _json_object(request))
+    except ValidationError as error:
+        return _invalid(error)
+    subscription, generated_secret = request.app[STORE].create(spec)
+    body = _public(subscription)
+    if generated_secret is not None:
+        body["secret"] = generated_secret  # shown once: list and get never return it
+    return web.json_response(body, status=201, headers={"Location": f"/v1/subscriptions/{subscription.id}"})
+
+
+async def _list(request: web.Request) -> web.Response:
+    return web.json_response({"subscriptions": [_public(s) for s in request.app[STORE].list()]})
+
+
+async def _get(request: web.Request) -> web.Response:
+    subscription = request.app[STORE].get(request.match_info["id"])
+    if subscription is None:
+        return _error(404, "no such subscription")
+    return web.json_response(_public(subscription))
+
+
+async def _replace(request: web.Request) -> web.Response:
+    try:
+        spec = SubscriptionSpec.model_validate(await _json_object(request))
+        subscription = request.app[STORE].replace(request.match_info["id"], spec)
+    except ValueError as error:
+        return _invalid(error)
+    if subscription is None:
+        return _error(404, "no such subscription")
+    return web.json_response(_public(subscription))
+
+
+async def _patch(request: web.Request) -> web.Response:
+    try:
+        subscription = request.app[STORE].patch(request.match_info["id"], await _json_object(request))
+    except ValueError as error:
+        return _invalid(error)
+    if subscription is None:
+        return _error(404, "no such subscription")
+    return web.json_response(_public(subscription))
+
+
+async def _delete(request: web.Request) -> web.Response:
+    if not request.app[STORE].delete(request.match_info["id"]):
+        return _error(404, "no such subscription")
+    return web.Response(status=204)
+
+
+def _stream_selector(request: web.Request) -> Selector:
+    query = request.query
+    subscription_id = query.get("subscription")
+    if subscription_id is not None:
+        subscription = request.app[STORE].get(subscription_id)
+        if subscription is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such subscription"}), content_type="application/json")
+        if not (subscription.enabled and subscription.delivery.sse):
+            raise web.HTTPConflict(
+                text=json.dumps({"error": "this subscription is disabled or does not deliver by SSE"}),
+                content_type="application/json",
+            )
+        return subscription.selector
+    try:
+        return Selector.model_validate({k: query[k] for k in ("stream", "modality", "min_severity") if k in query})
+    except ValidationError as error:
+        raise _bad_request(str(error)) from error
+
+
+async def _alert_stream(request: web.Request) -> web.StreamResponse:
+    selector = _stream_selector(request)
+    hub = request.app[HUB]
+    queue = hub.subscribe(selector)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    try:
+        await response.prepare(request)
+        # A first comment tells the client the stream is live, so it knows alerts from now on will reach it.
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                alert = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if alert is None:
+                break
+            event = f"id: {idempotency_key(alert)}\nevent: alert\ndata: {alert.to_json().decode()}\n\n"
+            await response.write(event.encode())
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        hub.unsubscribe(queue)
+    return response
+
+
+async def _deliveries(request: web.Request) -> web.Response:
+    dispatcher = request.app.get(DISPATCHER)
+    if dispatcher is None:
+        return _error(404, "this server does not deliver webhooks")
+    return web.json_response(dispatcher.summary())
+
+
+def build_app(
+    token: str, store: SubscriptionStore, hub: AlertHub, dispatcher: AlertDispatcher | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[_bearer_auth])
+    app[TOKEN] = token
+    app[STORE] = store
+    app[HUB] = hub
+    if dispatcher is not None:
+        app[DISPATCHER] = dispatcher
+    app.router.add_get("/healthz", _health)
+    app.router.add_post("/v1/subscriptions", _create)
+    app.router.add_get("/v1/subscriptions", _list)
+    app.router.add_get("/v1/subscriptions/{id}", _get)
+    app.router.add_put("/v1/subscriptions/{id}", _replace)
+    app.router.add_patch("/v1/subscriptions/{id}", _patch)
+    app.router.add_delete("/v1/subscriptions/{id}", _delete)
+    app.router.add_get("/v1/alerts/stream", _alert_stream)
+    app.router.add_get("/v1/deliveries", _deliveries)
+
+    async def _end_streams(app: web.Application) -> None:
+        hub.close()  # lets open SSE responses finish instead of holding the shutdown
+
+    app.on_shutdown.append(_end_streams)
+    return app
+
+
+async def serve_api(
+    settings: Settings, store: SubscriptionStore, hub: AlertHub, dispatcher: AlertDispatcher | None = None
+) -> web.AppRunner:
+    """Starts the API on ``api.host:api.port`` (port 0 picks a free one; see ``runner.addresses``).
+
+    The caller owns the runner: ``await runner.cleanup()`` stops it.
+    """
+    runner = web.AppRunner(build_app(settings.api.token, store, hub, dispatcher), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.api.host, settings.api.port).start()
+    return runner

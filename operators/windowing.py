@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -41,10 +42,25 @@ from pipeline.contracts import ContractError, SensorReading, SensorWindow
 
 @dataclass(frozen=True)
 class EmittedWindow:
-    window: SensorWindow
+    asset: str
+    start_ts: float
+    end_ts: float  # event time of the last slot: the timestamp of the window's score
+    channels: tuple[str, ...]
     values: np.ndarray  # float32 [L, C], channels in model-card order, gaps filled
     observed: np.ndarray  # bool [L, C]
-    oldest_ref: int | None  # smallest ref among the readings in the window
+    oldest_ref: int | None  # smallest ref a restart must re-read to rebuild this window
+
+    @cached_property
+    def window(self) -> SensorWindow:
+        """The window as its wire contract (built only when needed, e.g. for a dead letter)."""
+        return SensorWindow(
+            asset=self.asset,
+            start_ts=self.start_ts,
+            end_ts=self.end_ts,
+            channels=list(self.channels),
+            values=self.values.tolist(),
+            observed=self.observed.tolist(),
+        )
 
 
 @dataclass
@@ -120,6 +136,26 @@ class SensorWindower:
 
     def _build(self, asset: str, state: _AssetState, in_window: list[int]) -> EmittedWindow:
         length, width = self.window, len(self.channels)
+        refs = [ref for s in in_window if (ref := state.slots[s][1]) is not None]
+        if state.seed is not None and state.seed[2] is not None:
+            refs.append(state.seed[2])
+        if len(in_window) == length:  # complete: no gap to fill
+            values = np.stack([state.slots[state.start + step][0] for step in range(length)]).astype(np.float32)
+            observed = np.ones((length, width), dtype=bool)
+        else:
+            values, observed = self._fill_gaps(state, in_window)
+        return EmittedWindow(
+            asset=asset,
+            start_ts=state.start * self.period,
+            end_ts=(state.start + length - 1) * self.period,
+            channels=self.channels,
+            values=values,
+            observed=observed,
+            oldest_ref=min(refs) if refs else None,
+        )
+
+    def _fill_gaps(self, state: _AssetState, in_window: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        length, width = self.window, len(self.channels)
         observed_steps = np.array(sorted(s - state.start for s in in_window))
         known = np.stack([state.slots[state.start + int(step)][0] for step in observed_steps])
         if state.seed is not None and observed_steps[0] > 0:
@@ -131,18 +167,7 @@ class SensorWindower:
             values[:, channel] = np.interp(steps, observed_steps, known[:, channel])
         observed = np.zeros((length, width), dtype=bool)
         observed[observed_steps[observed_steps >= 0]] = True
-        refs = [ref for s in in_window if (ref := state.slots[s][1]) is not None]
-        if state.seed is not None and state.seed[2] is not None:
-            refs.append(state.seed[2])
-        window = SensorWindow.model_construct(
-            asset=asset,
-            start_ts=state.start * self.period,
-            end_ts=(state.start + length - 1) * self.period,
-            channels=list(self.channels),
-            values=values.tolist(),
-            observed=observed.tolist(),
-        )
-        return EmittedWindow(window, values, observed, min(refs) if refs else None)
+        return values, observed
 
     def _advance(self, state: _AssetState) -> None:
         new_start = state.start + self.stride

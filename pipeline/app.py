@@ -357,11 +357,11 @@ class Worker:
             metrics.LATE.labels("sensor").inc(late)
             self.windower.late_readings = 0
         for window in windows:
-            await self._spawn(tp, window.oldest_ref, record, "sensor", window.window.asset, window)
+            await self._spawn(tp, window.oldest_ref, record, "sensor", window.asset, window)
 
     async def _score_window(self, window: EmittedWindow) -> tuple[float, dict[str, float], None]:
         assert self.ts_card is not None
-        result = await self.ts_batcher.submit(TsRequest(window.window.asset, window.values, self.mode))
+        result = await self.ts_batcher.submit(TsRequest(window.asset, window.values, self.mode))
         contributions = dict(zip(self.ts_card.channels, map(float, result.channel_scores), strict=True))
         return result.score, contributions, None
 
@@ -428,7 +428,7 @@ class Worker:
             triton = self.settings.triton
             if isinstance(item, EmittedWindow):
                 assert self.ts_card is not None
-                ts, thresholds, scoring = item.window.end_ts, self.ts_thresholds, self._score_window(item)
+                ts, thresholds, scoring = item.end_ts, self.ts_thresholds, self._score_window(item)
                 model_name, version = triton.ts_model, self.ts_card.version or triton.ts_model_version
             else:
                 assert self.video_card is not None

@@ -25,5 +25,5 @@ END_TO_END = Histogram(
     "diffsentry_end_to_end_seconds",
     "Produce time of the newest input to store acknowledgement",
     ["modality"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
 )

@@ -151,7 +151,7 @@ def expected_window_ends(table, asset: str) -> set[int]:
     windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
     ends = set()
     for reading in readings(table, asset, loop=False):
-        ends.update(round(w.window.end_ts * 1000) for w in windower.add(reading))
+        ends.update(round(w.end_ts * 1000) for w in windower.add(reading))
     return ends
 
 

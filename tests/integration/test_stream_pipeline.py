@@ -136,6 +136,7 @@ async def stored_points(store_url: str, measurement_field: str, **labels: str) -
 
 
 async def wait_for(condition, timeout_s: float = 60.0, interval_s: float = 0.5):
+    """Poll ``condition`` until it returns something truthy (returned) or the timeout (the last value)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         value = await condition()
@@ -222,7 +223,11 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
         async def scored() -> int:
             return len(await stored_points(stack.store_url, "sensor_scores_score", asset="pump-1"))
 
-        assert await wait_for(scored) == 7  # slots 1000..1039: windows starting 1000, 1004, ..., 1024
+        async def all_scored() -> bool:
+            return await scored() >= 7
+
+        await wait_for(all_scored)
+        assert await scored() == 7  # slots 1000..1039: windows starting 1000, 1004, ..., 1024
     consumer = AIOKafkaConsumer(
         settings.topics.dead_letter, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest"
     )
@@ -463,7 +468,11 @@ async def test_video_frames_are_scored_per_camera_and_corrupt_jpeg_is_dead_lette
         async def scored() -> int:
             return len(await stored_points(stack.store_url, "video_scores_score", camera=camera))
 
-        assert await wait_for(scored) == 10  # 12 frames, the first 2 are only context
+        async def all_scored() -> bool:
+            return await scored() >= 10
+
+        await wait_for(all_scored)
+        assert await scored() == 10  # 12 frames, the first 2 are only context
     scores = await stored_points(stack.store_url, "video_scores_score", camera=camera)
     anomalies = await stored_points(stack.store_url, "video_scores_is_anomaly", camera=camera)
     peak = max(scores, key=scores.get)
@@ -501,10 +510,11 @@ async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(sta
         finally:
             await producer.stop()
 
-        async def firing() -> dict[int, float]:
-            return await stored_points(stack.store_url, "alerts_firing", stream=asset)
+        async def fired() -> bool:
+            return 1.0 in (await stored_points(stack.store_url, "alerts_firing", stream=asset)).values()
 
-        transitions = await wait_for(firing)
+        await wait_for(fired)
+        transitions = await stored_points(stack.store_url, "alerts_firing", stream=asset)
     assert 1.0 in transitions.values(), transitions
     anomalies = await stored_points(stack.store_url, "sensor_scores_is_anomaly", asset=asset)
     assert sum(anomalies.values()) >= 2

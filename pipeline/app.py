@@ -89,6 +89,13 @@ class AlertObserver(Protocol):
     def acknowledge(self, alert: Alert) -> None: ...
 
 
+def _check_key(record: ConsumerRecord, stream: str) -> None:
+    """Windows and frame stacks need all of a stream's messages in one partition, in order: the key is the stream."""
+    if record.key != stream.encode():
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        raise ContractError(f"message of {stream!r} keyed {key!r}: readings and frames must be keyed by asset/camera")
+
+
 class AssetRegistry:
     """Admitted asset ids: glob patterns from ``sensors.assets``, else the ts model card's streams, else all."""
 
@@ -342,6 +349,7 @@ class Worker:
         assert self.windower is not None
         try:
             reading = decode(SensorReading, record.value)
+            _check_key(record, reading.asset)
             if not self.assets.admits(reading.asset):
                 raise ContractError(
                     f"unknown asset {reading.asset!r}: not in the asset registry {self.assets.patterns} "
@@ -374,6 +382,7 @@ class Worker:
             if header is None:
                 raise ContractError(f"frame without the {FRAME_HEADER!r} header")
             frame = decode(VideoFrame, header)
+            _check_key(record, frame.camera)
             image = decode_frame(frame, record.value or b"", self.video_card.height, self.video_card.width)
         except ContractError as error:
             self._dead_letter(tp, record, error)

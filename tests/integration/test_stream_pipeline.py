@@ -211,7 +211,10 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
         await producer.start()
         try:
             for raw in bad_messages:
-                await producer.send_and_wait(settings.topics.sensor_readings, raw, key=b"pump-1")
+                key = b"boiler-9" if b"boiler-9" in raw else b"pump-1"
+                await producer.send_and_wait(settings.topics.sensor_readings, raw, key=key)
+            unkeyed = SensorReading(asset="pump-1", ts=4.0, values=good).to_json()
+            await producer.send_and_wait(settings.topics.sensor_readings, unkeyed, key=b"pump-2")
             rng = np.random.default_rng(0)
             for t in range(40):
                 values = {name: float(rng.normal()) for name in card.channels}
@@ -234,17 +237,18 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
     await consumer.start()
     letters: list[DeadLetter] = []
     try:
-        while len(letters) < len(bad_messages):
+        while len(letters) < len(bad_messages) + 1:
             batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
             letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
     finally:
         await consumer.stop()
     reasons = sorted(letter.reason for letter in letters)
-    assert len(letters) == 4
+    assert len(letters) == 5
     assert any("malformed JSON" in r for r in reasons)
     assert any("missing" in r and "Pressure" in r for r in reasons)
     assert any("not a finite number" in r for r in reasons)
     assert any("unknown asset 'boiler-9'" in r for r in reasons)
+    assert any("keyed 'pump-2'" in r for r in reasons)
     assert all(letter.source_topic == settings.topics.sensor_readings for letter in letters)
 
 

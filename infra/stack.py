@@ -33,8 +33,8 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.state import KAFKA, SERVICES, TRITON, VICTORIA_METRICS, ServiceRecord, StackState, process_runs
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.settings import KafkaSettings, Settings
+from pipeline.topics import create_declared_topics
 from triton_models.paths import PING_MODEL, SOURCE_ROOT, TEMPLATE_REPOSITORY
 
 LOCAL_EXTRA_INSTALL = "pip install 'diffsentry[local]'"
@@ -94,8 +94,8 @@ def _http_base(address: str) -> str:
     return address if "://" in address else f"http://{address}"
 
 
-async def _kafka_metadata(bootstrap_servers: str, timeout_s: float) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+async def _kafka_metadata(kafka: KafkaSettings, timeout_s: float) -> list[str]:
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
         return await admin.list_topics()
@@ -103,10 +103,10 @@ async def _kafka_metadata(bootstrap_servers: str, timeout_s: float) -> list[str]
         await admin.close()
 
 
-def kafka_healthy(bootstrap_servers: str, timeout_s: float = 3.0) -> bool:
+def kafka_healthy(kafka: KafkaSettings, timeout_s: float = 3.0) -> bool:
     """A metadata request answers."""
     try:
-        asyncio.run(asyncio.wait_for(_kafka_metadata(bootstrap_servers, timeout_s), timeout_s))
+        asyncio.run(asyncio.wait_for(_kafka_metadata(kafka, timeout_s), timeout_s))
     except Exception:
         return False
     return True
@@ -143,7 +143,7 @@ def service_url(settings: Settings, name: str) -> str:
 
 def service_healthy(settings: Settings, name: str) -> bool:
     if name == KAFKA:
-        return kafka_healthy(settings.kafka.bootstrap_servers)
+        return kafka_healthy(settings.kafka)
     if name == TRITON:
         return triton_healthy(settings.triton.http_url)
     return influx_healthy(settings.influx.url)
@@ -151,7 +151,7 @@ def service_healthy(settings: Settings, name: str) -> bool:
 
 def _record_healthy(record: ServiceRecord) -> bool:
     if record.name == KAFKA:
-        return kafka_healthy(record.url)
+        return kafka_healthy(KafkaSettings(bootstrap_servers=record.url))
     if record.name == TRITON:
         return triton_healthy(record.url)
     return influx_healthy(record.url)
@@ -366,6 +366,8 @@ def _start_victoria_metrics(settings: Settings, state_dir: Path) -> ServiceRecor
         str(victoria_metrics_binary()),
         f"-storageDataPath={data_dir}",
         f"-httpListenAddr=127.0.0.1:{ports['http']}",
+        # Replays of recorded data sets write old timestamps; the default retention (1 month) drops them silently.
+        "-retentionPeriod=100y",
         # Points are readable right after force_flush: no look-back offset, no cached query results.
         "-search.latencyOffset=0s",
         "-search.disableCache",
@@ -437,17 +439,9 @@ def up(settings: Settings) -> list[ServiceStatus]:
                 del state.services[record.name]
             state.save(state_dir)
             raise
-        asyncio.run(_create_topics(settings, state.services[KAFKA].url))
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": state.services[KAFKA].url})
+        asyncio.run(create_declared_topics(settings.model_copy(update={"kafka": kafka})))
     return [ServiceStatus(r.name, r.url, r.pid, True) for r in (state.services[name] for name in SERVICES)]
-
-
-async def _create_topics(settings: Settings, bootstrap_servers: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        return await ensure_topics(settings, admin)
-    finally:
-        await admin.close()
 
 
 def down(settings: Settings) -> list[str]:

@@ -28,6 +28,23 @@ class KafkaSettings(BaseModel):
     client_id: str = "diffsentry"
     consumer_group: str = "diffsentry-worker"
 
+    def client_options(self) -> dict[str, Any]:
+        """Connection keyword arguments for aiokafka producers, consumers and admin clients."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context()
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options
+
 
 class TopicSettings(BaseModel):
     sensor_readings: str = "diffsentry.sensor-readings"

@@ -455,7 +455,7 @@ def down(settings: Settings) -> list[str]:
             record = state.services.get(name)
             if record is not None:
                 stop_process(record.pid, record.executable, settings.stack.stop_timeout_s)
-        StackState(durable=state.durable).save(state_dir)
+        StackState().save(state_dir)
     return [name for name in SERVICES if name in running]
 
 

@@ -55,7 +55,6 @@ class ServiceRecord:
 @dataclass
 class StackState:
     services: dict[str, ServiceRecord] = field(default_factory=dict)
-    durable: bool = False
 
     @classmethod
     def load(cls, state_dir: Path) -> StackState:
@@ -64,16 +63,13 @@ class StackState:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return cls()
-        return cls(
-            services={name: ServiceRecord(**record) for name, record in data.get("services", {}).items()},
-            durable=bool(data.get("durable", False)),
-        )
+        return cls(services={name: ServiceRecord(**record) for name, record in data.get("services", {}).items()})
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        payload = {"durable": self.durable, "services": {name: asdict(r) for name, r in self.services.items()}}
+        payload = {"services": {name: asdict(r) for name, r in self.services.items()}}
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(path)  # atomic: a reader never sees half a file
 

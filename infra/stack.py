@@ -343,8 +343,6 @@ def _start_triton(settings: Settings, state_dir: Path) -> ServiceRecord:
         # One broken trained model must not take the server down; readiness is checked per model instead.
         "--exit-on-error=false",
         "--strict-readiness=false",
-        # Several servers on one machine (tests, helpers) must not share the python backend's shared memory.
-        f"--backend-config=python,shm-region-prefix-name=diffsentry_{ports['http']}_",
         "--http-address=127.0.0.1",
         "--grpc-address=127.0.0.1",
         "--metrics-address=127.0.0.1",

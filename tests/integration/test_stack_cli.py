@@ -96,6 +96,15 @@ def test_stack_lifecycle_doctor_and_a_stopped_service(cli_env: dict[str, str]) -
     assert code != 0
     assert [s["healthy"] for s in status] == [True, True, False]
 
+    # `up` again restarts only what is gone.
+    assert _cli(cli_env, "stack", "up").returncode == 0
+    code, status = _status(cli_env)
+    assert code == 0
+    restarted = {s["name"]: s["pid"] for s in status}
+    assert restarted["kafka"] == pids["kafka"] and restarted["triton"] == pids["triton"]
+    assert restarted["victoria-metrics"] != pids["victoria-metrics"]
+    pids["victoria-metrics"] = restarted["victoria-metrics"]
+
     down = _cli(cli_env, "stack", "down")
     assert down.returncode == 0, down.stderr
     records = StackState.load(Path(state_dir)).services

@@ -8,6 +8,8 @@
 
 Pids, ports and logs live in ``Settings.state_dir`` (see :mod:`infra.state`); :func:`up` starts only what is not
 running and healthy already, :func:`down` stops by pid only what the state file records.
+The functions are synchronous (Kafka checks run an event loop of their own): call them from plain code, or
+through ``asyncio.to_thread`` from async code.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def kafka_healthy(kafka: KafkaSettings, timeout_s: float = 3.0) -> bool:
     """A metadata request answers."""
     try:
         asyncio.run(asyncio.wait_for(_kafka_metadata(kafka, timeout_s), timeout_s))
-    except Exception:
+    except Exception:  # refused, timed out, not Kafka: all mean "not healthy"
         return False
     return True
 

@@ -42,3 +42,13 @@ async def ensure_topics(settings: Settings, admin: AIOKafkaAdminClient) -> list[
             [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor) for s in missing]
         )
     return [spec.name for spec in missing]
+
+
+async def create_declared_topics(settings: Settings) -> list[str]:
+    """Connect to the configured broker and create the declared topics that are missing; returns those created."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
+    await admin.start()
+    try:
+        return await ensure_topics(settings, admin)
+    finally:
+        await admin.close()

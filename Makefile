@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint stack-up stack-down
+.PHONY: setup demo test lint stack-up stack-down stack-status
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml infra/install-system-deps.sh
 	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
 	touch $@
 
+# Until `diffsentry demo` exists: bring the local stack up and prove each service works.
 demo: setup
-	$(BIN)/diffsentry demo
+	$(BIN)/diffsentry stack up && $(BIN)/diffsentry doctor
 
 test: setup
 	$(BIN)/ruff check .
@@ -30,3 +31,6 @@ stack-up: setup
 
 stack-down: setup
 	$(BIN)/diffsentry stack down
+
+stack-status: setup
+	$(BIN)/diffsentry stack status

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,14 +38,21 @@ import matplotlib.pyplot as plt
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
+from infra import stack as local_stack
+from infra.state import running_stack_addresses
 from operators.model_cards import card_path, load_ts_card
 from pipeline.contracts import SensorReading
 from pipeline.settings import ApiSettings, InfluxSettings, KafkaSettings, Settings, StreamSettings, TritonSettings
-from pipeline.topics import ensure_topics_exist
-from tests.integration import stream_services
+from pipeline.topics import create_declared_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -87,7 +95,7 @@ def diff(after: list[tuple[float, float]], before: list[tuple[float, float]]) ->
 
 class WorkerProcess:
     def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = stream_services.free_port()
+        self.port = free_port()
         config = settings.model_dump(mode="json")
         config["stream"]["metrics_port"] = self.port
         self.config = work / "worker.yaml"
@@ -194,16 +202,13 @@ async def main(args: argparse.Namespace) -> dict:
     models = Path(args.models).resolve()
     card = load_ts_card(card_path(models, "ts_diffusion"))
     work = Path(tempfile.mkdtemp(prefix="diffsentry-e2e-"))
-    broker, bootstrap = stream_services.tansu(work)
-    store, store_url = stream_services.victoria_metrics(work)
-    triton, triton_url = stream_services.tritonserver(work, models)
-    services = [broker, store, triton]
-    for service in services:
-        service.start()
+    stack_settings = Settings(state_dir=work / "stack", model_repository=models)
+    await asyncio.to_thread(local_stack.up, stack_settings)  # it runs its own event loop
+    addresses = running_stack_addresses(stack_settings.state_dir)
     settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, consumer_group="bench"),
-        triton=TritonSettings(grpc_url=triton_url),
-        influx=InfluxSettings(url=store_url),
+        kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group="bench"),
+        triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
+        influx=InfluxSettings(url=addresses["influx"]["url"]),
         stream=StreamSettings(session_timeout_ms=3000, max_batch=args.max_batch),
         model_repository=models,
         state_dir=work / "state",
@@ -211,7 +216,7 @@ async def main(args: argparse.Namespace) -> dict:
     )
     worker = WorkerProcess(settings, work)
     try:
-        await ensure_topics_exist(settings)
+        await create_declared_topics(settings)
         await produce_backlog(settings, card.channels, args.assets, args.readings_per_asset)
         per_asset = (args.readings_per_asset - card.window) // card.stride + 1
         expected = per_asset * args.assets
@@ -280,8 +285,7 @@ async def main(args: argparse.Namespace) -> dict:
         return result
     finally:
         worker.stop()
-        for service in reversed(services):
-            service.stop()
+        await asyncio.to_thread(local_stack.down, stack_settings)
 
 
 def plot(result: dict, timeline: list[tuple[float, float]]) -> None:

@@ -267,14 +267,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         settings, kafka = self.settings, self.settings.kafka
         self.topology = self._topology()
-        common = {
-            "bootstrap_servers": kafka.bootstrap_servers,
-            "security_protocol": kafka.security_protocol,
-            "sasl_mechanism": kafka.sasl_mechanism or "PLAIN",
-            "sasl_plain_username": kafka.sasl_username,
-            "sasl_plain_password": kafka.sasl_password,
-            "client_id": kafka.client_id,
-        }
+        common = kafka.client_options()
         self.producer = AIOKafkaProducer(**common, acks="all", linger_ms=2, enable_idempotence=False)
         self.consumer = AIOKafkaConsumer(
             **common,

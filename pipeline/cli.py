@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from infra import cli as infra_commands
 from pipeline import ingest_sensors, run_command, subscriptions_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
@@ -12,12 +13,20 @@ train_app = typer.Typer(no_args_is_help=True, help="Train diffusion models into 
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate models on labelled data.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Convert public data sets to the benchmark layout.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Publish sensor readings or video frames to Kafka.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics declared in pipeline/topics.py.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(subscriptions_cli.app, name="subscriptions")
+app.add_typer(topics_app, name="topics")
+
+stack_app.command("up")(infra_commands.stack_up)
+stack_app.command("down")(infra_commands.stack_down)
+stack_app.command("status")(infra_commands.stack_status)
+topics_app.command("create")(infra_commands.topics_create)
+app.command("doctor")(infra_commands.doctor)
 app.command("run")(run_command.run)
 ingest_app.command("sensors")(ingest_sensors.sensors)
 

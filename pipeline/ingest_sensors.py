@@ -94,8 +94,7 @@ async def publish(
 ) -> int:
     kafka = settings.kafka
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-ingest",
+        **{**kafka.client_options(), "client_id": f"{kafka.client_id}-ingest"},
         acks="all",
         linger_ms=5,
         enable_idempotence=False,

@@ -11,7 +11,7 @@ import typer
 
 from pipeline.app import Worker
 from pipeline.settings import get_settings
-from pipeline.topics import ensure_topics_exist
+from pipeline.topics import create_declared_topics
 
 
 def run(
@@ -27,7 +27,7 @@ def run(
         )
 
     async def main() -> None:
-        await ensure_topics_exist(settings)
+        await create_declared_topics(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

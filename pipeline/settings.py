@@ -1,7 +1,10 @@
 """All configuration in one typed object.
 
-Values come, in increasing priority, from defaults, an optional YAML file named by ``DIFFSENTRY_CONFIG``,
-and ``DIFFSENTRY_*`` environment variables (nested fields use ``__``, e.g. ``DIFFSENTRY_KAFKA__BOOTSTRAP_SERVERS``).
+Values come, in increasing priority, from defaults, the service addresses of a running local stack (its
+state file ``<state_dir>/stack.json``, written by ``diffsentry stack up``), an optional YAML file named by
+``DIFFSENTRY_CONFIG``, and ``DIFFSENTRY_*`` environment variables (nested fields use ``__``, e.g.
+``DIFFSENTRY_KAFKA__BOOTSTRAP_SERVERS``). So a running local stack replaces only defaults: anything configured
+explicitly, for example production addresses, always wins.
 """
 
 from __future__ import annotations
@@ -24,6 +27,23 @@ class KafkaSettings(BaseModel):
     sasl_password: str | None = None
     client_id: str = "diffsentry"
     consumer_group: str = "diffsentry-worker"
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection keyword arguments for aiokafka producers, consumers and admin clients."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context()
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options
 
 
 class TopicSettings(BaseModel):
@@ -51,6 +71,21 @@ class InfluxSettings(BaseModel):
     token: str = "diffsentry-dev-token"
     org: str = "diffsentry"
     bucket: str = "diffsentry"
+    # How to read points back (the write API is the same): InfluxDB answers Flux, VictoriaMetrics its export API.
+    # "auto" asks the server's /health endpoint which one it is.
+    flavor: Literal["auto", "influxdb", "victoriametrics"] = "auto"
+
+
+class LocalStackSettings(BaseModel):
+    """Ports of the local stack; 0 picks a free port at start."""
+
+    kafka_port: int = 0
+    triton_http_port: int = 0
+    triton_grpc_port: int = 0
+    triton_metrics_port: int = 0
+    victoria_metrics_port: int = 0
+    start_timeout_s: float = 90.0
+    stop_timeout_s: float = 20.0
 
 
 class SensorSettings(BaseModel):
@@ -89,7 +124,7 @@ class StreamSettings(BaseModel):
     backoff_initial_s: float = Field(default=0.05, gt=0.0)
     backoff_max_s: float = Field(default=2.0, gt=0.0)
     sink_batch_size: int = Field(default=2000, ge=1)
-    sink_flush_interval_ms: float = Field(default=20.0, ge=0.0)
+    sink_flush_interval_ms: float = Field(default=5.0, ge=0.0)  # how long a partial batch waits for more points
     sink_timeout_ms: int = Field(default=5000, ge=100)
     commit_interval_s: float = Field(default=0.5, gt=0.0)
     fetch_max_records: int = Field(default=1000, ge=1)
@@ -144,6 +179,7 @@ class Settings(BaseSettings):
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
     state_dir: Path = Path(".diffsentry")
     model_repository: Path = Path(".diffsentry/model_repository")
 
@@ -156,26 +192,67 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+        yaml_settings = _YamlFileSource(settings_cls)
+        return (
+            init_settings,
+            env_settings,
+            yaml_settings,
+            _LocalStackSource(settings_cls, init_settings, yaml_settings),
+        )
+
+
+def _load_yaml_config() -> dict[str, Any]:
+    path = os.environ.get("DIFFSENTRY_CONFIG")
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    return data
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):
     """Reads the YAML file named by ``DIFFSENTRY_CONFIG``, if any."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._load().get(field_name), field_name, False
-
-    def _load(self) -> dict[str, Any]:
-        path = os.environ.get("DIFFSENTRY_CONFIG")
-        if not path:
-            return {}
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
-        return data
+        return _load_yaml_config().get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return self._load()
+        return _load_yaml_config()
+
+
+class _LocalStackSource(PydanticBaseSettingsSource):
+    """The addresses of the services of a running local stack, read from its state file in ``state_dir``."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        yaml_settings: _YamlFileSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._init_settings = init_settings
+        self._yaml_settings = yaml_settings
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def _state_dir(self) -> Path:
+        # state_dir itself is configured like any other field; the stack's addresses cannot decide it.
+        for value in (
+            self._init_settings().get("state_dir"),
+            os.environ.get("DIFFSENTRY_STATE_DIR"),
+            self._yaml_settings().get("state_dir"),
+        ):
+            if value:
+                return Path(value)
+        return self.settings_cls.model_fields["state_dir"].default
+
+    def __call__(self) -> dict[str, Any]:
+        # Imported here: infra depends on this module, and only a running stack's addresses are wanted.
+        from infra.state import running_stack_addresses
+
+        return running_stack_addresses(self._state_dir())
 
 
 @lru_cache(maxsize=1)

@@ -44,9 +44,9 @@ async def ensure_topics(settings: Settings, admin: AIOKafkaAdminClient) -> list[
     return [spec.name for spec in missing]
 
 
-async def ensure_topics_exist(settings: Settings) -> list[str]:
-    """Connect an admin client to the configured broker and create the missing declared topics."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, client_id=settings.kafka.client_id)
+async def create_declared_topics(settings: Settings) -> list[str]:
+    """Connect to the configured broker and create the declared topics that are missing; returns those created."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         return await ensure_topics(settings, admin)

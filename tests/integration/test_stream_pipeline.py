@@ -1,5 +1,9 @@
-"""The streaming worker against real services: tansu, tritonserver (a tiny python-backend model with the
-ts_diffusion contract, tests/integration/models), VictoriaMetrics (InfluxDB v2 write API)."""
+"""The streaming worker against real services: tansu, tritonserver, VictoriaMetrics (InfluxDB v2 write API).
+
+Triton serves the deterministic stand-ins of tests/integration/models (tiny python-backend models honouring the
+ts_diffusion and video_diffusion I/O contracts), so these tests check the pipeline, not a trained model. The module
+runs its own local stack (infra/stack.py) rather than the session's ``local_stack``: its fault tests stop and
+restart single services, and its model repository must not mix with trained models of the same names."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import io
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -21,6 +26,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from PIL import Image
 
+from infra import stack as local_stack_services
+from infra.state import TRITON, VICTORIA_METRICS, StackState
 from operators.model_cards import card_path, load_ts_card
 from operators.resilience import Backoff, CircuitBreaker
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
@@ -33,14 +40,14 @@ from pipeline.settings import (
     ApiSettings,
     InfluxSettings,
     KafkaSettings,
+    LocalStackSettings,
     SensorSettings,
     Settings,
     StreamSettings,
     TopicSettings,
     TritonSettings,
 )
-from pipeline.topics import ensure_topics_exist
-from tests.integration import stream_services
+from pipeline.topics import create_declared_topics
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +57,40 @@ DATA = Path(os.environ.get("DIFFSENTRY_DATA", ROOT.parent / "shared" / "data"))
 SKAB_FILE = DATA / "skab" / "valve1" / "0.csv"
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class Stack:
+    """The local stack (infra/stack.py) serving the stand-in models, on ports pinned at creation so that a service
+    stopped by a fault test comes back at the same address."""
+
     def __init__(self, work: Path) -> None:
         self.work = work
-        self.broker, self.bootstrap = stream_services.tansu(work)
-        self.store, self.store_url = stream_services.victoria_metrics(work)
-        self.triton, self.triton_url = stream_services.tritonserver(work, MODELS)
+        ports = LocalStackSettings(
+            kafka_port=free_port(),
+            triton_http_port=free_port(),
+            triton_grpc_port=free_port(),
+            triton_metrics_port=free_port(),
+            victoria_metrics_port=free_port(),
+        )
+        self.base = Settings(state_dir=work / "stack", model_repository=MODELS, stack=ports)
+        self.bootstrap = f"127.0.0.1:{ports.kafka_port}"
+        self.triton_url = f"127.0.0.1:{ports.triton_grpc_port}"
+        self.store_url = f"http://127.0.0.1:{ports.victoria_metrics_port}"
+
+    def up(self) -> None:
+        """Starts whatever is not running (all at first, a stopped service later)."""
+        local_stack_services.up(self.base)
+
+    def down(self) -> None:
+        local_stack_services.down(self.base)
+
+    def stop(self, service: str) -> None:
+        record = StackState.load(self.base.state_dir).services[service]
+        local_stack_services.stop_process(record.pid, record.executable, self.base.stack.stop_timeout_s)
 
     def settings(self, alerting: AlertingSettings | None = None, **sensor_overrides) -> Settings:
         suffix = uuid.uuid4().hex[:8]
@@ -83,15 +118,12 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("stream-stack"))
-    services = [stack.broker, stack.store, stack.triton]
+    local = Stack(tmp_path_factory.mktemp("stream-stack"))
     try:
-        for service in services:
-            service.start()
-        yield stack
+        local.up()
+        yield local
     finally:
-        for service in reversed(services):
-            service.stop()
+        local.down()
 
 
 class RunningWorker:
@@ -101,7 +133,7 @@ class RunningWorker:
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Worker:
-        await ensure_topics_exist(self.worker.settings)
+        await create_declared_topics(self.worker.settings)
         self.task = asyncio.create_task(self.worker.run(self.stop))
         ready = asyncio.create_task(self.worker.ready.wait())
         await asyncio.wait({ready, self.task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
@@ -280,19 +312,18 @@ async def test_scoring_waits_while_triton_is_down_and_completes_after_restart(st
     )
     request = TsRequest("a", np.ones((16, 8), dtype=np.float32), "reconstruction")
     try:
-        stack.triton.stop()
+        stack.stop(TRITON)
         pending = asyncio.create_task(stage.score_ts([request]))
         await asyncio.sleep(3)
         assert not pending.done()  # waiting, not failed
         assert stage.breaker.state in ("open", "half_open")
-        await asyncio.to_thread(stack.triton.start)
+        await asyncio.to_thread(stack.up)
         results = await asyncio.wait_for(pending, timeout=60)
         assert not isinstance(results[0], BaseException) and results[0].score >= 0
         assert stage.breaker.state == "closed"
     finally:
         await stage.close()
-        if stack.triton.process is None or stack.triton.process.poll() is not None:
-            await asyncio.to_thread(stack.triton.start)
+        await asyncio.to_thread(stack.up)  # whatever happened, the next tests need Triton
 
 
 def metric_total(name: str) -> float:
@@ -330,9 +361,9 @@ async def replay_with_fault(stack: Stack, table, settings: Settings, asset: str,
 
 async def test_triton_outage_mid_stream_loses_no_window(stack: Stack, skab_table) -> None:
     async def restart_triton() -> None:
-        await asyncio.to_thread(stack.triton.stop)
+        await asyncio.to_thread(stack.stop, TRITON)
         await asyncio.sleep(2.0)
-        await asyncio.to_thread(stack.triton.start)
+        await asyncio.to_thread(stack.up)
 
     errors_before = metric_total("diffsentry_triton_errors")
     await replay_with_fault(stack, skab_table, stack.settings(), f"triton-fault-{uuid.uuid4().hex[:6]}", restart_triton)
@@ -341,9 +372,9 @@ async def test_triton_outage_mid_stream_loses_no_window(stack: Stack, skab_table
 
 async def test_store_outage_mid_stream_loses_no_point(stack: Stack, skab_table) -> None:
     async def restart_store() -> None:
-        await asyncio.to_thread(stack.store.stop)
+        await asyncio.to_thread(stack.stop, VICTORIA_METRICS)
         await asyncio.sleep(3.0)
-        await asyncio.to_thread(stack.store.start)
+        await asyncio.to_thread(stack.up)
 
     errors_before = metric_total("diffsentry_sink_errors")
     await replay_with_fault(stack, skab_table, stack.settings(), f"store-fault-{uuid.uuid4().hex[:6]}", restart_store)
@@ -354,7 +385,7 @@ class WorkerProcess:
     """``diffsentry run`` as a separate process, configured through a YAML file, that a test can SIGKILL."""
 
     def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = stream_services.free_port()
+        self.port = free_port()
         config = settings.model_dump(mode="json")
         config["stream"]["metrics_port"] = self.port
         self.config_path = work / f"worker-{self.port}.yaml"
@@ -410,7 +441,7 @@ async def test_killed_worker_resumes_from_committed_offsets_without_gap(
     settings = stack.settings()
     asset = f"kill-{uuid.uuid4().hex[:6]}"
     expected = expected_window_ends(skab_table, asset)
-    await ensure_topics_exist(settings)
+    await create_declared_topics(settings)
     first, second = WorkerProcess(settings, tmp_path), WorkerProcess(settings, tmp_path)
     try:
         await first.start()

@@ -1,8 +1,21 @@
+import base64
+import json
 import math
 
 import pytest
 
-from pipeline.contracts import ContractError, SensorReading, decode
+from pipeline.contracts import (
+    FRAME_HEADER,
+    Alert,
+    ContractError,
+    DeadLetter,
+    Message,
+    Score,
+    SensorReading,
+    SensorWindow,
+    VideoFrame,
+    decode,
+)
 
 
 def test_reading_round_trips_through_json() -> None:
@@ -28,3 +41,156 @@ def test_invalid_readings_say_why(raw: bytes, reason: str) -> None:
 def test_non_finite_values_are_rejected_with_the_channel_name() -> None:
     with pytest.raises(ContractError, match="Current"):
         decode(SensorReading, {"asset": "a", "ts": 1.0, "values": {"Current": math.nan}})
+
+
+# --- every contract ---------------------------------------------------------------------------------------------
+
+EXAMPLES: list[Message] = [
+    SensorReading(asset="pump-1", ts=1_600_000_000.25, values={"Accelerometer1RMS": 0.21, "Pressure": -0.01}),
+    SensorWindow(
+        asset="pump-1",
+        start_ts=10.0,
+        end_ts=12.0,
+        channels=["Current", "Pressure"],
+        values=[[1.0, 0.5], [1.1, 0.0], [0.9, 0.4]],
+        observed=[[True, True], [True, False], [True, True]],
+    ),
+    VideoFrame(camera="ped2-cam", seq=17, ts=3.5, width=360, height=240, channels=1, encoding="jpeg"),
+    Score(
+        modality="sensor",
+        stream="pump-1",
+        ts=12.0,
+        score=3.25,
+        threshold=2.0,
+        is_anomaly=True,
+        model="ts_diffusion",
+        model_version="1",
+        contributions={"Current": 2.5, "Pressure": 0.75},
+        produced_at=12.01,
+    ),
+    Score(
+        modality="video",
+        stream="ped2-cam",
+        ts=3.5,
+        score=0.1,
+        threshold=0.4,
+        is_anomaly=False,
+        model="video_diffusion",
+        model_version="3",
+        location=(120.0, 64.5),
+    ),
+    Alert(
+        alert_id="pump-1:1",
+        modality="sensor",
+        stream="pump-1",
+        state="firing",
+        severity="critical",
+        started_at=12.0,
+        ts=12.0,
+        score=3.25,
+        threshold=2.0,
+        model="ts_diffusion",
+        top_channels=["Current"],
+    ),
+    DeadLetter(
+        source_topic="diffsentry.sensor-readings",
+        partition=2,
+        offset=41,
+        key="pump-1",
+        reason="invalid sensor_reading: values: Field required",
+        error_type="ContractError",
+        payload='{"asset": "pump-1"}',
+        ts=13.0,
+    ),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_contract_round_trips_through_json(message: Message) -> None:
+    raw = message.to_json()
+    wire = json.loads(raw)
+    assert wire["schema"] == type(message).schema_name
+    assert wire["version"] == 1
+    assert decode(type(message), raw) == message
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_a_message_is_not_accepted_as_another_contract(message: Message) -> None:
+    other = SensorReading if not isinstance(message, SensorReading) else Score
+    with pytest.raises(ContractError, match="expected schema"):
+        decode(other, message.to_json())
+
+
+def test_unknown_fields_are_rejected() -> None:
+    with pytest.raises(ContractError, match="colour: Extra inputs"):
+        decode(SensorReading, {"asset": "a", "ts": 1.0, "values": {"x": 1.0}, "colour": "red"})
+
+
+def test_video_frame_metadata_travels_as_a_header_beside_the_image_bytes() -> None:
+    frame = VideoFrame(camera="cam-1", seq=0, ts=1.0, width=4, height=2, channels=1, encoding="raw")
+    image = bytes(range(8))
+    headers = [(FRAME_HEADER, frame.to_json())]
+    received = decode(VideoFrame, dict(headers)[FRAME_HEADER])
+    assert received == frame
+    assert len(image) == received.width * received.height * received.channels
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"seq": -1}, "seq"),
+        ({"width": 0}, "width"),
+        ({"channels": 2}, "channels"),
+        ({"encoding": "png"}, "encoding"),
+        ({"camera": ""}, "camera"),
+    ],
+)
+def test_invalid_video_frames_say_why(change: dict, reason: str) -> None:
+    metadata = {"camera": "cam-1", "seq": 0, "ts": 1.0, "width": 4, "height": 2} | change
+    with pytest.raises(ContractError, match=reason):
+        decode(VideoFrame, metadata)
+
+
+def test_sensor_window_shape_is_checked() -> None:
+    with pytest.raises(ContractError, match="step 1 has 1 values for 2 channels"):
+        decode(
+            SensorWindow,
+            {
+                "asset": "a",
+                "start_ts": 0.0,
+                "end_ts": 1.0,
+                "channels": ["x", "y"],
+                "values": [[1.0, 2.0], [3.0]],
+                "observed": [[True, True], [True]],
+            },
+        )
+
+
+def test_dead_letter_carries_binary_payloads_as_base64() -> None:
+    raw = b"\xff\xd8\xff not utf-8"
+    letter = DeadLetter(
+        source_topic="diffsentry.video-frames",
+        reason="frame header missing",
+        error_type="ContractError",
+        payload=base64.b64encode(raw).decode(),
+        payload_encoding="base64",
+        ts=2.0,
+    )
+    received = decode(DeadLetter, letter.to_json())
+    assert base64.b64decode(received.payload) == raw
+    assert received.partition is None and received.offset is None
+
+
+def test_scores_refuse_non_finite_json() -> None:
+    score = Score(
+        modality="sensor",
+        stream="s",
+        ts=1.0,
+        score=math.inf,
+        threshold=1.0,
+        is_anomaly=True,
+        model="m",
+        model_version="1",
+    )
+    with pytest.raises(ValueError, match="JSON compliant"):
+        score.to_json()

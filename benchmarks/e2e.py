@@ -251,6 +251,16 @@ async def main(args: argparse.Namespace) -> dict:
             histogram(after, "diffsentry_end_to_end_seconds", 'modality="sensor"'),
             histogram(before, "diffsentry_end_to_end_seconds", 'modality="sensor"'),
         )
+
+        def mean_delta(name: str) -> float:
+            total = sum(v for k, v in after.items() if k.startswith(f"{name}_sum")) - sum(
+                v for k, v in before.items() if k.startswith(f"{name}_sum")
+            )
+            count = sum(v for k, v in after.items() if k.startswith(f"{name}_count")) - sum(
+                v for k, v in before.items() if k.startswith(f"{name}_count")
+            )
+            return total / max(count, 1)
+
         batch = histogram(drain_metrics, "diffsentry_batch_size")
         batch_sum = sum(v for k, v in drain_metrics.items() if k.startswith("diffsentry_batch_size_sum"))
         batch_count = sum(v for k, v in drain_metrics.items() if k.startswith("diffsentry_batch_size_count"))
@@ -277,6 +287,10 @@ async def main(args: argparse.Namespace) -> dict:
                 "latency_p90_s": quantile(latency, 0.9),
                 "latency_p99_s": quantile(latency, 0.99),
                 "latency_buckets": latency,
+                "mean_triton_batch": mean_delta("diffsentry_batch_size"),
+                "mean_triton_round_trip_s": mean_delta("diffsentry_triton_latency_seconds"),
+                "mean_store_write_s": mean_delta("diffsentry_sink_write_seconds"),
+                "load_average_1min_at_end": os.getloadavg()[0],
             },
             "targets": {"windows_per_s": 500, "p99_s_at_half_load": 1.0},
         }

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from operators.model_cards import ModelCardError
 from pipeline.app import Worker
 from pipeline.settings import get_settings
 from pipeline.topics import create_declared_topics
@@ -26,13 +27,18 @@ def run(
             update={"stream": settings.stream.model_copy(update={"metrics_port": metrics_port})}
         )
 
-    async def main() -> None:
+    async def main() -> int:
+        try:
+            worker = Worker(settings)  # inside the loop: it opens gRPC channels bound to it
+        except ModelCardError as error:
+            typer.echo(f"cannot start: {error} (train a model, or set DIFFSENTRY_MODEL_REPOSITORY)", err=True)
+            return 2
         await create_declared_topics(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        worker = Worker(settings)
         await worker.run(stop)
+        return 0
 
-    asyncio.run(main())
+    raise typer.Exit(asyncio.run(main()))

@@ -4,13 +4,15 @@ Each Triton model directory may hold ``model_card.json`` (``<model_repository>/<
 Expected keys (anything else is ignored; a missing or malformed required key is a :class:`ModelCardError`):
 
 - time series (``ts_diffusion``): ``window`` (int L > 0), ``stride`` (int, 0 < stride <= L), ``channels`` (list of
-  channel names in the order of the ``WINDOW`` input's last axis), ``thresholds`` (mapping mode -> float; a single
-  number ``threshold`` is accepted as the threshold of every mode), ``default_mode`` (``imputation`` or
-  ``reconstruction``; default: the first mode with a threshold, else ``reconstruction``). Optional:
-  ``sample_period_s`` (expected seconds between readings, default 1.0), ``streams`` (asset ids seen in training,
-  used as the default asset registry), ``version`` (string shown with every score).
-- video (``video_diffusion``): ``context`` (int K > 0: frames of context before the scored frame), ``height``,
-  ``width`` (the frame size the model takes), ``threshold`` (float). Optional: ``version``.
+  channel names in the order of the ``WINDOW`` input's last axis), the thresholds per mode as ``thresholds``
+  (mode -> number), or ``modes`` (mode -> ``{"threshold": number or {"value": number, ...}}``), or one number
+  ``threshold`` for every mode; ``default_mode`` (``imputation`` or ``reconstruction``; default:
+  ``reconstruction`` if it has a threshold, else the first mode). Optional: ``sample_period_s`` (expected seconds
+  between readings, default 1.0), ``streams`` (asset ids seen in training, the default asset registry; the pooled
+  fallback ``default`` is not an asset), ``version`` (string shown with every score).
+- video (``video_diffusion``): ``context`` or ``context_frames`` (int K > 0: frames of context before the scored
+  frame), ``height`` and ``width`` (top level or under ``resolution``: the frame size the model takes),
+  ``threshold`` (number or ``{"value": number}``). Optional: ``version``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 TS_MODES = ("imputation", "reconstruction")
+POOLED_STREAM = "default"  # a model's pooled fallback for streams it has not seen: not an asset id
 
 
 class ModelCardError(ValueError):
@@ -93,6 +96,11 @@ def load_ts_card(path: Path) -> TsModelCard:
     raw_thresholds = data.get("thresholds")
     if raw_thresholds is None and "threshold" in data:
         raw_thresholds = dict.fromkeys(TS_MODES, data["threshold"])
+    if raw_thresholds is None and isinstance(data.get("modes"), dict):
+        raw_thresholds = {
+            mode: _threshold_value(entry.get("threshold") if isinstance(entry, dict) else None)
+            for mode, entry in data["modes"].items()
+        }
     if not isinstance(raw_thresholds, dict) or not raw_thresholds:
         raise ModelCardError(f"model card {path}: 'thresholds' must map modes {TS_MODES} to numbers")
     thresholds = {}
@@ -110,6 +118,7 @@ def load_ts_card(path: Path) -> TsModelCard:
     streams = data.get("streams", [])
     if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
         raise ModelCardError(f"model card {path}: 'streams' must be a list of asset ids")
+    streams = [s for s in streams if s != POOLED_STREAM]
     return TsModelCard(
         window=window,
         stride=stride,
@@ -124,13 +133,19 @@ def load_ts_card(path: Path) -> TsModelCard:
 
 def load_video_card(path: Path) -> VideoModelCard:
     data = _load(path)
+    size = data.get("resolution") if isinstance(data.get("resolution"), dict) else data
     return VideoModelCard(
-        context=_positive_int(data, "context", path),
-        height=_positive_int(data, "height", path),
-        width=_positive_int(data, "width", path),
-        threshold=_finite_float(data.get("threshold"), "'threshold'", path),
+        context=_positive_int(data, "context" if "context" in data else "context_frames", path),
+        height=_positive_int(size, "height", path),
+        width=_positive_int(size, "width", path),
+        threshold=_finite_float(_threshold_value(data.get("threshold")), "'threshold'", path),
         version=str(data.get("version", "")),
     )
+
+
+def _threshold_value(entry: Any) -> Any:
+    """A threshold is a number, or an object holding it as ``value`` (a calibration record)."""
+    return entry.get("value") if isinstance(entry, dict) else entry
 
 
 def card_path(model_repository: Path, model: str) -> Path:

@@ -58,3 +58,34 @@ def test_missing_or_broken_card(tmp_path: Path) -> None:
 def test_video_card(tmp_path: Path) -> None:
     card = load_video_card(write(tmp_path, {"context": 4, "height": 64, "width": 96, "threshold": 0.2}))
     assert (card.context, card.height, card.width, card.threshold) == (4, 64, 96, 0.2)
+
+
+def test_ts_card_with_per_mode_calibration_records(tmp_path: Path) -> None:
+    card = load_ts_card(
+        write(
+            tmp_path,
+            {
+                "window": 32,
+                "stride": 8,
+                "channels": ["a", "b"],
+                "default_mode": "imputation",
+                "modes": {
+                    "imputation": {"threshold": {"value": 1.25, "method": "pot"}, "channel_error_scale": [1, 1]},
+                    "reconstruction": {"threshold": 2.5},
+                },
+                "streams": ["default", "valve1_0"],
+            },
+        )
+    )
+    assert card.thresholds == {"imputation": 1.25, "reconstruction": 2.5}
+    assert card.default_mode == "imputation" and card.streams == ("valve1_0",)
+
+
+def test_video_card_with_context_frames_and_resolution(tmp_path: Path) -> None:
+    card = load_video_card(
+        write(
+            tmp_path,
+            {"context_frames": 3, "resolution": {"width": 96, "height": 64}, "threshold": {"value": 0.4}},
+        )
+    )
+    assert (card.context, card.height, card.width, card.threshold) == (3, 64, 96, 0.4)

@@ -145,7 +145,10 @@ def reading(asset: str, t: float, channels: tuple[str, ...], rng: np.random.Gene
 
 async def produce_backlog(settings: Settings, channels: tuple[str, ...], assets: int, per_asset: int) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=20, enable_idempotence=False
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        linger_ms=20,
+        max_batch_size=1 << 20,
+        enable_idempotence=False,
     )
     await producer.start()
     rng = np.random.default_rng(0)
@@ -172,7 +175,10 @@ async def produce_paced(
 ) -> int:
     """Round-robin over assets, each asset's event time advancing 1 s per reading, at ``readings_per_s``."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=1, enable_idempotence=False
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        linger_ms=1,
+        max_batch_size=1 << 20,
+        enable_idempotence=False,
     )
     await producer.start()
     rng = np.random.default_rng(1)

@@ -26,6 +26,7 @@ import typer
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
+from pipeline.app import PRODUCER_BATCH_BYTES
 from pipeline.contracts import SensorReading
 from pipeline.settings import Settings, get_settings
 
@@ -97,6 +98,7 @@ async def publish(
         **{**kafka.client_options(), "client_id": f"{kafka.client_id}-ingest"},
         acks="all",
         linger_ms=5,
+        max_batch_size=PRODUCER_BATCH_BYTES,
         enable_idempotence=False,
     )
     await producer.start()

@@ -4,14 +4,15 @@ Readings -> tansu -> ``diffsentry run`` (a separate worker process) -> Triton ->
 
 1. Capacity: a backlog of readings of many assets is produced first; the worker then drains it as fast as it can.
    Throughput = windows written per second while draining (worker start-up excluded).
-2. Latency at half load: readings are produced paced at half the measured capacity (in windows/s, i.e. ``stride``
-   readings per window); the worker's histogram ``diffsentry_end_to_end_seconds`` (the producer's timestamp of the
-   reading that completed a window -> the store's acknowledgement of its score) gives p50/p90/p99.
+2. Latency under load: readings are produced paced at 250 windows/s (half the 500 target), 500, and half the
+   drain rate (``stride`` readings per window); the worker's histogram ``diffsentry_end_to_end_seconds`` (the
+   producer's timestamp of the reading that completed a window -> the store's acknowledgement of its score) gives
+   p50/p90/p99.
 
 The model is the repository given by ``--models`` (default: the deterministic stand-in under tests/integration/models,
 so this measures the pipeline, not a diffusion model). Writes benchmarks/results/e2e.json and e2e.png.
 
-    PYTHONPATH=. python benchmarks/e2e.py [--assets 40] [--readings-per-asset 1000] [--latency-seconds 30]
+    PYTHONPATH=. python benchmarks/e2e.py [--assets 40] [--readings-per-asset 1000] [--latency-seconds 20]
 """
 
 from __future__ import annotations
@@ -138,9 +139,10 @@ def scored(metrics: dict[str, float]) -> float:
 
 
 def reading(asset: str, t: float, channels: tuple[str, ...], rng: np.random.Generator) -> bytes:
-    return SensorReading(
-        asset=asset, ts=t, values=dict(zip(channels, rng.normal(size=len(channels)).tolist(), strict=True))
-    ).to_json()
+    """The JSON of a SensorReading, built without pydantic so that the load generator stays cheap."""
+    values = dict(zip(channels, rng.normal(size=len(channels)).tolist(), strict=True))
+    payload = {"asset": asset, "ts": t, "values": values, "version": 1, "schema": SensorReading.schema_name}
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 async def produce_backlog(settings: Settings, channels: tuple[str, ...], assets: int, per_asset: int) -> None:
@@ -174,6 +176,12 @@ async def produce_paced(
     settings: Settings, channels: tuple[str, ...], assets: int, readings_per_s: float, seconds: float, t0: float
 ) -> int:
     """Round-robin over assets, each asset's event time advancing 1 s per reading, at ``readings_per_s``."""
+    rng = np.random.default_rng(1)
+    total = int(readings_per_s * seconds)
+    payloads = [
+        (f"paced-{i % assets}".encode(), reading(f"paced-{i % assets}", t0 + i // assets, channels, rng))
+        for i in range(total)
+    ]
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         linger_ms=1,
@@ -181,27 +189,59 @@ async def produce_paced(
         enable_idempotence=False,
     )
     await producer.start()
-    rng = np.random.default_rng(1)
-    sent, start = 0, time.monotonic()
+    start = time.monotonic()
     try:
-        with tqdm(total=int(readings_per_s * seconds), desc="paced", unit="reading") as progress:
-            while sent < readings_per_s * seconds:
-                due = start + sent / readings_per_s
-                delay = due - time.monotonic()
+        with tqdm(total=total, desc=f"paced {readings_per_s:.0f}/s", unit="reading") as progress:
+            for sent, (key, payload) in enumerate(payloads):
+                delay = start + sent / readings_per_s - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                asset = f"paced-{sent % assets}"
-                await producer.send(
-                    settings.topics.sensor_readings,
-                    reading(asset, t0 + sent // assets, channels, rng),
-                    key=asset.encode(),
-                )
-                sent += 1
-                progress.update()
+                await producer.send(settings.topics.sensor_readings, payload, key=key)
+                if sent % 500 == 0:
+                    progress.update(sent - progress.n)
         await producer.flush()
     finally:
         await producer.stop()
-    return sent
+    return total
+
+
+async def measure_latency(
+    worker: WorkerProcess, settings: Settings, card, assets: int, windows_per_s: float, seconds: float, t0: float
+) -> dict:
+    """Produce paced at ``windows_per_s`` (x stride readings/s); the worker's end-to-end histogram over that run."""
+    before = await worker.metrics()
+    sent = await produce_paced(settings, card.channels, assets, windows_per_s * card.stride, seconds, t0)
+    expected = scored(before) + assets * ((sent // assets - card.window) // card.stride + 1)
+    for _ in range(240):
+        after = await worker.metrics()
+        if scored(after) >= expected:
+            break
+        await asyncio.sleep(0.25)
+    latency = diff(
+        histogram(after, "diffsentry_end_to_end_seconds", 'modality="sensor"'),
+        histogram(before, "diffsentry_end_to_end_seconds", 'modality="sensor"'),
+    )
+
+    def mean_delta(name: str) -> float:
+        def total(metrics: dict[str, float], suffix: str) -> float:
+            return sum(v for k, v in metrics.items() if k.startswith(f"{name}_{suffix}"))
+
+        count = total(after, "count") - total(before, "count")
+        return (total(after, "sum") - total(before, "sum")) / max(count, 1)
+
+    return {
+        "target_windows_per_s": windows_per_s,
+        "readings_sent": sent,
+        "windows_scored": scored(after) - scored(before),
+        "latency_p50_s": quantile(latency, 0.5),
+        "latency_p90_s": quantile(latency, 0.9),
+        "latency_p99_s": quantile(latency, 0.99),
+        "latency_buckets": latency,
+        "mean_triton_batch": mean_delta("diffsentry_batch_size"),
+        "mean_triton_round_trip_s": mean_delta("diffsentry_triton_latency_seconds"),
+        "mean_store_write_s": mean_delta("diffsentry_sink_write_seconds"),
+        "load_average_1min_at_end": os.getloadavg()[0],
+    }
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -243,30 +283,13 @@ async def main(args: argparse.Namespace) -> dict:
         capacity = (c_last - c_first) / max(t_last - t_first, 1e-9)
         drain_metrics = await worker.metrics()
 
-        half_windows = capacity / 2
-        readings_per_s = half_windows * card.stride
-        before = await worker.metrics()
-        sent = await produce_paced(settings, card.channels, args.assets, readings_per_s, args.latency_seconds, 2e9)
-        paced_expected = scored(before) + args.assets * ((sent // args.assets - card.window) // card.stride + 1)
-        for _ in range(240):
-            after = await worker.metrics()
-            if scored(after) >= paced_expected:
-                break
-            await asyncio.sleep(0.25)
-        latency = diff(
-            histogram(after, "diffsentry_end_to_end_seconds", 'modality="sensor"'),
-            histogram(before, "diffsentry_end_to_end_seconds", 'modality="sensor"'),
-        )
-
-        def mean_delta(name: str) -> float:
-            total = sum(v for k, v in after.items() if k.startswith(f"{name}_sum")) - sum(
-                v for k, v in before.items() if k.startswith(f"{name}_sum")
+        # Paced runs at half the 500 windows/s target, at the target, and at half the drain rate. The load generator
+        # shares the 2 cores with the worker and the services, so paced rates are harsher than the drain.
+        seconds, loads = args.latency_seconds, {}
+        for name, rate in (("half_target", 250.0), ("target", 500.0), ("half_drain", capacity / 2)):
+            loads[name] = await measure_latency(
+                worker, settings, card, args.assets, rate, seconds, 2e9 + len(loads) * 1e8
             )
-            count = sum(v for k, v in after.items() if k.startswith(f"{name}_count")) - sum(
-                v for k, v in before.items() if k.startswith(f"{name}_count")
-            )
-            return total / max(count, 1)
-
         batch = histogram(drain_metrics, "diffsentry_batch_size")
         batch_sum = sum(v for k, v in drain_metrics.items() if k.startswith("diffsentry_batch_size_sum"))
         batch_count = sum(v for k, v in drain_metrics.items() if k.startswith("diffsentry_batch_size_count"))
@@ -285,22 +308,14 @@ async def main(args: argparse.Namespace) -> dict:
                 "mean_triton_batch": batch_sum / max(batch_count, 1),
                 "batch_size_buckets": batch,
             },
-            "half_load": {
-                "target_windows_per_s": half_windows,
-                "readings_sent": sent,
-                "windows_scored": scored(after) - scored(before),
-                "latency_p50_s": quantile(latency, 0.5),
-                "latency_p90_s": quantile(latency, 0.9),
-                "latency_p99_s": quantile(latency, 0.99),
-                "latency_buckets": latency,
-                "mean_triton_batch": mean_delta("diffsentry_batch_size"),
-                "mean_triton_round_trip_s": mean_delta("diffsentry_triton_latency_seconds"),
-                "mean_store_write_s": mean_delta("diffsentry_sink_write_seconds"),
-                "load_average_1min_at_end": os.getloadavg()[0],
+            "paced": loads,
+            "targets": {
+                "windows_per_s": 500,
+                "p99_s_at_half_load": 1.0,
+                "half_load": "250 windows/s (half the target)",
             },
-            "targets": {"windows_per_s": 500, "p99_s_at_half_load": 1.0},
         }
-        result["targets"]["met"] = capacity >= 500 and result["half_load"]["latency_p99_s"] < 1.0
+        result["targets"]["met"] = capacity >= 500 and loads["half_target"]["latency_p99_s"] < 1.0
         plot(result, timeline)
         return result
     finally:
@@ -315,17 +330,22 @@ def plot(result: dict, timeline: list[tuple[float, float]]) -> None:
     left.set_xlabel("seconds since the worker was ready")
     left.set_ylabel("windows scored and written")
     left.set_title(f"drain: {result['capacity']['windows_per_s']:.0f} windows/s")
-    buckets = result["half_load"]["latency_buckets"]
-    total = buckets[-1][1] or 1
-    bounds = [b for b, _ in buckets if b != float("inf")]
-    right.step(bounds, [c / total for b, c in buckets if b != float("inf")], where="post")
+    for label, run in result["paced"].items():
+        buckets = run["latency_buckets"]
+        total = buckets[-1][1] or 1
+        finite = [(b, c / total) for b, c in buckets if b != float("inf")]
+        right.step(
+            [b for b, _ in finite],
+            [f for _, f in finite],
+            where="post",
+            label=f"{label}: {run['target_windows_per_s']:.0f} w/s, p99 {run['latency_p99_s'] * 1000:.0f} ms",
+        )
     right.axvline(1.0, color="red", linestyle="--", label="target p99 < 1 s")
     right.set_xscale("log")
     right.set_xlabel("produce -> written (s)")
-    right.set_ylabel("fraction of windows")
-    half = result["half_load"]
-    right.set_title(f"half load {half['target_windows_per_s']:.0f} w/s: p99 {half['latency_p99_s'] * 1000:.0f} ms")
-    right.legend()
+    right.set_ylabel("fraction of windows (cumulative)")
+    right.set_title("end-to-end latency")
+    right.legend(fontsize=8)
     figure.tight_layout()
     RESULTS.mkdir(exist_ok=True)
     figure.savefig(RESULTS / "e2e.png", dpi=120)
@@ -336,7 +356,7 @@ if __name__ == "__main__":
     parser.add_argument("--models", default=str(ROOT / "tests" / "integration" / "models"))
     parser.add_argument("--assets", type=int, default=40)
     parser.add_argument("--readings-per-asset", type=int, default=1000)
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--max-batch", type=int, default=64)
     outcome = asyncio.run(main(parser.parse_args()))
     RESULTS.mkdir(exist_ok=True)

@@ -160,10 +160,12 @@ class InfluxSink:
             if not self._buffer:
                 self._has_data.clear()
 
-    async def aclose(self) -> None:
-        """Write what is buffered (waiting for the store if it is down), then close."""
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Write what is buffered (waiting up to ``timeout_s`` for the store if it is down), then close. Points
+        still buffered then were never acknowledged, so their offsets were not committed: they come back."""
         self._closing = True
-        while self._buffer and self._task is not None and not self._task.done():
+        deadline = time.monotonic() + timeout_s
+        while self._buffer and self._task is not None and not self._task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()

@@ -209,6 +209,12 @@ async def test_skab_replay_writes_a_score_for_every_window(stack: Stack, skab_ta
 
         assert await wait_for(all_scored, timeout_s=120), "not every window has a score in the store"
         assert worker.windower is not None and worker.windower.late_readings == 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.health_port}", timeout=5) as client:
+            health = (await client.get("/healthz")).json()
+            exposition = (await client.get("/metrics")).text
+        assert health["status"] == "ok" and health["triton_breaker"] == "closed"
+        for name in ("diffsentry_consumer_lag", "diffsentry_batch_size", "diffsentry_triton_latency_seconds"):
+            assert name in exposition
     scores = await stored_points(stack.store_url, "sensor_scores_score", asset=asset)
     assert set(scores) == expected  # exactly the windows, each once (event-time timestamps)
     thresholds = await stored_points(stack.store_url, "sensor_scores_threshold", asset=asset)

@@ -33,7 +33,8 @@ def stack_up(
         "or in memory only. Default: the mode this state dir last ran in (memory for a new one).",
     ),
 ) -> None:
-    """Start the local stack (tansu, tritonserver, VictoriaMetrics); what already runs is kept, not duplicated."""
+    """Start the local stack (tansu, tritonserver, VictoriaMetrics, and with --durable SeaweedFS); what already
+    runs is kept, not duplicated."""
     _quiet_kafka_client()
     settings = get_settings()
     try:

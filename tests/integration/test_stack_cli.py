@@ -241,3 +241,17 @@ def test_durable_stack_keeps_topics_records_and_offsets_across_down_and_up(cli_e
     assert values == [f"record-{i}" for i in range(RECORDS)]
     assert committed == COMMITTED
     assert end == RECORDS
+
+    # A store that stopped alone comes back on new ports: `up` restarts the broker with it, data intact.
+    pids = {s["name"]: s["pid"] for s in status}
+    os.kill(pids[OBJECT_STORE], signal.SIGTERM)
+    while _alive(pids[OBJECT_STORE]):
+        time.sleep(0.1)
+    assert _cli(cli_env, "stack", "up").returncode == 0
+    code, status = _status(cli_env)
+    assert code == 0
+    restarted = {s["name"]: s["pid"] for s in status}
+    assert restarted["kafka"] != pids["kafka"] and restarted[OBJECT_STORE] != pids[OBJECT_STORE]
+    assert restarted["triton"] == pids["triton"]
+    values, committed, end = asyncio.run(_read_back(status[0]["url"]))
+    assert (len(values), committed, end) == (RECORDS, COMMITTED, RECORDS)

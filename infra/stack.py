@@ -397,10 +397,14 @@ def _start_object_store(settings: Settings, state: StackState, state_dir: Path) 
 
 
 def _remove_weed_sockets(record: ServiceRecord) -> None:
-    """weed leaves a unix socket per listener in /tmp (``seaweedfs-<server>[-grpc]-<port>.sock``): remove ours."""
+    """weed leaves unix sockets in /tmp (``seaweedfs-<server>[-grpc]-<port>.sock``), even when stopped by SIGTERM:
+    remove those named after the record's ports that no live process is bound to (another weed may use the port now).
+    """
+    bound = {fields[-1] for fields in map(str.split, Path("/proc/net/unix").read_text().splitlines()[1:])}
     for port in record.ports.values():
         for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-            path.unlink(missing_ok=True)
+            if str(path) not in bound:
+                path.unlink(missing_ok=True)
 
 
 def _triton_backend_dir(server_dir: Path, state_dir: Path) -> Path:
@@ -574,6 +578,8 @@ def up(settings: Settings, durable: bool | None = None) -> list[ServiceStatus]:
                 )
             state.durable = durable
         services = stack_services(state.durable)
+        if OBJECT_STORE in state.services and OBJECT_STORE not in running:
+            _remove_weed_sockets(state.services[OBJECT_STORE])  # a store that stopped without `down`
         # The broker reads the store's address at its start: a store that has to start again takes the broker along.
         if state.durable and OBJECT_STORE not in running and KAFKA in running:
             stop_process(running[KAFKA].pid, running[KAFKA].executable, settings.stack.stop_timeout_s)

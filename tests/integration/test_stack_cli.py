@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infra.state import OBJECT_STORE, StackState, process_runs
+from infra.state import OBJECT_STORE, ServiceRecord, StackState, process_runs
 from pipeline.offsets import high_watermarks
 from pipeline.settings import KafkaSettings
 from triton_models.paths import SOURCE_ROOT
@@ -155,6 +155,10 @@ def _listening_addresses(pid: int) -> list[tuple[str, int]]:
     return listening
 
 
+def _sockets_in_tmp(store: ServiceRecord) -> list[Path]:
+    return [path for port in store.ports.values() for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
+
+
 async def _write_records_and_commit(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -229,7 +233,7 @@ def test_durable_stack_keeps_topics_records_and_offsets_across_down_and_up(cli_e
     for name, pid in pids.items():
         assert not _alive(pid), f"{name} (pid {pid}) still runs after down"
     assert _processes_mentioning(state_dir) == []
-    assert [p for port in store.ports.values() for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")] == []
+    assert _sockets_in_tmp(store) == []
 
     # Without --durable: the state dir remembers the mode.
     again = _cli(cli_env, "stack", "up")
@@ -244,10 +248,12 @@ def test_durable_stack_keeps_topics_records_and_offsets_across_down_and_up(cli_e
 
     # A store that stopped alone comes back on new ports: `up` restarts the broker with it, data intact.
     pids = {s["name"]: s["pid"] for s in status}
+    store = StackState.load(Path(state_dir)).services[OBJECT_STORE]
     os.kill(pids[OBJECT_STORE], signal.SIGTERM)
     while _alive(pids[OBJECT_STORE]):
         time.sleep(0.1)
     assert _cli(cli_env, "stack", "up").returncode == 0
+    assert _sockets_in_tmp(store) == []  # the stopped store's, left by weed itself
     code, status = _status(cli_env)
     assert code == 0
     restarted = {s["name"]: s["pid"] for s in status}

@@ -25,12 +25,20 @@ def _print_statuses(statuses: list[stack.ServiceStatus]) -> None:
         typer.echo(f"{s.name:<17} {'healthy' if s.healthy else 'DOWN':<8} pid {s.pid or '-':<8} {s.url}")
 
 
-def stack_up() -> None:
-    """Start the local stack (tansu, tritonserver, VictoriaMetrics); what already runs is kept, not duplicated."""
+def stack_up(
+    durable: bool | None = typer.Option(
+        None,
+        "--durable/--memory",
+        help="Keep the broker's topics, records and offsets across restarts (in an object store in the state dir), "
+        "or in memory only. Default: the mode this state dir last ran in (memory for a new one).",
+    ),
+) -> None:
+    """Start the local stack (tansu, tritonserver, VictoriaMetrics, and with --durable SeaweedFS); what already
+    runs is kept, not duplicated."""
     _quiet_kafka_client()
     settings = get_settings()
     try:
-        statuses = stack.up(settings)
+        statuses = stack.up(settings, durable=durable)
     except stack.StackError as error:
         typer.echo(f"stack up failed: {error}", err=True)
         raise typer.Exit(1) from error

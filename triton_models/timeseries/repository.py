@@ -17,6 +17,7 @@ from triton_models.timeseries.serving import TritonPythonModel
 __all__ = ["TritonPythonModel"]
 '''
 
+# SCORE is [-1, 1] on the wire: Triton rejects an empty per-item shape in a batching model (dims: [ ]).
 # KIND_CPU for this project's CPU machines; on a GPU host use `kind: KIND_GPU` (the model then runs on CUDA).
 CONFIG_TEMPLATE = """name: "{name}"
 backend: "python"
@@ -30,7 +31,7 @@ input [
   {{ name: "MODE" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
 output [
-  {{ name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] }},
   {{ name: "STEP_SCORES" data_type: TYPE_FP32 dims: [ {length} ] }},
   {{ name: "CHANNEL_SCORES" data_type: TYPE_FP32 dims: [ {channels} ] }}
 ]

@@ -3,7 +3,8 @@
 I/O contract (the stream pipeline codes against exactly these names):
 inputs  WINDOW FP32 [-1, L, C] raw values, channels in model-card order; STREAM BYTES [-1, 1] stream id (unknown ->
         pooled ``default`` normalisation); MODE BYTES [-1, 1] ``imputation`` | ``reconstruction``;
-outputs SCORE FP32 [-1], STEP_SCORES FP32 [-1, L], CHANNEL_SCORES FP32 [-1, C].
+outputs SCORE FP32 [-1, 1] (Triton allows no empty per-item shape when batching), STEP_SCORES FP32 [-1, L],
+        CHANNEL_SCORES FP32 [-1, C].
 All requests of one dynamic batch are scored in a single call; per-window noise is fixed, so a window's scores do
 not depend on which other windows share its batch. The model runs on CUDA when the instance has a GPU.
 """
@@ -57,7 +58,9 @@ class TritonPythonModel:
             return [response for request in requests for response in self.execute([request])]
         responses, offset = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(name, scores[name][offset : offset + size]) for name in OUTPUTS]
+            scores_of_request = {name: scores[name][offset : offset + size] for name in OUTPUTS}
+            scores_of_request["SCORE"] = scores_of_request["SCORE"][:, None]
+            tensors = [pb_utils.Tensor(name, values) for name, values in scores_of_request.items()]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             offset += size
         return responses

@@ -93,7 +93,10 @@ def evaluate_benchmark(
     channels: list[str] | None = None,
     plots: Path | None = None,
     progress: bool = True,
+    keep_scores: bool = False,
 ) -> tuple[dict, TimeSeriesDetector, FitReport]:
+    """Returns (results, detector, fit report); ``keep_scores`` adds ``results["scores"]`` (row scores per detector
+    and series, and the labels) for plotting."""
     started = time.perf_counter()
     series = read_benchmark(bench, channels)
     config.channels = series[0].train.channels
@@ -149,6 +152,9 @@ def evaluate_benchmark(
     if plots is not None:
         plot_series(plots, tested, {**{m: s for m, s in scored_modes.items()}, **baselines}, progress)
         plot_losses(plots / "loss.png", report.losses)
+    if keep_scores:
+        detectors = {**scored_modes, **baselines}
+        results["scores"] = {name: scored.scores for name, scored in detectors.items()} | {"labels": labels}
     results["seconds_total"] = time.perf_counter() - started
     return results, detector, report
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -40,7 +41,7 @@ def train(
     epochs: int = 30,
     seed: int = 0,
     risk: Annotated[float, typer.Option(help="target false-alarm risk q of the POT threshold")] = 1e-3,
-    mask_kind: Annotated[str, typer.Option(help="imputation masks: channel | time | both")] = "channel",
+    mask_kind: Annotated[str, typer.Option(help="imputation masks: time | channel | both")] = "time",
     reconstruction_start: Annotated[float, typer.Option(help="reconstruction t0 / T")] = 0.4,
     threads: Threads = 0,
 ) -> None:
@@ -112,12 +113,13 @@ def evaluate(
     bench: Annotated[Path, typer.Argument(help="benchmark folder: <series>/train.csv [+ test.csv]")],
     out: Annotated[Path, typer.Option(help="results JSON")],
     plots: Annotated[Path | None, typer.Option(help="folder for score-vs-label PNGs")] = None,
+    summary_png: Annotated[Path | None, typer.Option(help="one overview PNG (metrics + every series)")] = None,
     channels: Annotated[str | None, typer.Option(help="comma-separated channel columns (default: all)")] = None,
     window: int = 32,
     epochs: int = 30,
     seed: int = 0,
     risk: Annotated[float, typer.Option(help="target false-alarm risk q of the POT threshold")] = 1e-3,
-    mask_kind: Annotated[str, typer.Option(help="imputation masks: channel | time | both")] = "channel",
+    mask_kind: Annotated[str, typer.Option(help="imputation masks: time | channel | both")] = "time",
     reconstruction_start: Annotated[float, typer.Option(help="reconstruction t0 / T")] = 0.4,
     model_out: Annotated[Path | None, typer.Option(help="also write the trained model repository here")] = None,
     threads: Threads = 0,
@@ -130,13 +132,20 @@ def evaluate(
     config = _model_config(window, seed, reconstruction_start, mask_kind)
     started = time.perf_counter()
     results, detector, report = evaluate_benchmark(
-        bench, config, epochs, risk=risk, channels=channels.split(",") if channels else None, plots=plots
+        bench,
+        config,
+        epochs,
+        risk=risk,
+        channels=channels.split(",") if channels else None,
+        plots=plots,
+        summary_png=summary_png,
     )
     if model_out is not None:
         card = model_card(detector, report, bench, epochs, results["training"]["seconds"])
         card["metrics"]["evaluation"] = results["best"]
         write_model_repository(detector, model_out, card)
     results["wall_seconds"] = time.perf_counter() - started
+    results["command"] = "diffsentry evaluate ts " + " ".join(sys.argv[3:])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=float))
     best = results["best"]

@@ -85,6 +85,7 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     bench, out, plots = tmp_path / "bench", tmp_path / "results.json", tmp_path / "plots"
     assert CliRunner().invoke(app, ["datasets", "skab", str(skab_dir), "--out", str(bench)]).exit_code == 0
     args = ["evaluate", "ts", str(bench), "--out", str(out), "--plots", str(plots), "--window", "8", "--epochs", "1"]
+    args += ["--summary-png", str(tmp_path / "summary.png")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())
@@ -97,3 +98,4 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     assert set(results["modes"]["imputation"]["series"]) == {"valve1-0", "other-1"}
     assert results["throughput"]["imputation"]["windows_per_s"] > 0
     assert (plots / "valve1-0.png").is_file() and (plots / "loss.png").is_file()
+    assert (tmp_path / "summary.png").is_file()

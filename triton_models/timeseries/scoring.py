@@ -21,7 +21,7 @@ MODES = ("imputation", "reconstruction")
 
 @dataclass
 class ScoringConfig:
-    mask_kind: str = "channel"  # "channel" | "time" | "both": which complementary mask families impute
+    mask_kind: str = "time"  # "time" | "channel" | "both": which complementary mask families impute
     time_groups: int = 4  # contiguous time blocks per window for "time" masks
     channel_groups: int = 0  # 0 = one mask per channel
     imputation_steps: int = 5  # DDIM steps from pure noise

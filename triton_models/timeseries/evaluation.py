@@ -231,6 +231,7 @@ def plot_overview(path: Path, results: dict, scores: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     detectors = {
         **{m: v["pooled"] for m, v in results["modes"].items()},
         **{b: v["pooled"] for b, v in results["baselines"].items()},

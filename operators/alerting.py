@@ -21,12 +21,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from operators.sqlite_store import open_database
 from pipeline.contracts import SEVERITY_ORDER, Alert, Score, Severity, decode
 from pipeline.settings import AlertingSettings
 
@@ -102,12 +102,8 @@ class SqliteAlertStateStore:
     """Keeps states in a sqlite file (WAL), committed after every score: survives a worker restart."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode loses nothing when the process dies, only on power loss; a commit per score stays cheap.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS alert_streams (key TEXT PRIMARY KEY, state TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS alert_outbox (key TEXT PRIMARY KEY, alert TEXT NOT NULL)")
 

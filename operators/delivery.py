@@ -16,16 +16,16 @@ import hashlib
 import hmac
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from operators.alerting import idempotency_key
+from operators.resilience import Backoff
+from operators.sqlite_store import open_database
 from operators.subscriptions import Selector, SubscriptionStore
 from pipeline.contracts import Alert, DeadLetter, decode
 from pipeline.settings import DeliverySettings
@@ -53,39 +53,12 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(sign(secret, body), header)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int
-    base_s: float
-    max_s: float
-    jitter: float = 0.0
-
-    @classmethod
-    def from_settings(cls, settings: DeliverySettings) -> RetryPolicy:
-        return cls(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s, settings.backoff_jitter)
-
-    def delay(self, failures: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after the ``failures``-th failed attempt: base · 2^(failures-1), capped, ± jitter."""
-        delay = min(self.max_s, self.base_s * 2 ** (failures - 1))
-        if rng is not None and self.jitter:
-            delay *= 1 + rng.uniform(-self.jitter, self.jitter)
-        return delay
-
-    def schedule(self) -> list[float]:
-        """The waits between all attempts, without jitter."""
-        return [self.delay(failures) for failures in range(1, self.max_attempts)]
-
-
 class DeliveryJournal:
     """One row per (subscription, alert transition): what is pending, delivered, dead-lettered or cancelled."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # As for alert state: a process crash loses nothing, and submit() stays in microseconds (FULL fsyncs, ~4 ms).
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS deliveries ("
             " subscription_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, payload TEXT NOT NULL,"
@@ -201,7 +174,9 @@ class AlertDispatcher:
         self._store = store
         self._journal = journal
         self._settings = settings
-        self._policy = RetryPolicy.from_settings(settings)
+        self._backoff = Backoff(
+            initial_s=settings.backoff_base_s, max_s=settings.backoff_max_s, jitter=settings.backoff_jitter
+        )
         self._dead_letter = dead_letter
         self._source_topic = source_topic
         self.hub = hub
@@ -288,9 +263,9 @@ class AlertDispatcher:
                 async with self._slots:
                     await self._post(url, body, subscription.secret or "", alert, attempts)
             except _Failure as failure:
-                if failure.retryable and attempts < self._policy.max_attempts:
+                if failure.retryable and attempts < self._settings.max_attempts:
                     self._journal.record(subscription_id, alert, attempts, "pending", str(failure))
-                    await asyncio.sleep(self._policy.delay(attempts, self._rng))
+                    await asyncio.sleep(self._backoff.delay(attempts, self._rng))
                     continue
                 reason = f"webhook {url} failed after {attempts} attempt(s): {failure}"
                 await self._to_dead_letter(subscription_id, alert, attempts, reason)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import secrets
-import sqlite3
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
 
+from operators.sqlite_store import open_database
 from pipeline.contracts import SEVERITY_ORDER, Alert, Modality, Severity
 
 
@@ -102,11 +102,9 @@ class SubscriptionStore:
     """Subscriptions in a sqlite file; every method is a short transaction, safe to call from the event loop."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_database(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS subscriptions ("
             " id TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"

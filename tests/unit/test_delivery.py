@@ -1,9 +1,8 @@
 import asyncio
-import random
 
 import pytest
 
-from operators.delivery import AlertHub, RetryPolicy, sign, verify_signature
+from operators.delivery import AlertHub, sign, verify_signature
 from operators.subscriptions import Selector
 from pipeline.contracts import Alert
 
@@ -28,20 +27,6 @@ def test_signature_matches_the_published_hmac_sha256_vector() -> None:
 def test_tampered_bodies_wrong_secrets_and_bad_headers_fail(secret: str, body: bytes, header: str | None) -> None:
     good = sign("key", b"The quick brown fox jumps over the lazy dog")
     assert not verify_signature(secret, body, good if header is None else header)
-
-
-def test_backoff_doubles_up_to_the_cap() -> None:
-    policy = RetryPolicy(max_attempts=6, base_s=0.5, max_s=3.0)
-    assert policy.schedule() == [0.5, 1.0, 2.0, 3.0, 3.0]
-    assert RetryPolicy(max_attempts=1, base_s=0.5, max_s=3.0).schedule() == []
-
-
-def test_jitter_stays_within_its_band() -> None:
-    policy = RetryPolicy(max_attempts=5, base_s=1.0, max_s=60.0, jitter=0.1)
-    rng = random.Random(7)
-    delays = [policy.delay(3, rng) for _ in range(200)]
-    assert all(3.6 <= d <= 4.4 for d in delays)
-    assert len(set(delays)) > 100
 
 
 def _alert(stream: str, n: int) -> Alert:

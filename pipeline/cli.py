@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from pipeline import video_commands, video_ingest
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
 train_app = typer.Typer(no_args_is_help=True, help="Train diffusion models into the Triton model repository.")
@@ -15,6 +17,9 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(ingest_app, name="ingest")
+ingest_app.command("video")(video_ingest.ingest)
+train_app.command("video")(video_commands.train)
+evaluate_app.command("video")(video_commands.evaluate)
 
 
 def main() -> None:

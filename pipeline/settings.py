@@ -53,6 +53,16 @@ class InfluxSettings(BaseModel):
     bucket: str = "diffsentry"
 
 
+class VideoSettings(BaseModel):
+    """Frames as the video model sees them; ingestion converts to this and the model card must agree."""
+
+    width: int = 96
+    height: int = 64
+    fps: float = 10.0
+    encoding: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = 90
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFSENTRY_", env_nested_delimiter="__", extra="ignore")
 
@@ -60,6 +70,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
     state_dir: Path = Path(".diffsentry")
     model_repository: Path = Path(".diffsentry/model_repository")
 

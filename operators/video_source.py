@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -206,3 +207,20 @@ def sampled_model_frames(
         if sampler.accept(frame.pts):
             stats.sampled += 1
             yield frame.pts, to_model_frame(frame.image, width, height)
+
+
+def write_synthetic_clip(path: Path, frames: int, fps: int = 30, size: tuple[int, int] = (160, 96)) -> None:
+    """An MPEG-4 clip of a bright square moving over a gradient (for demos and tests without a camera)."""
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        for index in range(frames):
+            image = np.tile(np.linspace(0, 200, width, dtype=np.uint8), (height, 1))
+            left = 4 * index % (width - 20)
+            image[20:40, left : left + 20] = 255
+            frame = av.VideoFrame.from_ndarray(np.stack([image] * 3, axis=-1), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())

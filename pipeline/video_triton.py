@@ -69,8 +69,12 @@ def _backend_dir(server_dir: Path, work_dir: Path) -> Path:
 
 
 @contextmanager
-def serve_repository(repository: Path, ready_timeout_s: float = 180.0) -> Iterator[TritonEndpoints]:
-    """Run tritonserver on ``repository`` (CPU, 127.0.0.1, free ports) until the block ends; stops it by pid."""
+def serve_repository(
+    repository: Path, explicit: bool = False, ready_timeout_s: float = 180.0
+) -> Iterator[TritonEndpoints]:
+    """Run tritonserver on ``repository`` (CPU, 127.0.0.1, free ports) until the block ends; stops it by pid.
+
+    ``explicit``: load no model at start; clients load them (model control mode explicit)."""
     server_dir = Path(pytriton.__file__).parent / "tritonserver"
     with tempfile.TemporaryDirectory(prefix="diffsentry-triton-") as tmp:
         work_dir = Path(tmp)
@@ -93,6 +97,7 @@ def serve_repository(repository: Path, ready_timeout_s: float = 180.0) -> Iterat
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=10",
+            *(["--model-control-mode=explicit"] if explicit else []),
         ]
         log_path = work_dir / "tritonserver.log"
         with log_path.open("wb") as log:
@@ -141,7 +146,7 @@ async def score_through_triton(
                 model, [request], outputs=[grpcclient.InferRequestedOutput(n) for n in ("SCORE", "MAP")]
             )
             for index, (score, anomaly_map) in enumerate(
-                zip(result.as_numpy("SCORE"), result.as_numpy("MAP"), strict=True)
+                zip(result.as_numpy("SCORE")[:, 0], result.as_numpy("MAP"), strict=True)
             ):
                 scores[start + index], maps[start + index] = score, anomaly_map
 

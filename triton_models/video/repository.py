@@ -32,6 +32,8 @@ ADAPTER_SOURCE = Path(__file__).with_name("triton_model.py")
 
 
 def config_pbtxt(config: VideoModelConfig, max_batch_size: int = 64, threads: int = 2) -> str:
+    """Batched I/O: FRAMES uint8 [-1, K+1, H, W]; SCORE fp32, produced as [-1] (reshape) but, since Triton needs
+    non-empty dims for batched tensors, delivered to clients as [-1, 1]; MAP fp32 [-1, h, w]."""
     map_h, map_w = config.map_shape
     return f"""name: "{MODEL_NAME}"
 backend: "python"

@@ -69,7 +69,7 @@ def fit(
         "identity_shortcut_guard": "the current frame never enters the network at scoring: DDIM starts from seeded "
         "noise, conditioned on the K past frames only",
     }
-    model_dir = export_model(result.model, repository, threshold, card, result.losses, threads=settings.threads)
+    model_dir = export_model(result.model, repository, threshold, card, result.losses)
     return result.model, threshold, model_dir
 
 
@@ -83,14 +83,14 @@ def _config_options(context: int, ddim_steps: int, base_channels: int) -> VideoM
 def train(
     frames: Annotated[Path, typer.Option("--frames", help="Folder of clip folders of normal frames.")],
     out: Annotated[Path, typer.Option("--out", help="Model repository; writes <out>/video_diffusion/.")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 2000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
     batch_size: Annotated[int, typer.Option()] = 32,
     context: Annotated[int, typer.Option(help="K past frames that condition the prediction.")] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
     base_channels: Annotated[int, typer.Option()] = 32,
     holdout: Annotated[int, typer.Option(help="Last clips held out to set the threshold.")] = 2,
     quantile: Annotated[float, typer.Option(help="Threshold = this quantile of held-out normal scores.")] = 0.99,
-    threads: Annotated[int, typer.Option(help="Torch threads (training and the Triton instance).")] = 2,
+    threads: Annotated[int, typer.Option(help="Torch threads for training (1: see config_pbtxt).")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train the frame diffusion model and write it into a Triton model repository."""
@@ -141,13 +141,13 @@ def evaluate(
     plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the PNGs.")] = None,
     model_path: Annotated[Path | None, typer.Option("--model", help="Model repository to load, not train.")] = None,
     save_model: Annotated[Path | None, typer.Option("--save-model", help="Keep the trained repository here.")] = None,
-    steps: Annotated[int, typer.Option()] = 2000,
+    steps: Annotated[int, typer.Option()] = 3000,
     context: Annotated[int, typer.Option()] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
     base_channels: Annotated[int, typer.Option()] = 32,
     holdout: Annotated[int, typer.Option()] = 2,
     quantile: Annotated[float, typer.Option()] = 0.99,
-    threads: Annotated[int, typer.Option()] = 2,
+    threads: Annotated[int, typer.Option(help="Torch threads for training and in-process scoring.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     triton: Annotated[bool, typer.Option(help="Also score through a tritonserver started for this run.")] = True,
 ) -> None:

@@ -31,7 +31,7 @@ def test_triton_scores_equal_in_process_scores(local_stack) -> None:
     config = VideoModelConfig(height=32, width=48, context=4, base_channels=8, ddim_steps=3)
     torch.manual_seed(3)
     model = FrameDiffusion(config).eval()
-    export_model(model, settings.model_repository, 0.01, {"data": {"synthetic": True}}, [1.0, 0.5], threads=1)
+    export_model(model, settings.model_repository, 0.01, {"data": {"synthetic": True}}, [1.0, 0.5], instances=1)
     rng = np.random.default_rng(0)
     windows = causal_windows(rng.integers(0, 256, (10, 32, 48), dtype=np.uint8), config.context)
     expected_scores, expected_maps = score_batches(model, windows)

@@ -70,7 +70,7 @@ def test_tiny_training_learns_motion_and_flags_a_fast_object(tmp_path: Path) -> 
     assert np.median(fast_scores) > 2 * np.median(slow_scores)
 
     threshold = calibrate_threshold(result.model, slow, 0.99)
-    model_dir = export_model(result.model, tmp_path, threshold, {"data": {"clips": 3}}, result.losses, threads=1)
+    model_dir = export_model(result.model, tmp_path, threshold, {"data": {"clips": 3}}, result.losses, instances=1)
     loaded = load_model(model_dir / "1")
     assert load_threshold(model_dir / "1") == threshold
     np.testing.assert_allclose(score_batches(loaded, fast)[0], fast_scores, rtol=1e-6)

@@ -19,7 +19,7 @@ class TrainSettings:
     batch_size: int = 32
     learning_rate: float = 2e-3
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
 
 
 @dataclass

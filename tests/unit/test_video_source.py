@@ -150,3 +150,14 @@ def test_bad_payloads_are_rejected_with_a_reason() -> None:
         decode_frame(b"\x00" * 10, "raw", 96, 64)
     with pytest.raises(ValueError, match="JPEG"):
         decode_frame(b"garbage", "jpeg", 96, 64)
+
+
+def test_size_option_parses_width_by_height() -> None:
+    import typer
+
+    from pipeline.video_ingest import parse_size
+
+    assert parse_size("96x64") == (96, 64)
+    for bad in ("96", "0x64", "axb"):
+        with pytest.raises(typer.BadParameter):
+            parse_size(bad)

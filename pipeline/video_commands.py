@@ -83,7 +83,7 @@ def _config_options(context: int, ddim_steps: int, base_channels: int) -> VideoM
 def train(
     frames: Annotated[Path, typer.Option("--frames", help="Folder of clip folders of normal frames.")],
     out: Annotated[Path, typer.Option("--out", help="Model repository; writes <out>/video_diffusion/.")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 2000,
     batch_size: Annotated[int, typer.Option()] = 32,
     context: Annotated[int, typer.Option(help="K past frames that condition the prediction.")] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
@@ -141,7 +141,7 @@ def evaluate(
     plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the PNGs.")] = None,
     model_path: Annotated[Path | None, typer.Option("--model", help="Model repository to load, not train.")] = None,
     save_model: Annotated[Path | None, typer.Option("--save-model", help="Keep the trained repository here.")] = None,
-    steps: Annotated[int, typer.Option()] = 3000,
+    steps: Annotated[int, typer.Option()] = 2000,
     context: Annotated[int, typer.Option()] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
     base_channels: Annotated[int, typer.Option()] = 32,

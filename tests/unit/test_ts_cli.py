@@ -90,7 +90,7 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())
     assert set(results["modes"]) == {"imputation", "reconstruction"}
-    assert set(results["baselines"]) == {"pca", "random"}
+    assert set(results["baselines"]) == {"pca", "pca_per_stream", "random"}
     best = results["best"]
     assert best["mode"] in results["modes"]
     assert {"f1", "far", "mar"} <= set(best["skab"]) and 0 <= best["auprc"] <= 1

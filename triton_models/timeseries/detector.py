@@ -6,7 +6,8 @@ window, and returns the window score, per-step scores and per-channel contributi
 Per-stream calibration (the practice of the SKAB reference notebooks: every series is judged against its own
 normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
 held-out normal windows (so a sensor that is noisy even when healthy does not dominate), averaged, and divided by
-the stream's threshold (``threshold_factor`` x the largest score of its held-out normal windows). The served
+the stream's threshold (median + z x MAD of its held-out normal scores, z from one POT tail fit on the pooled
+robust z-scores of all streams, ``calibration.stream_thresholds``). The served
 SCORE is therefore "multiples of the stream's own alarm level": the alarm threshold is 1.0 for every stream, and
 scores of quiet and loud streams are comparable. Streams never seen in training use the pooled ``default``
 calibration (pooled channel scale, POT threshold on the pooled held-out scores).
@@ -73,8 +74,8 @@ class ModeCalibration:
     """Per-stream calibration of one mode; ``streams`` always holds the pooled ``default`` entry."""
 
     streams: dict[str, StreamCalibration]
-    default_threshold: Threshold  # POT fit that set the ``default`` stream's threshold
-    threshold_factor: float  # stream threshold = factor x max held-out score of the stream
+    default_threshold: Threshold  # POT fit on the pooled held-out scores: the ``default`` stream's threshold
+    tail: Threshold | None  # POT fit on the pooled robust z-scores (value = z); None if no stream had enough windows
 
     def stream(self, name: str) -> StreamCalibration:
         return self.streams.get(name, self.streams[DEFAULT_STREAM])
@@ -84,10 +85,10 @@ class ModeCalibration:
         return {
             "value": CALIBRATED_THRESHOLD,
             "method": "per_stream",
-            "rule": f"SCORE = score / stream threshold; stream threshold = {self.threshold_factor} x max score of "
-            "the stream's held-out normal windows; unknown streams: POT on the pooled held-out scores",
-            "threshold_factor": self.threshold_factor,
+            "rule": "SCORE = score / stream threshold; stream threshold = median + z x MAD of the stream's held-out "
+            "normal scores, z = POT on the pooled robust z-scores; unknown streams: POT on the pooled held-out scores",
             "streams": len(self.streams) - 1,
+            "z": self.tail.to_json() if self.tail else None,
             "default_stream": self.default_threshold.to_json(),
         }
 
@@ -95,7 +96,7 @@ class ModeCalibration:
         return {
             "streams": {name: c.to_json() for name, c in self.streams.items()},
             "default_threshold": self.default_threshold.to_json(),
-            "threshold_factor": self.threshold_factor,
+            "tail": self.tail.to_json() if self.tail else None,
         }
 
     @classmethod
@@ -103,7 +104,7 @@ class ModeCalibration:
         return cls(
             streams={name: StreamCalibration(**c) for name, c in data["streams"].items()},
             default_threshold=Threshold(**data["default_threshold"]),
-            threshold_factor=float(data["threshold_factor"]),
+            tail=Threshold(**data["tail"]) if data.get("tail") else None,
         )
 
 

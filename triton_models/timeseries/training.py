@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from triton_models.diffusion import NoiseSchedule, ddpm_loss
-from triton_models.timeseries.calibration import pot_threshold
+from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
 from triton_models.timeseries.detector import ModeCalibration, ModelConfig, StreamCalibration, TimeSeriesDetector
 from triton_models.timeseries.networks import ConvDenoiser
 from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer
@@ -106,34 +106,34 @@ def split_holdout(values: np.ndarray, fraction: float) -> int:
     return round(len(values) * (1 - fraction))
 
 
-# The SKAB reference notebooks alarm at 3/2 x a high quantile of a series' own normal residuals; a margin above the
-# largest held-out score, because the held-out tail is short and later normal operation drifts a little.
-THRESHOLD_FACTOR = 1.5
-# Fewer held-out windows than this give no usable maximum: such a stream gets the pooled default calibration.
+# Fewer held-out windows than this give no usable median/MAD: such a stream gets the pooled default calibration.
 MIN_STREAM_WINDOWS = 20
 # A channel's scale is at least this fraction of the stream's mean channel scale: a channel that happened to be
 # flat in a short held-out tail would otherwise turn its first harmless wiggle into a huge score.
 CHANNEL_SCALE_FLOOR = 0.1
 
 
-def calibrate_mode(
-    held_out_errors: dict[str, np.ndarray], risk: float, threshold_factor: float = THRESHOLD_FACTOR
-) -> tuple[ModeCalibration, np.ndarray]:
+def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple[ModeCalibration, np.ndarray]:
     """Per-stream calibration from absolute errors [windows, length, channels] of each stream's held-out normal
-    windows. Returns the calibration and the served scores of all held-out windows (1.0 = threshold)."""
+    windows: per-stream channel scale, then per-stream thresholds from one pooled tail model (``stream_thresholds``).
+    Returns the calibration and the served scores of all held-out windows (1.0 = threshold)."""
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    pooled_scores = (pooled_errors / pooled_scale).mean(axis=(1, 2))
-    default_threshold = pot_threshold(pooled_scores, risk)
-    streams = {DEFAULT_STREAM: StreamCalibration(pooled_scale.tolist(), default_threshold.value)}
+    default_threshold = pot_threshold((pooled_errors / pooled_scale).mean(axis=(1, 2)), risk)
+    scales, scores = {}, {}
     for name, errors in held_out_errors.items():
         if len(errors) < MIN_STREAM_WINDOWS:
             continue
         scale = errors.mean(axis=(0, 1))
-        scale = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        scores = (errors / scale).mean(axis=(1, 2))
-        streams[name] = StreamCalibration(scale.tolist(), threshold_factor * float(scores.max()))
-    calibration = ModeCalibration(streams, default_threshold, threshold_factor)
+        scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
+        scores[name] = (errors / scales[name]).mean(axis=(1, 2))
+    streams = {DEFAULT_STREAM: StreamCalibration(pooled_scale.tolist(), default_threshold.value)}
+    tail = None
+    if scores:
+        fitted = stream_thresholds(scores, risk)
+        streams |= {name: StreamCalibration(scales[name].tolist(), fitted.thresholds[name]) for name in scores}
+        tail = fitted.tail
+    calibration = ModeCalibration(streams, default_threshold, tail)
     served = [
         (errors / np.asarray(c.channel_scale)).mean(axis=(1, 2)) / c.threshold
         for name, errors in held_out_errors.items()
@@ -149,7 +149,6 @@ def fit_detector(
     holdout_fraction: float = 0.25,
     risk: float = 1e-3,
     progress: bool = True,
-    threshold_factor: float = THRESHOLD_FACTOR,
 ) -> tuple[TimeSeriesDetector, FitReport]:
     """Normalise per stream on its fit rows, train on their windows, calibrate every mode per stream on the
     held-out rows (each held-out window may reach back into fit rows: that is the stream's past)."""
@@ -169,7 +168,7 @@ def fit_detector(
     calibration_scores = {}
     for mode in tqdm(MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
-        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, risk, threshold_factor)
+        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, risk)
     held_out_count = sum(len(w) for w in held_out.values())
     report = FitReport(losses, len(train), held_out_count, calibration_scores, {n: len(v) for n, v in tables.items()})
     return detector, report

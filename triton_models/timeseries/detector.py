@@ -6,11 +6,11 @@ window, and returns the window score, per-step scores and per-channel contributi
 Per-stream calibration (the practice of the SKAB reference notebooks: every series is judged against its own
 normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
 held-out normal windows (so a sensor that is noisy even when healthy does not dominate), averaged, and divided by
-the stream's threshold (median + z x MAD of its held-out normal scores, z from one POT tail fit on the pooled
-robust z-scores of all streams, ``calibration.stream_thresholds``). The served
-SCORE is therefore "multiples of the stream's own alarm level": the alarm threshold is 1.0 for every stream, and
-scores of quiet and loud streams are comparable. Streams never seen in training use the pooled ``default``
-calibration (pooled channel scale, POT threshold on the pooled held-out scores).
+the stream's threshold (median + z x MAD of its held-out normal scores, z from one POT tail fit on the pooled robust
+z-scores of all streams, ``calibration.stream_thresholds``). The served SCORE is therefore in multiples of the
+stream's own alarm level: the threshold is 1.0 for every stream, and scores of quiet and loud streams are
+comparable. Streams never seen in training use the pooled ``default`` calibration (pooled channel scale, POT
+threshold on the pooled held-out scores).
 """
 
 from __future__ import annotations

@@ -185,4 +185,23 @@ def test_saved_detector_reloads_with_identical_scores(tiny_detector: TimeSeriesD
         b = restored.score(windows, ["pump-b"] * 3, [mode] * 3)["SCORE"]
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert restored.calibration.keys() == {"imputation", "reconstruction"}
-    assert restored.calibration["imputation"].threshold.value > 0
+    calibration = restored.calibration["imputation"]
+    assert calibration.streams.keys() == {"default", "pump-a", "pump-b"}
+    assert calibration.served_threshold()["value"] == 1.0 and calibration.stream("nobody").threshold > 0
+
+
+def test_served_scores_alarm_above_one_on_each_streams_own_scale(tiny_detector: TimeSeriesDetector) -> None:
+    # Imputation only: the 8-epoch reconstruction of the tiny model is nearly input-independent (every score ~1.0).
+    rng = np.random.default_rng(4)
+    steps = np.arange(400, 440)[:, None]
+    streams = {
+        "pump-a": np.sin(steps / 5 + np.arange(3)) + 0.05 * rng.normal(size=(40, 3)),
+        "pump-b": 10 + 2 * np.cos(steps / 7 + np.arange(3)) + 0.05 * rng.normal(size=(40, 3)),
+    }
+    for stream, values in streams.items():
+        normal = np.lib.stride_tricks.sliding_window_view(values, 8, axis=0).transpose(0, 2, 1).astype(np.float32)
+        broken = normal.copy()
+        broken[:, 4:] += 10 * values.std(axis=0)
+        normal_scores = tiny_detector.score(normal, [stream] * len(normal), ["imputation"] * len(normal))["SCORE"]
+        broken_scores = tiny_detector.score(broken, [stream] * len(broken), ["imputation"] * len(broken))["SCORE"]
+        assert np.median(normal_scores) < 1.0 < np.min(broken_scores), stream

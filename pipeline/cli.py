@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from infra import cli as infra_commands
-from pipeline import ingest_sensors, run_command, subscriptions_cli
+from pipeline import ingest_sensors, run_command, subscriptions_cli, ts_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
@@ -29,6 +29,10 @@ topics_app.command("create")(infra_commands.topics_create)
 app.command("doctor")(infra_commands.doctor)
 app.command("run")(run_command.run)
 ingest_app.command("sensors")(ingest_sensors.sensors)
+
+train_app.command("ts")(ts_commands.train)
+evaluate_app.command("ts")(ts_commands.evaluate)
+datasets_app.command("skab")(ts_commands.datasets_skab)
 
 
 def main() -> None:

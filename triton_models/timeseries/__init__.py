@@ -1,0 +1,1 @@
+"""Time-series diffusion anomaly detection: conditional denoiser, scoring by imputation and reconstruction."""

@@ -1,0 +1,52 @@
+"""Label-free thresholds from scores on held-out normal data: SPOT/POT (Siffer et al., KDD 2017) with a
+generalised Pareto tail, falling back to an empirical quantile when the tail fit is not trustworthy."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass
+class Threshold:
+    value: float
+    method: str  # "pot" | "quantile"
+    risk: float  # target probability q that a normal score exceeds the threshold
+    initial_level: float
+    peaks: int
+    shape: float | None = None
+    scale: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def pot_threshold(
+    scores: np.ndarray, risk: float = 1e-3, initial_level: float = 0.98, min_peaks: int = 20
+) -> Threshold:
+    """Threshold ``z_q`` with P(score > z_q) ~= ``risk`` under the fitted GPD tail above the ``initial_level``
+    quantile: ``z_q = t + sigma/gamma * ((q n / N_t)^(-gamma) - 1)`` (``t - sigma log(q n / N_t)`` when gamma = 0).
+
+    Falls back to the empirical (1 - risk) quantile when there are fewer than ``min_peaks`` exceedances, the fit
+    fails, or the extrapolated value is not finite."""
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        raise ValueError("no finite calibration scores")
+    fallback = Threshold(float(np.quantile(scores, 1 - risk)), "quantile", risk, initial_level, 0)
+    initial = float(np.quantile(scores, initial_level))
+    peaks = scores[scores > initial] - initial
+    fallback.peaks = int(peaks.size)
+    if peaks.size < min_peaks or np.ptp(peaks) <= 0:
+        return fallback
+    try:
+        shape, _, scale = stats.genpareto.fit(peaks, floc=0.0)
+    except (RuntimeError, ValueError):
+        return fallback
+    ratio = risk * scores.size / peaks.size
+    value = initial - scale * np.log(ratio) if abs(shape) < 1e-08 else initial + scale / shape * (ratio ** (-shape) - 1)
+    if not np.isfinite(value) or value < initial:
+        return fallback
+    return Threshold(float(value), "pot", risk, initial_level, int(peaks.size), float(shape), float(scale))

@@ -1,0 +1,105 @@
+"""Reading sensor tables: SKAB csv (``;``-separated, ``datetime`` column) and the benchmark layout
+(``<bench>/<series>/train.csv`` and optional ``test.csv``: ``timestamp`` column, one column per channel, ``label``)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TIME_COLUMNS = ("timestamp", "datetime", "time")
+LABEL_COLUMNS = ("label", "anomaly")
+IGNORED_COLUMNS = ("changepoint",)
+
+
+@dataclass
+class SensorTable:
+    timestamps: list[str]
+    channels: list[str]
+    values: np.ndarray  # [rows, channels] float32
+    labels: np.ndarray | None  # [rows] int8, 1 = anomalous
+
+
+def read_table(path: Path, channels: list[str] | None = None) -> SensorTable:
+    """Read a csv whose delimiter is ``;`` or ``,``; every column but time/label/changepoint is a channel."""
+    with open(path, newline="") as handle:
+        header_line = handle.readline()
+        delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
+        handle.seek(0)
+        rows = list(csv.reader(handle, delimiter=delimiter))
+    header = [name.strip() for name in rows[0]]
+    body = [row for row in rows[1:] if row]
+    time_index = next((i for i, name in enumerate(header) if name.lower() in TIME_COLUMNS), None)
+    label_index = next((i for i, name in enumerate(header) if name.lower() in LABEL_COLUMNS), None)
+    skipped = {time_index, label_index} | {i for i, name in enumerate(header) if name.lower() in IGNORED_COLUMNS}
+    available = [name for i, name in enumerate(header) if i not in skipped]
+    selected = available if channels is None else channels
+    missing = [name for name in selected if name not in available]
+    if missing:
+        raise ValueError(f"{path}: channels {missing} not in columns {available}")
+    indices = [header.index(name) for name in selected]
+    values = np.array([[float(row[i]) for i in indices] for row in body], dtype=np.float32).reshape(-1, len(indices))
+    labels = None
+    if label_index is not None:
+        labels = np.array([float(row[label_index]) > 0.5 for row in body], dtype=np.int8)
+    timestamps = [row[time_index] for row in body] if time_index is not None else [str(i) for i in range(len(body))]
+    return SensorTable(timestamps=timestamps, channels=list(selected), values=values, labels=labels)
+
+
+def write_table(path: Path, timestamps: list[str], channels: list[str], values: np.ndarray, labels=None) -> None:
+    """Write the benchmark layout: ``timestamp``, channels, optional ``label``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timestamp", *channels, *(["label"] if labels is not None else [])])
+        for i, stamp in enumerate(timestamps):
+            row = [stamp, *(repr(float(v)) for v in values[i])]
+            if labels is not None:
+                row.append(int(labels[i]))
+            writer.writerow(row)
+
+
+@dataclass
+class Series:
+    name: str
+    train: SensorTable
+    test: SensorTable | None
+
+
+def read_benchmark(bench: Path, channels: list[str] | None = None) -> list[Series]:
+    """Every ``<bench>/<series>/train.csv`` (with ``test.csv`` when present), sorted by series name."""
+    series = []
+    for train_path in sorted(Path(bench).glob("*/train.csv")):
+        train = read_table(train_path, channels)
+        test_path = train_path.with_name("test.csv")
+        test = read_table(test_path, train.channels) if test_path.exists() else None
+        series.append(Series(name=train_path.parent.name, train=train, test=test))
+    if not series:
+        raise FileNotFoundError(f"no <series>/train.csv under {bench}")
+    return series
+
+
+def training_tables(data: Path, channels: list[str] | None = None) -> dict[str, SensorTable]:
+    """Training data for ``train ts``: one csv (stream = file stem), a benchmark folder (stream = series; only
+    train.csv), or a folder of csv files (stream = relative path without suffix; SKAB labelled rows dropped)."""
+    data = Path(data)
+    if data.is_file():
+        return {data.stem: _normal_rows(read_table(data, channels))}
+    if any(data.glob("*/train.csv")):
+        return {s.name: s.train for s in read_benchmark(data, channels)}
+    tables = {}
+    for path in sorted(data.rglob("*.csv")):
+        tables[str(path.relative_to(data).with_suffix(""))] = _normal_rows(read_table(path, channels))
+    if not tables:
+        raise FileNotFoundError(f"no csv files under {data}")
+    return tables
+
+
+def _normal_rows(table: SensorTable) -> SensorTable:
+    if table.labels is None:
+        return table
+    keep = table.labels == 0
+    stamps = [s for s, k in zip(table.timestamps, keep, strict=True) if k]
+    return SensorTable(stamps, table.channels, table.values[keep], None)

@@ -1,0 +1,151 @@
+"""DDPM training of the conditional denoiser on normal windows, then label-free calibration on held-out rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from triton_models.diffusion import NoiseSchedule, ddpm_loss
+from triton_models.timeseries.calibration import pot_threshold
+from triton_models.timeseries.detector import ModeCalibration, ModelConfig, TimeSeriesDetector
+from triton_models.timeseries.networks import ConvDenoiser
+from triton_models.timeseries.normalization import StreamNormalizer
+from triton_models.timeseries.scoring import MODES
+
+
+def sliding_windows(values: np.ndarray, length: int, stride: int = 1, first_end: int | None = None) -> np.ndarray:
+    """Windows [n, length, channels] of ``values`` ending at rows ``first_end, first_end + stride, ...``
+    (default: the first row with a full window of history)."""
+    start_end = length - 1 if first_end is None else max(first_end, length - 1)
+    ends = np.arange(start_end, len(values), stride)
+    if ends.size == 0:
+        return np.empty((0, length, values.shape[1]), dtype=np.float32)
+    view = np.lib.stride_tricks.sliding_window_view(values, length, axis=0)  # [n, channels, length]
+    return np.ascontiguousarray(view[ends - length + 1].transpose(0, 2, 1), dtype=np.float32)
+
+
+def training_masks(batch: int, length: int, channels: int, generator: torch.Generator) -> torch.Tensor:
+    """Observation masks (1 = observed) mixing the shapes scoring uses: empty (reconstruction), hidden channel
+    subsets, hidden time blocks, and random entries."""
+    kind = torch.randint(0, 4, (batch,), generator=generator)
+    masks = torch.ones(batch, length, channels)
+    masks[kind == 0] = 0
+    hidden_channels = torch.rand(batch, 1, channels, generator=generator) < torch.rand(batch, 1, 1, generator=generator)
+    masks = torch.where((kind == 1)[:, None, None] & hidden_channels, torch.zeros(()), masks)
+    block_length = torch.randint(1, length, (batch,), generator=generator)
+    block_start = (torch.rand(batch, generator=generator) * (length - block_length + 1)).long()
+    steps = torch.arange(length)[None]
+    in_block = (steps >= block_start[:, None]) & (steps < (block_start + block_length)[:, None])
+    masks = torch.where((kind == 2)[:, None, None] & in_block[:, :, None], torch.zeros(()), masks)
+    ratio = torch.rand(batch, 1, 1, generator=generator) * 0.8 + 0.1
+    random_hidden = torch.rand(batch, length, channels, generator=generator) < ratio
+    masks = torch.where((kind == 3)[:, None, None] & random_hidden, torch.zeros(()), masks)
+    # A mask that hides nothing teaches nothing: hide everything instead.
+    masks[masks.flatten(1).all(dim=1)] = 0
+    return masks
+
+
+def train_denoiser(
+    network: ConvDenoiser,
+    schedule: NoiseSchedule,
+    windows: np.ndarray,
+    epochs: int,
+    seed: int,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    progress: bool = True,
+) -> list[float]:
+    """Adam on the masked epsilon loss; deterministic for a given seed and thread count. Returns loss per epoch."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(windows)
+    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
+    total_steps = epochs * max(1, -(-len(data) // batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps)
+    network.train()
+    losses = []
+    bar = tqdm(range(epochs), desc="train ts diffusion", unit="epoch", disable=not progress)
+    for _ in bar:
+        order = torch.randperm(len(data), generator=generator)
+        total, count = 0.0, 0
+        for batch_index in order.split(batch_size):
+            x0 = data[batch_index]
+            mask = training_masks(len(x0), x0.shape[1], x0.shape[2], generator)
+
+            def denoise(x_t: torch.Tensor, t: torch.Tensor, x0=x0, mask=mask) -> torch.Tensor:
+                return network(x_t, t, x0, mask)
+
+            loss = ddpm_loss(denoise, schedule, x0, generator, weight=1 - mask)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(x0)
+            count += len(x0)
+        losses.append(total / count)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    network.eval()
+    return losses
+
+
+@dataclass
+class FitReport:
+    losses: list[float]
+    train_windows: int
+    calibration_windows: int
+    calibration_scores: dict[str, np.ndarray]
+    rows: dict[str, int]
+
+
+def split_holdout(values: np.ndarray, fraction: float) -> int:
+    """Index of the first held-out row: the last ``fraction`` of each stream's training rows."""
+    return round(len(values) * (1 - fraction))
+
+
+def fit_detector(
+    tables: dict[str, np.ndarray],
+    config: ModelConfig,
+    epochs: int,
+    holdout_fraction: float = 0.25,
+    risk: float = 1e-3,
+    progress: bool = True,
+) -> tuple[TimeSeriesDetector, FitReport]:
+    """Normalise per stream on its fit rows, train on their windows, calibrate every mode on the held-out rows
+    (each held-out window may reach back into fit rows: that is the stream's past)."""
+    torch.manual_seed(config.seed)
+    cuts = {name: split_holdout(values, holdout_fraction) for name, values in tables.items()}
+    normalizer = StreamNormalizer.fit({name: values[: cuts[name]] for name, values in tables.items()})
+    normalised = {name: normalizer.normalise(values, name) for name, values in tables.items()}
+    train = np.concatenate(
+        [sliding_windows(v[: cuts[name]], config.window, config.stride) for name, v in normalised.items()]
+    )
+    held_out = np.concatenate(
+        [sliding_windows(v, config.window, 1, first_end=cuts[name]) for name, v in normalised.items()]
+    )
+    network = TimeSeriesDetector.build_network(config)
+    schedule = NoiseSchedule(config.diffusion_steps, config.schedule)
+    losses = train_denoiser(network, schedule, train, epochs, config.seed, progress=progress)
+    detector = TimeSeriesDetector(config, network, normalizer)
+    calibration_scores = {}
+    for mode in tqdm(MODES, desc="calibrate", disable=not progress):
+        errors = batched_errors(detector, held_out, mode, progress)
+        channel_scale = np.maximum(errors.mean(axis=(0, 1)), 1e-8)
+        scores = (errors / channel_scale).mean(axis=(1, 2))
+        calibration_scores[mode] = scores
+        detector.calibration[mode] = ModeCalibration(channel_scale.tolist(), pot_threshold(scores, risk))
+    report = FitReport(losses, len(train), len(held_out), calibration_scores, {n: len(v) for n, v in tables.items()})
+    return detector, report
+
+
+def batched_errors(
+    detector: TimeSeriesDetector, normalised_windows: np.ndarray, mode: str, progress: bool, batch: int = 512
+) -> np.ndarray:
+    parts = [
+        detector.squared_errors(normalised_windows[i : i + batch], mode)
+        for i in tqdm(range(0, len(normalised_windows), batch), desc=mode, leave=False, disable=not progress)
+    ]
+    return np.concatenate(parts) if parts else np.empty_like(normalised_windows)

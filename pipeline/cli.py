@@ -6,6 +6,7 @@ import typer
 
 from infra import cli as infra_commands
 from pipeline import ingest_sensors, run_command, subscriptions_cli, ts_commands
+from pipeline import video_commands, video_ingest
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
@@ -33,6 +34,9 @@ ingest_app.command("sensors")(ingest_sensors.sensors)
 train_app.command("ts")(ts_commands.train)
 evaluate_app.command("ts")(ts_commands.evaluate)
 datasets_app.command("skab")(ts_commands.datasets_skab)
+ingest_app.command("video")(video_ingest.ingest)
+train_app.command("video")(video_commands.train)
+evaluate_app.command("video")(video_commands.evaluate)
 
 
 def main() -> None:

@@ -169,6 +169,16 @@ class DeliverySettings(BaseModel):
     backoff_jitter: float = Field(default=0.1, ge=0, le=1, description="each delay is scaled by 1 ± this at random")
 
 
+class VideoSettings(BaseModel):
+    """Frames as the video model sees them; ingestion converts to this and the model card must agree."""
+
+    width: int = 96
+    height: int = 64
+    fps: float = 10.0
+    encoding: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = 90
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFSENTRY_", env_nested_delimiter="__", extra="ignore")
 
@@ -182,6 +192,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
     state_dir: Path = Path(".diffsentry")
     model_repository: Path = Path(".diffsentry/model_repository")
 

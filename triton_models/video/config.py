@@ -1,0 +1,34 @@
+"""Settings of the video frame diffusion model, saved next to its weights so Triton rebuilds the same model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class VideoModelConfig:
+    height: int = 64
+    width: int = 96  # 360x240 Ped2 frames keep their 3:2 aspect ratio
+    context: int = 4  # K past frames condition the prediction of the current one
+    base_channels: int = 32
+    timesteps: int = 1000
+    ddim_steps: int = 4
+    patch: int = 8  # anomaly map: mean squared error over patch x patch pixels ...
+    patch_stride: int = 4  # ... every patch_stride pixels; the score is the map's maximum
+    noise_seed: int = 1234
+
+    @property
+    def map_shape(self) -> tuple[int, int]:
+        return (
+            (self.height - self.patch) // self.patch_stride + 1,
+            (self.width - self.patch) // self.patch_stride + 1,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_file(cls, path: Path) -> VideoModelConfig:
+        return cls(**json.loads(path.read_text()))

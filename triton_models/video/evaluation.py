@@ -1,0 +1,149 @@
+"""Frame-level detection metrics and the plots of a video evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from scipy.stats import rankdata
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum statistic (ties count half); nan without both classes."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision: precision averaged over the ranks of the positives (scores sorted high to low)."""
+    order = np.argsort(-scores, kind="mergesort")
+    hits = labels[order] == 1
+    if not hits.any():
+        return float("nan")
+    precision_at_hits = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+    return float(precision_at_hits.mean())
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_labels = labels[order]
+    distinct = np.r_[np.flatnonzero(np.diff(scores[order])), len(scores) - 1]
+    tps = np.cumsum(sorted_labels)[distinct]
+    fps = (distinct + 1) - tps
+    return np.r_[0.0, fps / max(1, len(labels) - labels.sum())], np.r_[0.0, tps / max(1, labels.sum())]
+
+
+def eer(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Equal error rate: where the false positive rate meets the miss rate on the ROC curve."""
+    fpr, tpr = roc_curve(labels, scores)
+    fnr = 1 - tpr
+    index = int(np.argmin(np.abs(fnr - fpr)))
+    return float((fpr[index] + fnr[index]) / 2)
+
+
+def detection_metrics(
+    labels_by_clip: dict[str, np.ndarray], scores_by_clip: dict[str, np.ndarray], threshold: float | None = None
+) -> dict[str, object]:
+    labels = np.concatenate(list(labels_by_clip.values()))
+    scores = np.concatenate([scores_by_clip[clip] for clip in labels_by_clip])
+    per_clip = {clip: auroc(labels_by_clip[clip], scores_by_clip[clip]) for clip in labels_by_clip}
+    defined = [value for value in per_clip.values() if np.isfinite(value)]
+    metrics: dict[str, object] = {
+        "auroc_micro": auroc(labels, scores),
+        "auroc_macro": float(np.mean(defined)) if defined else float("nan"),
+        "auprc_micro": auprc(labels, scores),
+        "eer_micro": eer(labels, scores),
+        "auroc_per_clip": per_clip,
+    }
+    if threshold is not None:
+        predicted = scores > threshold
+        tp = int((predicted & (labels == 1)).sum())
+        fp = int((predicted & (labels == 0)).sum())
+        fn = int((~predicted & (labels == 1)).sum())
+        metrics["at_threshold"] = {
+            "threshold": threshold,
+            "precision": tp / max(1, tp + fp),
+            "recall": tp / max(1, tp + fn),
+            "false_positive_rate": fp / max(1, int((labels == 0).sum())),
+        }
+    return metrics
+
+
+def plot_clip_scores(
+    labels_by_clip: dict[str, np.ndarray],
+    model_scores: dict[str, np.ndarray],
+    baseline_scores: dict[str, np.ndarray],
+    threshold: float,
+    path: Path,
+) -> None:
+    clips = list(labels_by_clip)
+    fig, axes = plt.subplots(len(clips), 1, figsize=(9, 2.1 * len(clips)), squeeze=False)
+    for ax, clip in zip(axes[:, 0], clips, strict=True):
+        labels = labels_by_clip[clip]
+        frames = np.arange(len(labels))
+        ax.fill_between(
+            frames,
+            0,
+            1,
+            where=labels == 1,
+            transform=ax.get_xaxis_transform(),
+            color="tab:red",
+            alpha=0.12,
+            step="mid",
+            label="labelled anomalous",
+        )
+        ax.plot(frames, model_scores[clip], color="tab:blue", lw=1.2, label="diffusion score")
+        ax.axhline(threshold, color="tab:blue", ls="--", lw=0.8, label="threshold (normal clips)")
+        twin = ax.twinx()
+        twin.plot(frames, baseline_scores[clip], color="tab:gray", lw=0.8, alpha=0.8, label="frame difference")
+        twin.set_ylabel("baseline", color="tab:gray")
+        ax.set_ylabel(f"clip {clip}")
+        ax.set_yscale("log")
+        twin.set_yscale("log")
+    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=3)
+    axes[-1, 0].set_xlabel("frame")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_roc(labels: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, scores in curves.items():
+        fpr, tpr = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(labels, scores):.3f})")
+    ax.plot([0, 1], [0, 1], color="k", lw=0.5, ls=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("frame-level ROC, pooled")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmaps(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]], path: Path) -> None:
+    """items: (title, observed frame [H, W], predicted frame [H, W], anomaly map [h, w], score)."""
+    fig, axes = plt.subplots(len(items), 3, figsize=(9, 2.3 * len(items)), squeeze=False)
+    for row, (title, observed, predicted, anomaly_map, score) in zip(axes, items, strict=True):
+        height, width = observed.shape
+        row[0].imshow(observed, cmap="gray", vmin=0, vmax=255)
+        row[0].set_title(f"{title}: observed", fontsize=8)
+        row[1].imshow(predicted, cmap="gray", vmin=0, vmax=255)
+        row[1].set_title("predicted from the past", fontsize=8)
+        row[2].imshow(observed, cmap="gray", vmin=0, vmax=255)
+        row[2].imshow(anomaly_map, cmap="inferno", alpha=0.55, extent=(0, width, height, 0), interpolation="bilinear")
+        row[2].set_title(f"anomaly map (score {score:.4f})", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

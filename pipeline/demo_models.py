@@ -60,12 +60,20 @@ def data_dir(settings: Settings) -> Path:
     return path.resolve()
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    # On a busy 2-core machine two intra-op threads spin against each other: training ran 6x slower with 2.
+    torch.set_num_threads(1)
+
+
 def train_ts(settings: Settings, models: DemoModels) -> Path:
     from pipeline.ts_commands import _model_config, model_card
     from triton_models.timeseries.data import read_table
     from triton_models.timeseries.repository import write_model_repository
     from triton_models.timeseries.training import fit_detector
 
+    _one_torch_thread()
     root = data_dir(settings)
     normal = read_table(root / "skab" / "anomaly-free" / "anomaly-free.csv")
     replayed = read_table(root / models.sensor_file, normal.channels)
@@ -84,6 +92,7 @@ def train_video(settings: Settings, models: DemoModels) -> Path:
     from triton_models.video.config import VideoModelConfig
     from triton_models.video.train import TrainSettings
 
+    _one_torch_thread()
     root = data_dir(settings) / "ped2" / "training"
     clips = sorted(p for p in root.iterdir() if p.is_dir())[: models.video_train_clips]
     with _clip_subset(clips) as subset:
@@ -108,10 +117,6 @@ def _clip_subset(clips: list[Path]) -> Iterator[Path]:
 
 def ensure_models(settings: Settings, models: DemoModels, force: bool = False) -> dict[str, str]:
     """Trains what is missing or was trained with other settings; returns model -> "trained" or "cached"."""
-    import torch
-
-    # One thread: on a busy 2-core machine two intra-op threads spin against each other (measured 6x slower).
-    torch.set_num_threads(1)
     cache_path = settings.state_dir / CACHE_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     root = data_dir(settings)

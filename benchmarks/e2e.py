@@ -460,8 +460,14 @@ async def trained_suite(args: argparse.Namespace) -> dict:
             stream_runs.append(result)
         stream_runs.insert(1, batch_runs[-1])
         other_mode = "reconstruction" if card.default_mode == "imputation" else "imputation"
-        mode_run, worker, _ = await sensor_capacity(addresses, models, work, card, 10, args.windows, 64, other_mode)
-        worker.stop()
+        mode_run, worker, settings = await sensor_capacity(
+            addresses, models, work, card, 10, args.windows, 64, other_mode
+        )
+        try:  # the other mode at half the 500/s target, when it sustains more than that
+            rate = min(250.0, mode_run["windows_per_s"] / 2)
+            mode_run["latency"] = await measure_latency(worker, settings, card, 10, rate, args.latency_seconds, 4e9)
+        finally:
+            worker.stop()
         video = await video_capacity(addresses, models, work, args.video_clip, args.cameras)
     finally:
         await asyncio.to_thread(local_stack.down, stack_settings)
@@ -519,11 +525,13 @@ def plot(result: dict) -> None:
     streams = scaling["streams"]
     ax.plot([r["streams"] for r in streams], [r["windows_per_s"] for r in streams], "o-")
     ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("streams (assets), max_batch 64")
     ax.set_ylabel("windows/s")
     ax.set_title(f"sensor throughput vs streams; video: {trained['frames_per_s']:.0f} frames/s")
     ax = axes[1][0]
-    runs = {"trained, half load": trained["latency_at_half_load"]}
+    other = trained["scaling"]["other_mode"]
+    runs = {"trained, half load": trained["latency_at_half_load"], f"trained {other['mode']}": other["latency"]}
     runs.update({f"stand-in, {k}": v for k, v in stand_in["paced"].items()})
     for label, run in runs.items():
         buckets = run["latency_buckets"]

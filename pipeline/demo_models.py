@@ -5,9 +5,9 @@
   known to the model, i.e. normalised per stream and admitted by the asset registry).
 - ``video_diffusion``: a few Ped2 training clips (the last one held out for the label-free threshold).
 
-The cache key is the JSON of everything that shapes a model (:class:`DemoModels`); it is kept in
-``<state_dir>/demo-models.json`` next to the trained model directories of ``model_repository``. Same key and the
-model directory still there: nothing is trained again.
+The cache key is a hash of everything that shapes a model (:class:`DemoModels`, the data location and the model
+package's code); it is kept in ``<state_dir>/demo-models.json`` next to the trained model directories of
+``model_repository``. Same key and the model directory still there: nothing is trained again.
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ class DemoModels:
         return f"{path.parent.name}-{path.stem}"
 
     def key(self, part: str, data_dir: Path) -> str:
+        """Settings, data location and the model code (a changed model package retrains)."""
         fields = {k: v for k, v in asdict(self).items() if k.startswith(part) or k in ("seed", "sensor_file")}
-        return hashlib.sha256(json.dumps({**fields, "data": str(data_dir)}, sort_keys=True).encode()).hexdigest()[:16]
+        package = REPO_ROOT / "triton_models" / {"ts": "timeseries", "video": "video"}[part]
+        code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()
+        payload = json.dumps({**fields, "data": str(data_dir), "code": code}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def data_dir(settings: Settings) -> Path:

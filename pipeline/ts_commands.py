@@ -67,6 +67,8 @@ def train(
 
 
 def model_card(detector, report, data: Path, epochs: int, seconds: float) -> dict:
+    from triton_models.timeseries.normalization import DEFAULT_STREAM
+
     config = detector.config
     return {
         "model": "ts_diffusion",
@@ -77,8 +79,8 @@ def model_card(detector, report, data: Path, epochs: int, seconds: float) -> dic
         "default_mode": detector.default_mode,
         "modes": {
             mode: {
-                "threshold": c.threshold.to_json(),
-                "channel_error_scale": c.channel_scale,
+                "threshold": c.served_threshold(),
+                "channel_error_scale": c.stream(DEFAULT_STREAM).channel_scale,
                 "held_out_score_quantiles": {
                     str(q): float(np.quantile(report.calibration_scores[mode], q)) for q in (0.5, 0.9, 0.99)
                 },
@@ -96,7 +98,8 @@ def model_card(detector, report, data: Path, epochs: int, seconds: float) -> dic
                 "STEP_SCORES": ["FP32", [-1, config.window]],
                 "CHANNEL_SCORES": ["FP32", [-1, len(config.channels)]],
             },
-            "score_semantics": "window score of the window ENDING at its last row; alarm when SCORE > threshold",
+            "score_semantics": "window score of the window ENDING at its last row, in multiples of the stream's own "
+            "alarm level (per-stream calibration); alarm when SCORE > threshold (1.0)",
         },
         "streams": sorted(detector.normalizer.stats),
         "data": {

@@ -7,7 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-stack = pytest.importorskip("infra.stack", reason="needs the local stack (infra.stack, local_stack fixture)")
+stack = pytest.importorskip(
+    "infra.stack", reason="needs the local stack (infra.stack, local_stack fixture)", exc_type=ImportError
+)
 
 import tritonclient.grpc.aio as grpcclient  # noqa: E402
 

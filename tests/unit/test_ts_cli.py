@@ -65,7 +65,7 @@ def test_train_ts_writes_a_triton_model(skab_dir: Path, tmp_path: Path) -> None:
     card = json.loads((model / "model_card.json").read_text())
     assert card["channels"] == ["Current", "Pressure"] and card["window"] == 8
     assert set(card["modes"]) == {"imputation", "reconstruction"}
-    assert card["modes"]["imputation"]["threshold"]["value"] > 0
+    assert card["modes"]["imputation"]["threshold"]["value"] == 1.0  # scores are served per-stream calibrated
     config = (model / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "dims: [ 8, 2 ]" in config and "dynamic_batching" in config
 
@@ -90,7 +90,7 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())
     assert set(results["modes"]) == {"imputation", "reconstruction"}
-    assert set(results["baselines"]) == {"pca", "random"}
+    assert set(results["baselines"]) == {"pca", "pca_per_stream", "random"}
     best = results["best"]
     assert best["mode"] in results["modes"]
     assert {"f1", "far", "mar"} <= set(best["skab"]) and 0 <= best["auprc"] <= 1

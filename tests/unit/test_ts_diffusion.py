@@ -185,4 +185,6 @@ def test_saved_detector_reloads_with_identical_scores(tiny_detector: TimeSeriesD
         b = restored.score(windows, ["pump-b"] * 3, [mode] * 3)["SCORE"]
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert restored.calibration.keys() == {"imputation", "reconstruction"}
-    assert restored.calibration["imputation"].threshold.value > 0
+    calibration = restored.calibration["imputation"]
+    assert calibration.streams.keys() == {"default", "pump-a", "pump-b"}
+    assert calibration.served_threshold()["value"] == 1.0 and calibration.stream("nobody").threshold > 0

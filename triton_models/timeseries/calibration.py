@@ -50,3 +50,29 @@ def pot_threshold(
     if not np.isfinite(value) or value < initial:
         return fallback
     return Threshold(float(value), "pot", risk, initial_level, int(peaks.size), float(shape), float(scale))
+
+
+@dataclass
+class StreamThresholds:
+    """Per-stream thresholds sharing one tail model: ``threshold[s] = location[s] + z * spread[s]``."""
+
+    thresholds: dict[str, float]
+    tail: Threshold  # POT fit on the pooled robust z-scores; its value is z
+
+
+def stream_thresholds(scores: dict[str, np.ndarray], risk: float = 1e-3) -> StreamThresholds:
+    """Every stream's normal scores are standardised by their own median and MAD (score levels differ by orders of
+    magnitude between streams, their shape much less); one POT threshold z on the pooled z-scores (enough points
+    for a tail fit, where one stream's short held-out tail has too few) maps back to each stream."""
+    locations, spreads, z_scores = {}, {}, []
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        location = float(np.median(values))
+        # 1.4826 x MAD estimates the standard deviation of a normal; floored so a constant stream stays finite.
+        spread = 1.4826 * float(np.median(np.abs(values - location)))
+        spreads[name] = max(spread, 1e-3 * abs(location), 1e-12)
+        locations[name] = location
+        z_scores.append((values - location) / spreads[name])
+    tail = pot_threshold(np.concatenate(z_scores), risk)
+    thresholds = {name: locations[name] + tail.value * spreads[name] for name in scores}
+    return StreamThresholds(thresholds, tail)

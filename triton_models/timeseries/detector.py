@@ -1,9 +1,16 @@
 """The deployable time-series detector: denoiser + schedule + per-stream normalisation + per-mode calibration.
 
 ``score`` takes RAW windows [batch, length, channels] (channels in model-card order), one stream id and one mode per
-window, and returns the window score, per-step scores and per-channel contributions. Errors are divided per
-channel by the mean error that channel shows on held-out normal data, so a channel that is hard to predict even
-when healthy does not dominate the score.
+window, and returns the window score, per-step scores and per-channel contributions.
+
+Per-stream calibration (the practice of the SKAB reference notebooks: every series is judged against its own
+normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
+held-out normal windows (so a sensor that is noisy even when healthy does not dominate), averaged, and divided by
+the stream's threshold (median + z x MAD of its held-out normal scores, z from one POT tail fit on the pooled robust
+z-scores of all streams, ``calibration.stream_thresholds``). The served SCORE is therefore in multiples of the
+stream's own alarm level: the threshold is 1.0 for every stream, and scores of quiet and loud streams are
+comparable. Streams never seen in training use the pooled ``default`` calibration (pooled channel scale, POT
+threshold on the pooled held-out scores).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 from triton_models.diffusion import NoiseSchedule
 from triton_models.timeseries.calibration import Threshold
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import StreamNormalizer
+from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer
 from triton_models.timeseries.scoring import MODES, DiffusionScorer, ScoringConfig
 
 WEIGHTS_FILE = "weights.pt"
@@ -50,17 +57,55 @@ class ModelConfig:
         return cls(**data)
 
 
+CALIBRATED_THRESHOLD = 1.0  # the served SCORE is divided by the stream's threshold: alarm when SCORE > 1
+
+
 @dataclass
-class ModeCalibration:
-    channel_scale: list[float]  # mean squared error per channel on held-out normal windows
-    threshold: Threshold
+class StreamCalibration:
+    channel_scale: list[float]  # mean absolute error per channel on the stream's held-out normal windows
+    threshold: float  # raw score (mean of scaled errors) above which the stream alarms
 
     def to_json(self) -> dict:
-        return {"channel_scale": self.channel_scale, "threshold": self.threshold.to_json()}
+        return asdict(self)
+
+
+@dataclass
+class ModeCalibration:
+    """Per-stream calibration of one mode; ``streams`` always holds the pooled ``default`` entry."""
+
+    streams: dict[str, StreamCalibration]
+    default_threshold: Threshold  # POT fit on the pooled held-out scores: the ``default`` stream's threshold
+    tail: Threshold | None  # POT fit on the pooled robust z-scores (value = z); None if no stream had enough windows
+
+    def stream(self, name: str) -> StreamCalibration:
+        return self.streams.get(name, self.streams[DEFAULT_STREAM])
+
+    def served_threshold(self) -> dict:
+        """The threshold on the served SCORE (model card ``modes.<mode>.threshold``) and how it came about."""
+        return {
+            "value": CALIBRATED_THRESHOLD,
+            "method": "per_stream",
+            "rule": "SCORE = score / stream threshold; stream threshold = median + z x MAD of the stream's held-out "
+            "normal scores, z = POT on the pooled robust z-scores; unknown streams: POT on the pooled held-out scores",
+            "streams": len(self.streams) - 1,
+            "z": self.tail.to_json() if self.tail else None,
+            "default_stream": self.default_threshold.to_json(),
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "streams": {name: c.to_json() for name, c in self.streams.items()},
+            "default_threshold": self.default_threshold.to_json(),
+            "tail": self.tail.to_json() if self.tail else None,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> ModeCalibration:
-        return cls(channel_scale=list(data["channel_scale"]), threshold=Threshold(**data["threshold"]))
+        return cls(
+            streams={name: StreamCalibration(**c) for name, c in data["streams"].items()},
+            default_threshold=Threshold(**data["default_threshold"]),
+            tail=Threshold(**data["tail"]) if data.get("tail") else None,
+        )
 
 
 class TimeSeriesDetector:
@@ -97,9 +142,19 @@ class TimeSeriesDetector:
             out[rows] = self.normalizer.normalise(windows[rows], stream)
         return out
 
-    def squared_errors(self, normalised: np.ndarray, mode: str) -> np.ndarray:
+    def absolute_errors(self, normalised: np.ndarray, mode: str) -> np.ndarray:
+        """Absolute error per entry [batch, length, channels]. Absolute rather than squared errors (as in the SKAB
+        reference residuals): one wild entry cannot outweigh a consistent deviation across the window."""
         windows = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).to(self.device)
-        return self.scorer.squared_errors(windows, mode).cpu().numpy()
+        return self.scorer.squared_errors(windows, mode).sqrt().cpu().numpy()
+
+    def scaled_errors(self, errors: np.ndarray, stream: str, mode: str) -> np.ndarray:
+        """Absolute errors of one stream in multiples of the stream's alarm level: their mean over the window is
+        the served SCORE (1.0 = threshold); uncalibrated modes return the errors unchanged."""
+        if mode not in self.calibration:
+            return errors
+        calibration = self.calibration[mode].stream(stream)
+        return errors / (np.asarray(calibration.channel_scale, dtype=np.float32) * calibration.threshold)
 
     def score(self, windows: np.ndarray, streams: list[str], modes: list[str]) -> dict[str, np.ndarray]:
         """Scores for raw windows; returns SCORE [B], STEP_SCORES [B, L], CHANNEL_SCORES [B, C] as float32."""
@@ -112,18 +167,15 @@ class TimeSeriesDetector:
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r} ({' | '.join(MODES)})")
             rows = [i for i, m in enumerate(modes) if m == mode]
-            scale = self.channel_scale(mode)
-            errors[rows] = self.squared_errors(normalised[rows], mode) / scale
+            errors[rows] = self.absolute_errors(normalised[rows], mode)
+            for stream in {streams[i] for i in rows}:
+                selected = [i for i in rows if streams[i] == stream]
+                errors[selected] = self.scaled_errors(errors[selected], stream, mode)
         return {
             "SCORE": errors.mean(axis=(1, 2)).astype(np.float32),
             "STEP_SCORES": errors.mean(axis=2).astype(np.float32),
             "CHANNEL_SCORES": errors.mean(axis=1).astype(np.float32),
         }
-
-    def channel_scale(self, mode: str) -> np.ndarray:
-        if mode in self.calibration:
-            return np.asarray(self.calibration[mode].channel_scale, dtype=np.float32)
-        return np.ones(len(self.config.channels), dtype=np.float32)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

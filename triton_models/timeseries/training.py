@@ -9,10 +9,10 @@ import torch
 from tqdm.auto import tqdm
 
 from triton_models.diffusion import NoiseSchedule, ddpm_loss
-from triton_models.timeseries.calibration import pot_threshold
-from triton_models.timeseries.detector import ModeCalibration, ModelConfig, TimeSeriesDetector
+from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
+from triton_models.timeseries.detector import ModeCalibration, ModelConfig, StreamCalibration, TimeSeriesDetector
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import StreamNormalizer
+from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer
 from triton_models.timeseries.scoring import MODES
 
 
@@ -97,13 +97,49 @@ class FitReport:
     losses: list[float]
     train_windows: int
     calibration_windows: int
-    calibration_scores: dict[str, np.ndarray]
+    calibration_scores: dict[str, np.ndarray]  # served (calibrated) scores of the held-out windows, per mode
     rows: dict[str, int]
 
 
 def split_holdout(values: np.ndarray, fraction: float) -> int:
     """Index of the first held-out row: the last ``fraction`` of each stream's training rows."""
     return round(len(values) * (1 - fraction))
+
+
+# Fewer held-out windows than this give no usable median/MAD: such a stream gets the pooled default calibration.
+MIN_STREAM_WINDOWS = 20
+# A channel's scale is at least this fraction of the stream's mean channel scale: a channel that happened to be
+# flat in a short held-out tail would otherwise turn its first harmless wiggle into a huge score.
+CHANNEL_SCALE_FLOOR = 0.1
+
+
+def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple[ModeCalibration, np.ndarray]:
+    """Per-stream calibration from absolute errors [windows, length, channels] of each stream's held-out normal
+    windows: per-stream channel scale, then per-stream thresholds from one pooled tail model (``stream_thresholds``).
+    Returns the calibration and the served scores of all held-out windows (1.0 = threshold)."""
+    pooled_errors = np.concatenate(list(held_out_errors.values()))
+    pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
+    default_threshold = pot_threshold((pooled_errors / pooled_scale).mean(axis=(1, 2)), risk)
+    scales, scores = {}, {}
+    for name, errors in held_out_errors.items():
+        if len(errors) < MIN_STREAM_WINDOWS:
+            continue
+        scale = errors.mean(axis=(0, 1))
+        scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
+        scores[name] = (errors / scales[name]).mean(axis=(1, 2))
+    streams = {DEFAULT_STREAM: StreamCalibration(pooled_scale.tolist(), default_threshold.value)}
+    tail = None
+    if scores:
+        fitted = stream_thresholds(scores, risk)
+        streams |= {name: StreamCalibration(scales[name].tolist(), fitted.thresholds[name]) for name in scores}
+        tail = fitted.tail
+    calibration = ModeCalibration(streams, default_threshold, tail)
+    served = [
+        (errors / np.asarray(c.channel_scale)).mean(axis=(1, 2)) / c.threshold
+        for name, errors in held_out_errors.items()
+        for c in [calibration.stream(name)]
+    ]
+    return calibration, np.concatenate(served)
 
 
 def fit_detector(
@@ -114,8 +150,8 @@ def fit_detector(
     risk: float = 1e-3,
     progress: bool = True,
 ) -> tuple[TimeSeriesDetector, FitReport]:
-    """Normalise per stream on its fit rows, train on their windows, calibrate every mode on the held-out rows
-    (each held-out window may reach back into fit rows: that is the stream's past)."""
+    """Normalise per stream on its fit rows, train on their windows, calibrate every mode per stream on the
+    held-out rows (each held-out window may reach back into fit rows: that is the stream's past)."""
     torch.manual_seed(config.seed)
     cuts = {name: split_holdout(values, holdout_fraction) for name, values in tables.items()}
     normalizer = StreamNormalizer.fit({name: values[: cuts[name]] for name, values in tables.items()})
@@ -123,29 +159,27 @@ def fit_detector(
     train = np.concatenate(
         [sliding_windows(v[: cuts[name]], config.window, config.stride) for name, v in normalised.items()]
     )
-    held_out = np.concatenate(
-        [sliding_windows(v, config.window, 1, first_end=cuts[name]) for name, v in normalised.items()]
-    )
+    held_out = {name: sliding_windows(v, config.window, 1, first_end=cuts[name]) for name, v in normalised.items()}
+    held_out = {name: windows for name, windows in held_out.items() if len(windows)}
     network = TimeSeriesDetector.build_network(config)
     schedule = NoiseSchedule(config.diffusion_steps, config.schedule)
     losses = train_denoiser(network, schedule, train, epochs, config.seed, progress=progress)
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     for mode in tqdm(MODES, desc="calibrate", disable=not progress):
-        errors = batched_errors(detector, held_out, mode, progress)
-        channel_scale = np.maximum(errors.mean(axis=(0, 1)), 1e-8)
-        scores = (errors / channel_scale).mean(axis=(1, 2))
-        calibration_scores[mode] = scores
-        detector.calibration[mode] = ModeCalibration(channel_scale.tolist(), pot_threshold(scores, risk))
-    report = FitReport(losses, len(train), len(held_out), calibration_scores, {n: len(v) for n, v in tables.items()})
+        errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
+        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, risk)
+    held_out_count = sum(len(w) for w in held_out.values())
+    report = FitReport(losses, len(train), held_out_count, calibration_scores, {n: len(v) for n, v in tables.items()})
     return detector, report
 
 
 def batched_errors(
     detector: TimeSeriesDetector, normalised_windows: np.ndarray, mode: str, progress: bool, batch: int = 512
 ) -> np.ndarray:
+    """Absolute errors [windows, length, channels] of normalised windows, in batches."""
     parts = [
-        detector.squared_errors(normalised_windows[i : i + batch], mode)
+        detector.absolute_errors(normalised_windows[i : i + batch], mode)
         for i in tqdm(range(0, len(normalised_windows), batch), desc=mode, leave=False, disable=not progress)
     ]
     return np.concatenate(parts) if parts else np.empty_like(normalised_windows)

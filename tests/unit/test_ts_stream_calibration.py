@@ -1,0 +1,71 @@
+"""Per-stream calibration: every stream judged against its own held-out normal windows, unknown streams pooled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from triton_models.timeseries.calibration import stream_thresholds
+from triton_models.timeseries.detector import ModeCalibration
+from triton_models.timeseries.training import CHANNEL_SCALE_FLOOR, MIN_STREAM_WINDOWS, calibrate_mode
+
+
+def _errors(seed: int, windows: int, scale: list[float]) -> np.ndarray:
+    return np.abs(np.random.default_rng(seed).normal(size=(windows, 8, len(scale)))) * np.asarray(scale)
+
+
+def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served_scores() -> None:
+    quiet = _errors(0, 200, [1.0, 2.0])
+    held_out = {"quiet": quiet, "loud": 100 * quiet}
+    calibration, served = calibrate_mode(held_out, risk=1e-2)
+    assert calibration.stream("loud").threshold == pytest.approx(calibration.stream("quiet").threshold)
+    quiet_scale = np.asarray(calibration.stream("quiet").channel_scale)
+    np.testing.assert_allclose(calibration.stream("loud").channel_scale, 100 * quiet_scale, rtol=1e-6)
+    # the channel scale is the mean absolute error: sqrt(2 / pi) s for |N(0, s^2)|
+    np.testing.assert_allclose(quiet_scale, np.asarray([1.0, 2.0]) * np.sqrt(2 / np.pi), rtol=0.05)
+    np.testing.assert_allclose(served[:200], served[200:], rtol=1e-6)
+    # about the target risk of the held-out windows exceed the served threshold 1.0
+    assert 0 < (served > 1).mean() <= 0.03
+
+
+def test_a_noisy_channel_does_not_dominate_its_stream() -> None:
+    errors = _errors(1, 100, [1.0, 5.0])
+    calibration, _ = calibrate_mode({"pump": errors}, risk=1e-2)
+    scaled = errors / np.asarray(calibration.stream("pump").channel_scale)
+    assert scaled[..., 0].mean() == pytest.approx(1.0) and scaled[..., 1].mean() == pytest.approx(1.0)
+
+
+def test_unknown_and_short_streams_use_the_pooled_default() -> None:
+    held_out = {"long": _errors(2, 300, [1.0, 1.0]), "short": _errors(3, MIN_STREAM_WINDOWS - 1, [5.0, 5.0])}
+    calibration, _ = calibrate_mode(held_out, risk=1e-2)
+    assert set(calibration.streams) == {"default", "long"}
+    assert calibration.stream("short") is calibration.stream("never-seen") is calibration.streams["default"]
+    assert calibration.default_threshold.value == calibration.streams["default"].threshold
+
+
+def test_a_channel_flat_in_the_held_out_tail_keeps_a_floor_scale() -> None:
+    flat = _errors(4, 100, [1.0, 1.0])
+    flat[..., 1] = 0.0
+    calibration, _ = calibrate_mode({"flat": flat}, risk=1e-2)
+    scale = calibration.stream("flat").channel_scale
+    assert scale[1] == pytest.approx(CHANNEL_SCALE_FLOOR * (scale[0] + 0.0) / 2)
+
+
+def test_calibration_survives_json() -> None:
+    calibration, _ = calibrate_mode({"a": _errors(6, 50, [1.0, 3.0])}, risk=1e-2)
+    restored = ModeCalibration.from_json(calibration.to_json())
+    assert restored.to_json() == calibration.to_json()
+    assert restored.served_threshold()["value"] == 1.0
+
+
+def test_stream_thresholds_share_one_tail_across_score_levels() -> None:
+    rng = np.random.default_rng(7)
+    scores = {"quiet": rng.normal(10, 1, 5000), "loud": rng.normal(1000, 100, 5000)}
+    fitted = stream_thresholds(scores, risk=1e-2)
+    z_quiet = fitted.thresholds["quiet"] - 10
+    z_loud = (fitted.thresholds["loud"] - 1000) / 100
+    assert z_quiet == pytest.approx(z_loud, rel=0.1)
+    assert 2.0 < z_quiet < 2.7  # the 99 % quantile of a standard normal is 2.33
+    assert fitted.tail.value == pytest.approx(z_quiet, rel=0.1)
+    constant = stream_thresholds({"flat": np.full(100, 5.0), "other": rng.normal(0, 1, 100)}, risk=1e-2)
+    assert np.isfinite(constant.thresholds["flat"]) and constant.thresholds["flat"] > 5.0

@@ -49,6 +49,7 @@ from pipeline.ingest_sensors import SensorTable, publish, read_sensor_csv, readi
 from pipeline.prometheus_text import histogram, parse_metrics, quantile, total
 from pipeline.settings import AlertingSettings, Settings
 from pipeline.topics import create_declared_topics
+from triton_models.video.frames import frame_files
 
 # Event-time alerting for SKAB's 1 Hz readings and 10 fps video: fire after 5 s anomalous (at least 3 scores),
 # resolve after 30 s below 0.99 x threshold, and no second alert on a stream within the replay. The small model's
@@ -190,7 +191,7 @@ async def orchestrate(settings: Settings, models: DemoModels, clip: str, speed: 
     worker_settings = run_settings(settings, run)
     table = read_sensor_csv(root / models.sensor_file)
     clip_dir = root / "ped2" / "testing" / clip
-    frame_count = len([p for p in clip_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif")])
+    frame_count = len(frame_files(clip_dir))
     expected_windows = expected_window_count(settings, table, models.asset)
     expected_frames = frame_count - _video_context(settings)
     camera = f"ped2-{clip}"
@@ -218,9 +219,7 @@ async def orchestrate(settings: Settings, models: DemoModels, clip: str, speed: 
             )
             sensors = asyncio.create_task(publish(worker_settings, table, models.asset, speed, loop=False))
             video = asyncio.create_task(replay_video(worker_settings, clip_dir, camera))
-            snapshot = await _watch(
-                worker, client, receiver, expected_windows + expected_frames, timeout_s, sensors, video
-            )
+            snapshot = await _watch(worker, client, expected_windows + expected_frames, timeout_s, sensors, video)
             await asyncio.gather(sensors, video)
         _report(worker_settings, models, camera, snapshot, receiver, expected_windows, expected_frames)
     finally:
@@ -258,7 +257,6 @@ def _video_context(settings: Settings) -> int:
 async def _watch(
     worker: WorkerProcess,
     client: httpx.AsyncClient,
-    receiver: WebhookReceiver,
     expected: int,
     timeout_s: float,
     *replays: asyncio.Task,

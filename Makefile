@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml infra/install-system-deps.sh
 	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
 	touch $@
 
-# Until `diffsentry demo` exists: bring the local stack up and prove each service works.
+# The main job end to end: local stack, small real models (trained once, cached), SKAB + Ped2 replay, alerts to a
+# webhook subscriber. DIFFSENTRY_DATA_DIR overrides where SKAB and Ped2 are (default ../shared/data).
 demo: setup
-	$(BIN)/diffsentry stack up && $(BIN)/diffsentry doctor
+	$(BIN)/diffsentry demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/ruff check .

@@ -1,5 +1,5 @@
 """How fast alerting keeps up: AlertEngine.observe per score (memory vs durable sqlite state) and webhook delivery
-to a local receiver at several concurrencies. Writes benchmarks/results/alerting.json and alerting.png.
+to a local receiver at several concurrencies. Writes benchmarks/alerting.json and alerting.png.
 
     PYTHONPATH=. python benchmarks/alerting_bench.py
 """
@@ -27,7 +27,7 @@ from operators.webhook_receiver import WebhookReceiver
 from pipeline.contracts import Alert, DeadLetter, Score
 from pipeline.settings import AlertingSettings, DeliverySettings
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent
 STREAMS = 50
 SCORES_PER_STREAM = 400
 ALERTS = 400
@@ -132,7 +132,6 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    RESULTS.mkdir(exist_ok=True)
     batch = scores()
     with tempfile.TemporaryDirectory() as tmp:
         sqlite_store = SqliteAlertStateStore(Path(tmp) / "alerts.sqlite")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from infra import cli as infra_commands
-from pipeline import ingest_sensors, run_command, subscriptions_cli, ts_commands, video_commands, video_ingest
+from pipeline import demo, ingest_sensors, run_command, subscriptions_cli, ts_commands, video_commands, video_ingest
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
@@ -28,6 +28,7 @@ stack_app.command("status")(infra_commands.stack_status)
 topics_app.command("create")(infra_commands.topics_create)
 app.command("doctor")(infra_commands.doctor)
 app.command("run")(run_command.run)
+app.command("demo")(demo.demo)
 ingest_app.command("sensors")(ingest_sensors.sensors)
 
 train_app.command("ts")(ts_commands.train)

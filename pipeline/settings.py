@@ -194,6 +194,8 @@ class Settings(BaseSettings):
     stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
     state_dir: Path = Path(".diffsentry")
+    # Public data sets (SKAB, Ped2) for the demo and tests; relative paths are taken from the repository root.
+    data_dir: Path = Path("../shared/data")
     model_repository: Path = Path(".diffsentry/model_repository")
 
     @classmethod

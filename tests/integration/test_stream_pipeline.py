@@ -34,6 +34,7 @@ from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
 from operators.windowing import SensorWindower
 from pipeline.app import Worker
 from pipeline.contracts import FRAME_HEADER, Alert, DeadLetter, SensorReading, VideoFrame, decode
+from pipeline.demo_models import data_dir
 from pipeline.ingest_sensors import publish, read_sensor_csv, readings
 from pipeline.settings import (
     AlertingSettings,
@@ -53,8 +54,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = Path(__file__).parent / "models"
-DATA = Path(os.environ.get("DIFFSENTRY_DATA", ROOT.parent / "shared" / "data"))
-SKAB_FILE = DATA / "skab" / "valve1" / "0.csv"
+SKAB_FILE = data_dir(Settings()) / "skab" / "valve1" / "0.csv"
 
 
 def free_port() -> int:
@@ -191,7 +191,7 @@ def expected_window_ends(table, asset: str) -> set[int]:
 @pytest.fixture(scope="module")
 def skab_table():
     if not SKAB_FILE.exists():
-        pytest.skip(f"SKAB data not found at {SKAB_FILE} (set DIFFSENTRY_DATA or place it at ../shared/data)")
+        pytest.skip(f"SKAB data not found at {SKAB_FILE} (set DIFFSENTRY_DATA_DIR or place it at ../shared/data)")
     return read_sensor_csv(SKAB_FILE)
 
 

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import venv
 from collections.abc import Callable, Iterator
@@ -454,16 +455,10 @@ def triton_environment(server_dir: Path, python_env: Path) -> dict[str, str]:
     return env
 
 
-def _start_triton(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
+def _spawn_triton(model_repository: Path, configured_ports: dict[str, int], state_dir: Path) -> ServiceRecord:
     server_dir = tritonserver_dir()
-    ports = _ports(
-        {
-            "http": settings.stack.triton_http_port,
-            "grpc": settings.stack.triton_grpc_port,
-            "metrics": settings.stack.triton_metrics_port,
-        }
-    )
-    model_repository = settings.model_repository.resolve()
+    ports = _ports(configured_ports)
+    model_repository = model_repository.resolve()
     model_repository.mkdir(parents=True, exist_ok=True)
     command = [
         str(server_dir / "bin" / "tritonserver"),
@@ -488,6 +483,31 @@ def _start_triton(settings: Settings, state: StackState, state_dir: Path) -> Ser
     ]
     env = triton_environment(server_dir, triton_python_env(state_dir))
     return _spawn(TRITON, command, ports, state_dir, env=env)
+
+
+def _start_triton(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
+    ports = {
+        "http": settings.stack.triton_http_port,
+        "grpc": settings.stack.triton_grpc_port,
+        "metrics": settings.stack.triton_metrics_port,
+    }
+    return _spawn_triton(settings.model_repository, ports, state_dir)
+
+
+@contextmanager
+def triton_only(model_repository: Path, timeout_s: float = 180.0, stop_timeout_s: float = 20.0) -> Iterator[str]:
+    """The stack's Triton alone, on free ports, serving ``model_repository`` (and the template repository) from a
+    temporary state dir until the block ends; yields its gRPC address (``127.0.0.1:port``).
+
+    For commands that measure a model they have just written (``evaluate video``) without touching, or needing,
+    a running stack."""
+    with tempfile.TemporaryDirectory(prefix="diffsentry-triton-") as tmp:
+        record = _spawn_triton(model_repository, {"http": 0, "grpc": 0, "metrics": 0}, Path(tmp))
+        try:
+            _wait_healthy([record], timeout_s)
+            yield f"127.0.0.1:{record.ports['grpc']}"
+        finally:
+            _stop(record, stop_timeout_s)
 
 
 def _start_victoria_metrics(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:

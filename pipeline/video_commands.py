@@ -15,7 +15,7 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -24,13 +24,15 @@ import torch
 import typer
 from tqdm import tqdm
 
+from infra.stack import triton_only
 from pipeline.settings import get_settings
-from pipeline.video_triton import score_through_triton, serve_repository
+from pipeline.video_triton import score_through_triton
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches, to_unit
 from triton_models.video.evaluation import detection_metrics, plot_clip_scores, plot_heatmaps, plot_roc
 from triton_models.video.frames import causal_windows, clip_folders, load_clip
 from triton_models.video.repository import MODEL_NAME, export_model, load_model, load_threshold
+from triton_models.video.selection import select_scoring, synthetic_set
 from triton_models.video.train import TrainSettings, calibrate_threshold, train_model
 
 
@@ -39,10 +41,21 @@ def _load_clips(root: Path, config: VideoModelConfig) -> dict[str, np.ndarray]:
     return {f.name: load_clip(f, config.width, config.height) for f in tqdm(folders, desc=f"load {root.name}")}
 
 
+@dataclass
+class FitResult:
+    model: FrameDiffusion
+    threshold: float
+    model_dir: Path
+    selection: list[dict[str, object]]
+    train_seconds: float
+    selection_seconds: float
+
+
 def fit(
     frames: Path, repository: Path, config: VideoModelConfig, settings: TrainSettings, holdout: int, quantile: float
-) -> tuple[FrameDiffusion, float, Path]:
-    """Train on all clips but the last ``holdout`` ones, set the threshold on those, export to ``repository``."""
+) -> FitResult:
+    """Train on all clips but the last ``holdout`` ones; on those, choose the scoring setting by synthetic
+    anomalies and set the threshold (both label-free); export to ``repository``."""
     clips = _load_clips(frames, config)
     names = sorted(clips)
     if len(names) <= holdout:
@@ -51,6 +64,13 @@ def fit(
     train_windows = np.concatenate([causal_windows(clips[n], config.context) for n in train_names])
     held_windows = np.concatenate([causal_windows(clips[n], config.context) for n in held_names])
     result = train_model(train_windows, config, settings)
+    selection_started = time.perf_counter()
+    synthetic = synthetic_set(
+        [clips[n] for n in held_names], [clips[n] for n in train_names], config.context, seed=settings.seed
+    )
+    chosen, chosen_config, table = select_scoring(result.model, synthetic)
+    result.model.config = chosen_config
+    selection_seconds = time.perf_counter() - selection_started
     threshold = calibrate_threshold(result.model, held_windows, quantile)
     card = {
         "training": {
@@ -59,6 +79,14 @@ def fit(
             "final_loss": float(np.mean(result.losses[-100:])),
         },
         "threshold_rule": f"quantile {quantile} of scores on {len(held_names)} held-out normal clips (label-free)",
+        "scoring_selection": {
+            "rule": "highest AUROC of synthetic anomalies (fast pasted objects, local fast-forward) injected into "
+            "the held-out normal clips vs. their normal frames; ties within 0.001 go to the earlier candidate",
+            "chosen": chosen.name,
+            "synthetic_events": len(synthetic.events),
+            "synthetic_frames": {"normal": len(synthetic.normal), "anomalous": len(synthetic.anomalous)},
+            "candidates": table,
+        },
         "data": {
             "source": frames.name,
             "train_clips": train_names,
@@ -66,11 +94,12 @@ def fit(
             "train_frames": len(train_windows),
             "calibration_frames": len(held_windows),
         },
-        "identity_shortcut_guard": "the current frame never enters the network at scoring: DDIM starts from seeded "
-        "noise, conditioned on the K past frames only",
+        "identity_shortcut_guard": "forecast scoring: the current frame never enters the network (DDIM from seeded "
+        "noise, conditioned on the K past frames); reconstruct scoring: the current frame enters only noised to "
+        "noise_level x T",
     }
     model_dir = export_model(result.model, repository, threshold, card, result.losses)
-    return result.model, threshold, model_dir
+    return FitResult(result.model, threshold, model_dir, table, result.seconds, selection_seconds)
 
 
 def _config_options(context: int, ddim_steps: int, base_channels: int) -> VideoModelConfig:
@@ -83,7 +112,7 @@ def _config_options(context: int, ddim_steps: int, base_channels: int) -> VideoM
 def train(
     frames: Annotated[Path, typer.Option("--frames", help="Folder of clip folders of normal frames.")],
     out: Annotated[Path, typer.Option("--out", help="Model repository; writes <out>/video_diffusion/.")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 2000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
     batch_size: Annotated[int, typer.Option()] = 32,
     context: Annotated[int, typer.Option(help="K past frames that condition the prediction.")] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
@@ -96,8 +125,9 @@ def train(
     """Train the frame diffusion model and write it into a Triton model repository."""
     config = _config_options(context, ddim_steps, base_channels)
     settings = TrainSettings(steps=steps, batch_size=batch_size, seed=seed, threads=threads)
-    _, threshold, model_dir = fit(frames, out, config, settings, holdout, quantile)
-    typer.echo(f"wrote {model_dir} (threshold {threshold:.5f})")
+    fitted = fit(frames, out, config, settings, holdout, quantile)
+    chosen = next(row["name"] for row in fitted.selection if row["chosen"])
+    typer.echo(f"wrote {fitted.model_dir} (scoring {chosen}, threshold {fitted.threshold:.5f})")
 
 
 def _read_labels(test_root: Path) -> dict[str, dict[int, int]]:
@@ -120,7 +150,7 @@ def _heatmap_items(
     for clip in list(windows)[:count]:
         index = int(np.argmax(scores[clip]))
         window = torch.from_numpy(windows[clip][index : index + 1])
-        predicted = model.predict(to_unit(window)[:, :-1])[0, 0]
+        predicted = model.prediction(to_unit(window))[0, 0]
         predicted_uint8 = ((predicted.numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
         items.append(
             (
@@ -134,6 +164,36 @@ def _heatmap_items(
     return items
 
 
+def _candidates_on_test(
+    model: FrameDiffusion,
+    windows: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    selection: list[dict[str, object]],
+    chosen_scores: dict[str, np.ndarray],
+) -> list[dict[str, object]]:
+    """The selection table with each candidate's pooled test AUROC added, for the record (after the choice)."""
+    chosen_config, rows = model.config, []
+    try:
+        for row in selection:
+            if "scoring" not in row:  # the baseline's row
+                rows.append(row)
+                continue
+            if row["chosen"]:
+                rows.append({**row, "test_auroc_micro": detection_metrics(labels, chosen_scores)["auroc_micro"]})
+                continue
+            model.config = replace(
+                chosen_config,
+                scoring=str(row["scoring"]),
+                noise_level=float(row["noise_level"] or chosen_config.noise_level),
+                copy_ratio_floor=float(row["copy_ratio_floor"]),
+            )
+            scores = {clip: score_batches(model, windows[clip])[0] for clip in tqdm(labels, desc=str(row["name"]))}
+            rows.append({**row, "test_auroc_micro": detection_metrics(labels, scores)["auroc_micro"]})
+    finally:
+        model.config = chosen_config
+    return rows
+
+
 def evaluate(
     train_root: Annotated[Path, typer.Option("--train", help="Folder of normal clip folders.")],
     test_root: Annotated[Path, typer.Option("--test", help="Folder of clip folders with labels.csv.")],
@@ -141,7 +201,7 @@ def evaluate(
     plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the PNGs.")] = None,
     model_path: Annotated[Path | None, typer.Option("--model", help="Model repository to load, not train.")] = None,
     save_model: Annotated[Path | None, typer.Option("--save-model", help="Keep the trained repository here.")] = None,
-    steps: Annotated[int, typer.Option()] = 2000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
     context: Annotated[int, typer.Option()] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
     base_channels: Annotated[int, typer.Option()] = 32,
@@ -159,14 +219,16 @@ def evaluate(
             repository = model_path.parent if model_path.name == MODEL_NAME else model_path
             version_dir = repository / MODEL_NAME / "1"
             model, threshold = load_model(version_dir), load_threshold(version_dir)
-            train_seconds = None
+            card = json.loads((repository / MODEL_NAME / "model_card.json").read_text())
+            selection = card.get("scoring_selection", {}).get("candidates", [])
+            train_seconds = selection_seconds = None
         else:
             repository = save_model or Path(tmp) / "model_repository"
             config = _config_options(context, ddim_steps, base_channels)
             settings = TrainSettings(steps=steps, seed=seed, threads=threads)
-            fit_started = time.perf_counter()
-            model, threshold, _ = fit(train_root, repository, config, settings, holdout, quantile)
-            train_seconds = time.perf_counter() - fit_started
+            fitted = fit(train_root, repository, config, settings, holdout, quantile)
+            model, threshold, selection = fitted.model, fitted.threshold, fitted.selection
+            train_seconds, selection_seconds = fitted.train_seconds, fitted.selection_seconds
         config = model.config
 
         clips = _load_clips(test_root, config)
@@ -182,16 +244,15 @@ def evaluate(
             scoring_seconds += time.perf_counter() - clip_started
             baseline_scores[clip] = frame_difference_scores(torch.from_numpy(windows[clip]), config)[0].numpy()
         total_frames = sum(len(w) for w in windows.values())
+        candidates = _candidates_on_test(model, windows, labels, selection, model_scores)
 
         triton_result: dict[str, object] = {}
         if triton:
             all_windows = np.concatenate(list(windows.values()))
             in_process = np.concatenate(list(model_scores.values()))
-            with serve_repository(repository) as endpoints:
-                asyncio.run(score_through_triton(endpoints.grpc_url, MODEL_NAME, all_windows[:64]))  # warm-up
-                triton_scores, _, seconds = asyncio.run(
-                    score_through_triton(endpoints.grpc_url, MODEL_NAME, all_windows)
-                )
+            with triton_only(repository) as grpc_url:
+                asyncio.run(score_through_triton(grpc_url, MODEL_NAME, all_windows[:64]))  # warm-up
+                triton_scores, _, seconds = asyncio.run(score_through_triton(grpc_url, MODEL_NAME, all_windows))
             triton_result = {
                 "triton_fps": total_frames / seconds,
                 "triton_max_abs_score_difference": float(np.max(np.abs(triton_scores - in_process))),
@@ -204,6 +265,13 @@ def evaluate(
             "name": "frame difference (max patch MSE vs. the previous frame)",
             **detection_metrics(labels, baseline_scores),
         },
+        "selection": {
+            "rule": "chosen label-free at training: highest AUROC on synthetic anomalies in held-out normal clips "
+            "(triton_models.video.selection); test AUROCs of all candidates are reported after the choice, never "
+            "used for it",
+            "chosen": next((row["name"] for row in selection if row.get("chosen")), None),
+            "candidates": candidates,
+        },
         "inprocess_fps": total_frames / scoring_seconds,
         **triton_result,
         "settings": {
@@ -214,6 +282,7 @@ def evaluate(
             "steps": steps if model_path is None else None,
             "threads": threads,
             "train_seconds": train_seconds,
+            "selection_seconds": selection_seconds,
             "loaded_model": str(model_path) if model_path else None,
             "test_frames": total_frames,
             "first_frames": "the first K frames repeat the clip's first frame as missing context (causal)",

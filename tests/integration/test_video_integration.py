@@ -14,8 +14,10 @@ import torch
 import tritonclient.http as httpclient
 from aiokafka import AIOKafkaConsumer
 
+from infra.stack import triton_only
 from operators.video_source import decode_frame, write_synthetic_clip
 from pipeline.contracts import FRAME_HEADER, VideoFrame, decode
+from pipeline.video_triton import score_through_triton
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches
 from triton_models.video.frames import causal_windows
@@ -58,6 +60,25 @@ def test_triton_scores_equal_in_process_scores(local_stack) -> None:
     finally:
         client.unload_model(MODEL_NAME)
         client.close()
+
+
+def test_evaluation_triton_serves_a_fresh_repository_with_the_chosen_scoring(tmp_path: Path) -> None:
+    """``evaluate video`` measures Triton with the stack's Triton alone (infra.stack.triton_only) on the repository it
+    just wrote; a model saved with reconstruct scoring and the copy ratio gives the in-process scores there too."""
+    config = VideoModelConfig(
+        height=32, width=48, context=2, base_channels=8, ddim_steps=2, scoring="reconstruct", copy_ratio_floor=0.01
+    )
+    torch.manual_seed(4)
+    model = FrameDiffusion(config).eval()
+    export_model(model, tmp_path, 0.01, {"data": {"synthetic": True}}, [1.0], instances=1)
+    rng = np.random.default_rng(1)
+    windows = causal_windows(rng.integers(0, 256, (12, 32, 48), dtype=np.uint8), config.context)
+    expected_scores, expected_maps = score_batches(model, windows)
+    with triton_only(tmp_path) as grpc_url:
+        scores, maps, seconds = asyncio.run(score_through_triton(grpc_url, MODEL_NAME, windows, concurrency=4))
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(maps, expected_maps, rtol=1e-5, atol=1e-7)
+    assert seconds > 0
 
 
 async def _consume(bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:

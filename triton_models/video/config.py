@@ -18,6 +18,10 @@ class VideoModelConfig:
     patch: int = 8  # anomaly map: mean squared error over patch x patch pixels ...
     patch_stride: int = 4  # ... every patch_stride pixels; the score is the map's maximum
     noise_seed: int = 1234
+    # Scoring setting, chosen label-free at training (triton_models.video.selection):
+    scoring: str = "forecast"  # "forecast": DDIM from pure noise; "reconstruct": from the noised current frame
+    noise_level: float = 0.5  # reconstruct: the current frame is noised to this fraction of T
+    copy_ratio_floor: float = 0.0  # > 0: map = model error / (copy-last-frame error + floor), per patch
 
     @property
     def map_shape(self) -> tuple[int, int]:

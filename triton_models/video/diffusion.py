@@ -1,11 +1,18 @@
 """Conditional frame diffusion: training loss, few-step DDIM prediction and patch scoring.
 
-The model generates the current frame from the K past frames only. Guard against the identity shortcut (the
-model reconstructing the anomaly it is shown): at scoring time the observed current frame never enters the
-network; DDIM starts from seeded Gaussian noise and denoises conditioned on the past frames, so the prediction
-is a forecast and an unexpected object or motion in the current frame shows up as error. The noise is drawn from
-one fixed seed per model, identical for every frame, so a frame's score does not depend on which other frames
-share its batch: Triton's dynamic batching gives the same scores as in-process scoring.
+The model generates the current frame conditioned on the K past frames. Two scoring modes (chosen label-free per
+model, see triton_models.video.selection), both guarding against the identity shortcut (the model reconstructing
+the anomaly it is shown):
+
+- forecast: the observed current frame never enters the network; DDIM starts from seeded Gaussian noise, so the
+  prediction is a forecast and an unexpected object or motion shows up as error;
+- reconstruct (the survey's reconstruction-based mode): the current frame is noised to ``noise_level`` x T and
+  denoised conditioned on the past; the noise hides its detail, so the model redraws it as normal motion would.
+
+Optionally the error map is divided by the copy-last-frame error (plus a floor): anomalies are where the model
+loses its usual advantage over copying. The noise is drawn from one fixed seed per model, identical for every
+frame, so a frame's score does not depend on which other frames share its batch: Triton's dynamic batching gives
+the same scores as in-process scoring.
 
 Parameterisation: the network predicts the clean frame x0 (as a residual on the last past frame); DDIM (eta=0)
 derives the noise estimate from it. x0-prediction suits few steps and a nearly deterministic target.
@@ -55,15 +62,26 @@ class FrameDiffusion(torch.nn.Module):
         noisy = a.sqrt() * current + (1 - a).sqrt() * noise
         return F.mse_loss(self.net(past, noisy, t), current)
 
-    def ddim_timesteps(self) -> list[int]:
+    def ddim_timesteps(self, start: int | None = None) -> list[int]:
+        """``ddim_steps`` timesteps from ``start`` (default: the last one, T-1) down, evenly spaced."""
         steps = self.config.ddim_steps
-        return [round(self.config.timesteps * (steps - i) / steps) - 1 for i in range(steps)]
+        top = self.config.timesteps if start is None else start + 1
+        return [max(0, round(top * (steps - i) / steps) - 1) for i in range(steps)]
 
     @torch.no_grad()
-    def predict(self, past: torch.Tensor) -> torch.Tensor:
-        """past [B, K, H, W] in [-1, 1] -> the predicted current frame [B, 1, H, W] by DDIM (eta=0)."""
-        x = self.start_noise.expand(past.shape[0], -1, -1, -1)
-        timesteps = self.ddim_timesteps()
+    def predict(self, past: torch.Tensor, current: torch.Tensor | None = None) -> torch.Tensor:
+        """past [B, K, H, W] in [-1, 1] -> the current frame [B, 1, H, W] by DDIM (eta=0).
+
+        Without ``current`` (forecast): from pure seeded noise. With ``current`` (reconstruction): from the
+        current frame noised to ``noise_level`` x T with the same seeded noise; the noise hides its detail, so the
+        model redraws it as normal motion would have it (and cannot copy an anomaly through)."""
+        noise = self.start_noise.expand(past.shape[0], -1, -1, -1)
+        if current is None:
+            x, timesteps = noise, self.ddim_timesteps()
+        else:
+            start = max(0, round(self.config.noise_level * self.config.timesteps) - 1)
+            a_start = self.alpha_bar[start]
+            x, timesteps = a_start.sqrt() * current + (1 - a_start).sqrt() * noise, self.ddim_timesteps(start)
         x0 = x
         for index, t in enumerate(timesteps):
             a = self.alpha_bar[t]
@@ -76,11 +94,26 @@ class FrameDiffusion(torch.nn.Module):
         return x0
 
     @torch.no_grad()
+    def prediction(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips [B, K+1, H, W] in [-1, 1] -> the model's current frame for the configured scoring mode."""
+        past, current = clips[:, :-1], clips[:, -1:]
+        return self.predict(past, current if self.config.scoring == "reconstruct" else None)
+
+    @torch.no_grad()
     def score(self, frames_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [B, K+1, H, W] uint8 (K past, then current) -> (score [B], anomaly map [B, h, w])."""
         clips = to_unit(frames_uint8)
-        predicted = self.predict(clips[:, :-1])
-        return patch_scores(clips[:, -1:], predicted, self.config)
+        current = clips[:, -1:]
+        error = error_map(current, self.prediction(clips), self.config)
+        if self.config.copy_ratio_floor > 0:
+            # Where the model loses its usual advantage over copying the last frame: motion it cannot explain.
+            error = error / (error_map(current, clips[:, -2:-1], self.config) + self.config.copy_ratio_floor)
+        return error.flatten(1).amax(dim=1), error
+
+
+def error_map(observed: torch.Tensor, predicted: torch.Tensor, config: VideoModelConfig) -> torch.Tensor:
+    """Mean squared error per patch [B, h, w]."""
+    return F.avg_pool2d((observed - predicted).pow(2), config.patch, stride=config.patch_stride)[:, 0]
 
 
 def patch_scores(
@@ -91,8 +124,7 @@ def patch_scores(
     The maximum over patch means responds to one small fast object (a bike among walkers) that a frame-wide mean
     would dilute, and stays comparable across clips because it does not depend on the clip's other frames.
     """
-    error = (observed - predicted).pow(2)
-    anomaly_map = F.avg_pool2d(error, config.patch, stride=config.patch_stride)[:, 0]
+    anomaly_map = error_map(observed, predicted, config)
     return anomaly_map.flatten(1).amax(dim=1), anomaly_map
 
 

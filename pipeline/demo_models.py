@@ -104,8 +104,8 @@ def train_video(settings: Settings, models: DemoModels) -> Path:
             height=settings.video.height, width=settings.video.width, base_channels=models.video_base_channels
         )
         train = TrainSettings(steps=models.video_steps, batch_size=models.video_batch, seed=models.seed)
-        _, _, model_dir = fit(subset, settings.model_repository, config, train, holdout=1, quantile=0.99)
-    return model_dir
+        fitted = fit(subset, settings.model_repository, config, train, holdout=1, quantile=0.99)
+    return fitted.model_dir
 
 
 @contextlib.contextmanager

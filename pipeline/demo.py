@@ -45,7 +45,7 @@ from infra.state import StackState
 from infra.victoria_metrics import export_series
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.demo_models import REPO_ROOT, DemoModels, data_dir, ensure_models
-from pipeline.ingest_sensors import SensorTable, publish, read_sensor_csv, readings
+from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv, readings
 from pipeline.prometheus_text import histogram, parse_metrics, quantile, total
 from pipeline.settings import AlertingSettings, Settings
 from pipeline.topics import create_declared_topics
@@ -229,7 +229,7 @@ async def orchestrate(settings: Settings, models: DemoModels, clip: str, speed: 
     return 0 if delivered_firing and receiver.counts.bad_signatures == 0 else 1
 
 
-def expected_window_count(settings: Settings, table: SensorTable, asset: str) -> int:
+def expected_window_count(settings: Settings, table: ReplayTable, asset: str) -> int:
     """Windows the worker will emit for this replay: the same windowing operator, run here on the same readings
     (windows lie on an absolute event-time grid, so gaps in the file add windows)."""
     from operators.model_cards import card_path, load_ts_card

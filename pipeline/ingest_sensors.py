@@ -13,7 +13,6 @@ readings in order). ``--speed`` paces the replay at that multiple of real time (
 from __future__ import annotations
 
 import asyncio
-import csv
 import math
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
@@ -29,13 +29,13 @@ from tqdm import tqdm
 from pipeline.app import PRODUCER_BATCH_BYTES
 from pipeline.contracts import SensorReading
 from pipeline.settings import Settings, get_settings
-
-TIME_COLUMNS = ("datetime", "timestamp")
-LABEL_COLUMNS = frozenset({"anomaly", "changepoint", "label"})
+from triton_models.timeseries.data import read_table
 
 
 @dataclass(frozen=True)
-class SensorTable:
+class ReplayTable:
+    """A sensor CSV as the replay needs it: event times in seconds, values as read (float64)."""
+
     channels: list[str]
     times: list[float]
     rows: list[list[float]]
@@ -51,31 +51,19 @@ def _parse_time(text: str) -> float:
         return parsed.timestamp()
 
 
-def read_sensor_csv(path: Path) -> SensorTable:
-    with path.open(newline="") as handle:
-        header_line = handle.readline()
-        delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
-        header = next(csv.reader([header_line], delimiter=delimiter))
-        time_column = next((name for name in TIME_COLUMNS if name in header), None)
-        if time_column is None:
-            raise ValueError(f"{path}: no time column (one of {TIME_COLUMNS}) in header {header}")
-        time_index = header.index(time_column)
-        channel_indices = [
-            i for i, name in enumerate(header) if i != time_index and name.strip().lower() not in LABEL_COLUMNS
-        ]
-        times, rows = [], []
-        for line_number, row in enumerate(csv.reader(handle, delimiter=delimiter), start=2):
-            if not row:
-                continue
-            try:
-                times.append(_parse_time(row[time_index]))
-                rows.append([float(row[i]) for i in channel_indices])
-            except (ValueError, IndexError) as error:
-                raise ValueError(f"{path}:{line_number}: {error}") from error
-    return SensorTable([header[i].strip() for i in channel_indices], times, rows)
+def read_sensor_csv(path: Path) -> ReplayTable:
+    """The table reader training uses (one parser for both), with event times parsed."""
+    table = read_table(path, dtype=np.float64, require_time=True)
+    times = []
+    for row_number, stamp in enumerate(table.timestamps, start=1):
+        try:
+            times.append(_parse_time(stamp))
+        except ValueError as error:
+            raise ValueError(f"{path}: data row {row_number}: {error}") from error
+    return ReplayTable(table.channels, times, table.values.tolist())
 
 
-def readings(table: SensorTable, asset: str, loop: bool) -> Iterator[SensorReading]:
+def readings(table: ReplayTable, asset: str, loop: bool) -> Iterator[SensorReading]:
     """The table's rows as readings, forever when ``loop`` (event time shifted by one span per round)."""
     if not table.times:
         return
@@ -91,7 +79,7 @@ def readings(table: SensorTable, asset: str, loop: bool) -> Iterator[SensorReadi
 
 
 async def publish(
-    settings: Settings, table: SensorTable, asset: str, speed: float, loop: bool, limit: int | None = None
+    settings: Settings, table: ReplayTable, asset: str, speed: float, loop: bool, limit: int | None = None
 ) -> int:
     kafka = settings.kafka
     producer = AIOKafkaProducer(

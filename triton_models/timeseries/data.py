@@ -22,16 +22,23 @@ class SensorTable:
     labels: np.ndarray | None  # [rows] int8, 1 = anomalous
 
 
-def read_table(path: Path, channels: list[str] | None = None) -> SensorTable:
-    """Read a csv whose delimiter is ``;`` or ``,``; every column but time/label/changepoint is a channel."""
+def read_table(
+    path: Path, channels: list[str] | None = None, *, dtype: type = np.float32, require_time: bool = False
+) -> SensorTable:
+    """Read a csv whose delimiter is ``;`` or ``,``; every column but time/label/changepoint is a channel.
+
+    Without a time column the row numbers stand in for timestamps, unless ``require_time`` (replays need one).
+    """
     with open(path, newline="") as handle:
         header_line = handle.readline()
         delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
         handle.seek(0)
         rows = list(csv.reader(handle, delimiter=delimiter))
     header = [name.strip() for name in rows[0]]
-    body = [row for row in rows[1:] if row]
+    numbered = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
     time_index = next((i for i, name in enumerate(header) if name.lower() in TIME_COLUMNS), None)
+    if time_index is None and require_time:
+        raise ValueError(f"{path}: no time column (one of {TIME_COLUMNS}) in header {header}")
     label_index = next((i for i, name in enumerate(header) if name.lower() in LABEL_COLUMNS), None)
     skipped = {time_index, label_index} | {i for i, name in enumerate(header) if name.lower() in IGNORED_COLUMNS}
     available = [name for i, name in enumerate(header) if i not in skipped]
@@ -40,7 +47,14 @@ def read_table(path: Path, channels: list[str] | None = None) -> SensorTable:
     if missing:
         raise ValueError(f"{path}: channels {missing} not in columns {available}")
     indices = [header.index(name) for name in selected]
-    values = np.array([[float(row[i]) for i in indices] for row in body], dtype=np.float32).reshape(-1, len(indices))
+    parsed = []
+    for line, row in numbered:
+        try:
+            parsed.append([float(row[i]) for i in indices])
+        except (ValueError, IndexError) as error:
+            raise ValueError(f"{path}:{line}: {error}") from error
+    values = np.array(parsed, dtype=dtype).reshape(-1, len(indices))
+    body = [row for _, row in numbered]
     labels = None
     if label_index is not None:
         labels = np.array([float(row[label_index]) > 0.5 for row in body], dtype=np.int8)

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,15 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class WorkerProcess:
     def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = free_port()
+        self.port = local_stack.free_port()
         config = settings.model_dump(mode="json")
         config["stream"]["metrics_port"] = self.port
         self.config = work / "worker.yaml"

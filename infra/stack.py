@@ -222,6 +222,12 @@ def _hold_free_port(held: ExitStack) -> int:
     return sock.getsockname()[1]
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (for one server; use ``_ports`` to choose several that differ)."""
+    with ExitStack() as held:
+        return _hold_free_port(held)
+
+
 def _ports(configured: dict[str, int]) -> dict[str, int]:
     """Configured ports as they are; free ones for those set to 0 (sockets held together so they differ)."""
     with ExitStack() as held:

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -59,12 +58,6 @@ from triton_models.video.frames import frame_files
 DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_ratio=0.99, resolve_for_s=30.0, cooldown_s=600.0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:
     """The worker's settings for one demo run: own topics, group and state dir, free ports, demo alerting."""
     topics = {
@@ -76,8 +69,10 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
         update={
             "topics": settings.topics.model_copy(update={**topics, "partitions": 1}),
             "kafka": settings.kafka.model_copy(update={"consumer_group": f"diffsentry-{run}"}),
-            "stream": settings.stream.model_copy(update={"metrics_port": free_port(), "session_timeout_ms": 3000}),
-            "api": settings.api.model_copy(update={"port": free_port(), "token": secrets.token_hex(16)}),
+            "stream": settings.stream.model_copy(
+                update={"metrics_port": local_stack.free_port(), "session_timeout_ms": 3000}
+            ),
+            "api": settings.api.model_copy(update={"port": local_stack.free_port(), "token": secrets.token_hex(16)}),
             "alerting": alerting,
             "state_dir": (settings.state_dir / "demo" / run).resolve(),
             "model_repository": settings.model_repository.resolve(),

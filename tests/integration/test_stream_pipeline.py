@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -57,12 +56,6 @@ MODELS = Path(__file__).parent / "models"
 SKAB_FILE = data_dir(Settings()) / "skab" / "valve1" / "0.csv"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Stack:
     """The local stack (infra/stack.py) serving the stand-in models, on ports pinned at creation so that a service
     stopped by a fault test comes back at the same address."""
@@ -70,11 +63,11 @@ class Stack:
     def __init__(self, work: Path) -> None:
         self.work = work
         ports = LocalStackSettings(
-            kafka_port=free_port(),
-            triton_http_port=free_port(),
-            triton_grpc_port=free_port(),
-            triton_metrics_port=free_port(),
-            victoria_metrics_port=free_port(),
+            kafka_port=local_stack_services.free_port(),
+            triton_http_port=local_stack_services.free_port(),
+            triton_grpc_port=local_stack_services.free_port(),
+            triton_metrics_port=local_stack_services.free_port(),
+            victoria_metrics_port=local_stack_services.free_port(),
         )
         self.base = Settings(state_dir=work / "stack", model_repository=MODELS, stack=ports)
         self.bootstrap = f"127.0.0.1:{ports.kafka_port}"
@@ -391,7 +384,7 @@ class WorkerProcess:
     """``diffsentry run`` as a separate process, configured through a YAML file, that a test can SIGKILL."""
 
     def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = free_port()
+        self.port = local_stack_services.free_port()
         config = settings.model_dump(mode="json")
         config["stream"]["metrics_port"] = self.port
         self.config_path = work / f"worker-{self.port}.yaml"

@@ -1,10 +1,10 @@
 """Video sources without a broker: decoding (PyAV or Pillow), rate sampling, reconnect backoff, frame encoding.
 
-Frame encoding (measured on Ped2 frames at the model's 96x64 grayscale, one core):
-- raw uint8: 6,144 bytes per frame, no CPU, lossless;
-- JPEG quality 90: ~1,970 bytes, ~0.2 ms to encode and ~0.5 ms to decode, mean absolute error 1.6 grey levels
-  (quality 75: ~1,300 bytes, error 2.6).
-At model resolution a raw frame is small for Kafka (~60 KB/s per camera at 10 fps), costs the scorer nothing to
+Frame encoding (measured on Ped2 frames at the model's 144x96 grayscale, one core):
+- raw uint8: 13,824 bytes per frame, no CPU, lossless;
+- JPEG quality 90: ~3,640 bytes, ~0.2 ms to encode and ~0.1 ms to decode, mean absolute error 1.4 grey levels
+  (quality 75: ~2,290 bytes, error 2.3).
+At model resolution a raw frame is small for Kafka (~140 KB/s per camera at 10 fps), costs the scorer nothing to
 decode, and the pixels the model sees are the pixels ingested, so raw is the default; JPEG is there for links where
 bytes matter more than a few grey levels of error (the scorer's noise floor).
 """

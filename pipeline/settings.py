@@ -172,8 +172,8 @@ class DeliverySettings(BaseModel):
 class VideoSettings(BaseModel):
     """Frames as the video model sees them; ingestion converts to this and the model card must agree."""
 
-    width: int = 96
-    height: int = 64
+    width: int = 144
+    height: int = 96
     fps: float = 10.0
     encoding: Literal["raw", "jpeg"] = "raw"
     jpeg_quality: int = 90

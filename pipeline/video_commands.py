@@ -113,7 +113,7 @@ def train(
     frames: Annotated[Path, typer.Option("--frames", help="Folder of clip folders of normal frames.")],
     out: Annotated[Path, typer.Option("--out", help="Model repository; writes <out>/video_diffusion/.")],
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    batch_size: Annotated[int, typer.Option()] = 16,
     context: Annotated[int, typer.Option(help="K past frames that condition the prediction.")] = 4,
     ddim_steps: Annotated[int, typer.Option()] = 4,
     base_channels: Annotated[int, typer.Option()] = 32,

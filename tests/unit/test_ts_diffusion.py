@@ -9,7 +9,7 @@ from torch import nn
 
 from triton_models.diffusion import NoiseSchedule, ddim_sample, ddpm_loss
 from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector
-from triton_models.timeseries.normalization import StreamNormalizer
+from triton_models.timeseries.normalization import StreamNormalizer, centre_slow_channels, slow_channels
 from triton_models.timeseries.scoring import ScoringConfig, complementary_masks
 from triton_models.timeseries.training import fit_detector, sliding_windows, training_masks
 
@@ -124,6 +124,30 @@ def test_normaliser_uses_default_for_unknown_streams_and_survives_json() -> None
     np.testing.assert_allclose(restored.normalise(b, "unknown"), normalizer.normalise(b, "default"))
     constant = StreamNormalizer.fit({"c": np.ones((50, 2))})
     assert np.all(np.isfinite(constant.normalise(np.ones((3, 2)), "c")))
+
+
+def test_slowly_wandering_channels_are_found_and_judged_by_shape_only() -> None:
+    rng = np.random.default_rng(0)
+    steps = np.arange(400)
+    tables = {
+        name: np.stack(
+            [
+                rng.normal(size=400),  # sensor noise: von Neumann ratio ~2
+                steps / 100 + 0.05 * rng.normal(size=400),  # a level warming up: ratio ~0, never comes back
+                np.sin(steps / 5) + 0.05 * rng.normal(size=400),  # smooth oscillation: ratio ~0, but comes back
+            ],
+            axis=1,
+        )
+        for name in ("a", "b", "c")
+    }
+    assert slow_channels({n: t[:300] for n, t in tables.items()}, {n: t[300:] for n, t in tables.items()}) == [1]
+    assert slow_channels({n: t[:300] for n, t in tables.items()}, {}) == []
+    windows = rng.normal(size=(5, 8, 3)) + np.array([10.0, 20.0, 30.0])
+    centred = centre_slow_channels(windows, [1])
+    np.testing.assert_allclose(centred[:, :, 1].mean(axis=1), 0, atol=1e-9)
+    np.testing.assert_allclose(np.diff(centred[:, :, 1], axis=1), np.diff(windows[:, :, 1], axis=1))
+    np.testing.assert_array_equal(centred[:, :, [0, 2]], windows[:, :, [0, 2]])
+    assert centre_slow_channels(windows, []) is windows
 
 
 @pytest.fixture(scope="module")

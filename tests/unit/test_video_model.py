@@ -82,7 +82,7 @@ def test_tiny_training_learns_motion_and_flags_a_fast_object(tmp_path: Path) -> 
 
 def test_config_pbtxt_declares_the_stream_contract() -> None:
     text = config_pbtxt(VideoModelConfig())
-    assert 'name: "FRAMES" data_type: TYPE_UINT8 dims: [ 5, 64, 96 ]' in text
+    assert 'name: "FRAMES" data_type: TYPE_UINT8 dims: [ 5, 96, 144 ]' in text
     assert 'name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] }' in text
     assert 'name: "MAP" data_type: TYPE_FP32 dims: [ 15, 23 ]' in text
     assert "dynamic_batching" in text and "KIND_CPU" in text

@@ -25,7 +25,7 @@ import torch
 from triton_models.diffusion import NoiseSchedule
 from triton_models.timeseries.calibration import Threshold
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer
+from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer, centre_slow_channels
 from triton_models.timeseries.scoring import MODES, DiffusionScorer, ScoringConfig
 
 WEIGHTS_FILE = "weights.pt"
@@ -43,6 +43,7 @@ class ModelConfig:
     schedule: str = "cosine"
     seed: int = 0
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    slow_channels: list[int] = field(default_factory=list)  # judged by shape, not level (set by training)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -145,7 +146,8 @@ class TimeSeriesDetector:
     def absolute_errors(self, normalised: np.ndarray, mode: str) -> np.ndarray:
         """Absolute error per entry [batch, length, channels]. Absolute rather than squared errors (as in the SKAB
         reference residuals): one wild entry cannot outweigh a consistent deviation across the window."""
-        windows = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).to(self.device)
+        centred = centre_slow_channels(normalised, self.config.slow_channels)
+        windows = torch.from_numpy(np.ascontiguousarray(centred, dtype=np.float32)).to(self.device)
         return self.scorer.squared_errors(windows, mode).sqrt().cpu().numpy()
 
     def scaled_errors(self, errors: np.ndarray, stream: str, mode: str) -> np.ndarray:

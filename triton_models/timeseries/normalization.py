@@ -43,3 +43,39 @@ class StreamNormalizer:
     @classmethod
     def from_json(cls, data: dict) -> StreamNormalizer:
         return cls({name: (np.array(v["center"]), np.array(v["scale"])) for name, v in data.items()})
+
+
+# A channel counts as slow when both hold (medians over the streams): its von Neumann ratio (mean squared step /
+# variance: about 2 for sensor noise, near 0 for a level that wanders) is below SLOW_STEP_RATIO, and its mean over
+# the held-out rows moved more than SLOW_LEVEL_SHIFT fit standard deviations away from its mean over the fit rows
+# (a smooth but bounded oscillation has a low ratio too, yet comes back).
+SLOW_STEP_RATIO = 0.5
+SLOW_LEVEL_SHIFT = 0.5
+
+
+def slow_channels(fit: dict[str, np.ndarray], held_out: dict[str, np.ndarray]) -> list[int]:
+    """Channels whose level wanders away during normal operation (a temperature warming up over a run), from each
+    stream's fit rows and the held-out rows that follow them. A few hundred normal rows cannot tell how far such a
+    level may drift later, so the model judges these channels by their shape within a window, not by their level
+    (``centre_slow_channels``)."""
+    ratios, shifts = [], []
+    for name, rows in fit.items():
+        later = held_out.get(name)
+        if len(rows) < 3 or later is None or not len(later):
+            continue
+        spread = np.maximum(rows.std(axis=0), 1e-6)
+        ratios.append(np.mean(np.diff(rows, axis=0) ** 2, axis=0) / spread**2)
+        shifts.append(np.abs(later.mean(axis=0) - rows.mean(axis=0)) / spread)
+    if not ratios:
+        return []
+    slow = (np.median(ratios, axis=0) < SLOW_STEP_RATIO) & (np.median(shifts, axis=0) > SLOW_LEVEL_SHIFT)
+    return [int(c) for c in np.flatnonzero(slow)]
+
+
+def centre_slow_channels(windows: np.ndarray, channels: list[int]) -> np.ndarray:
+    """Windows [batch, length, channels] with each slow channel minus its own mean over the window."""
+    if not channels:
+        return windows
+    centred = windows.copy()
+    centred[:, :, channels] -= centred[:, :, channels].mean(axis=1, keepdims=True)
+    return centred

@@ -12,7 +12,12 @@ from triton_models.diffusion import NoiseSchedule, ddpm_loss
 from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
 from triton_models.timeseries.detector import ModeCalibration, ModelConfig, StreamCalibration, TimeSeriesDetector
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer
+from triton_models.timeseries.normalization import (
+    DEFAULT_STREAM,
+    StreamNormalizer,
+    centre_slow_channels,
+    slow_channels,
+)
 from triton_models.timeseries.scoring import MODES
 
 
@@ -156,9 +161,14 @@ def fit_detector(
     cuts = {name: split_holdout(values, holdout_fraction) for name, values in tables.items()}
     normalizer = StreamNormalizer.fit({name: values[: cuts[name]] for name, values in tables.items()})
     normalised = {name: normalizer.normalise(values, name) for name, values in tables.items()}
+    config.slow_channels = slow_channels(
+        {name: v[: cuts[name]] for name, v in normalised.items()},
+        {name: v[cuts[name] :] for name, v in normalised.items()},
+    )
     train = np.concatenate(
         [sliding_windows(v[: cuts[name]], config.window, config.stride) for name, v in normalised.items()]
     )
+    train = centre_slow_channels(train, config.slow_channels)
     held_out = {name: sliding_windows(v, config.window, 1, first_end=cuts[name]) for name, v in normalised.items()}
     held_out = {name: windows for name, windows in held_out.items() if len(windows)}
     network = TimeSeriesDetector.build_network(config)

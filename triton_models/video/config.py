@@ -9,14 +9,14 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class VideoModelConfig:
-    height: int = 64
-    width: int = 96  # 360x240 Ped2 frames keep their 3:2 aspect ratio
+    height: int = 96
+    width: int = 144  # 360x240 Ped2 frames keep their 3:2 aspect ratio
     context: int = 4  # K past frames condition the prediction of the current one
     base_channels: int = 32
     timesteps: int = 1000
     ddim_steps: int = 4
-    patch: int = 8  # anomaly map: mean squared error over patch x patch pixels ...
-    patch_stride: int = 4  # ... every patch_stride pixels; the score is the map's maximum
+    patch: int = 12  # anomaly map: mean squared error over patch x patch pixels (1/12 of the width) ...
+    patch_stride: int = 6  # ... every patch_stride pixels; the score is the map's maximum
     noise_seed: int = 1234
     # Scoring setting, chosen label-free at training (triton_models.video.selection):
     scoring: str = "forecast"  # "forecast": DDIM from pure noise; "reconstruct": from the noised current frame

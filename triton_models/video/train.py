@@ -16,7 +16,7 @@ from triton_models.video.diffusion import FrameDiffusion, score_batches, to_unit
 @dataclass(frozen=True)
 class TrainSettings:
     steps: int = 3000
-    batch_size: int = 32
+    batch_size: int = 16
     learning_rate: float = 2e-3
     seed: int = 0
     threads: int = 1

@@ -140,8 +140,12 @@ def test_slowly_wandering_channels_are_found_and_judged_by_shape_only() -> None:
         )
         for name in ("a", "b", "c")
     }
-    assert slow_channels({n: t[:300] for n, t in tables.items()}, {n: t[300:] for n, t in tables.items()}) == [1]
-    assert slow_channels({n: t[:300] for n, t in tables.items()}, {}) == []
+    fit, held_out = {n: t[:300] for n, t in tables.items()}, {n: t[300:] for n, t in tables.items()}
+    assert slow_channels(fit, held_out, block=100) == [1]
+    assert slow_channels(fit, {}, block=100) == []
+    # A noisy channel whose level wanders over thousands of rows is not smooth within blocks: it keeps its level.
+    long = np.stack([rng.normal(size=4000) + np.sin(np.arange(4000) / 600) * 2, np.arange(4000) / 1000], axis=1)
+    assert slow_channels({"long": long[:3000]}, {"long": long[3000:]}, block=100) == [1]
     windows = rng.normal(size=(5, 8, 3)) + np.array([10.0, 20.0, 30.0])
     centred = centre_slow_channels(windows, [1])
     np.testing.assert_allclose(centred[:, :, 1].mean(axis=1), 0, atol=1e-9)

@@ -45,31 +45,36 @@ class StreamNormalizer:
         return cls({name: (np.array(v["center"]), np.array(v["scale"])) for name, v in data.items()})
 
 
-# A channel counts as slow when both hold (medians over the streams): its von Neumann ratio (mean squared step /
-# variance: about 2 for sensor noise, near 0 for a level that wanders) is below SLOW_STEP_RATIO, and its mean over
-# the held-out rows moved more than SLOW_LEVEL_SHIFT fit standard deviations away from its mean over the fit rows
-# (a smooth but bounded oscillation has a low ratio too, yet comes back).
-SLOW_STEP_RATIO = 0.5
+# A channel counts as slow when both hold (medians over the streams): it is smooth, its von Neumann ratio (mean
+# squared step / variance = 2 x (1 - lag-1 autocorrelation): about 2 for sensor noise) below SLOW_STEP_RATIO within
+# blocks of a few windows, so a noisy channel whose level wanders over hours does not count; and its mean over the
+# held-out rows moved more than SLOW_LEVEL_SHIFT fit standard deviations away from its mean over the fit rows (a
+# smooth but bounded oscillation comes back).
+SLOW_STEP_RATIO = 1.0
 SLOW_LEVEL_SHIFT = 0.5
 
 
-def slow_channels(fit: dict[str, np.ndarray], held_out: dict[str, np.ndarray]) -> list[int]:
+def slow_channels(fit: dict[str, np.ndarray], held_out: dict[str, np.ndarray], block: int) -> list[int]:
     """Channels whose level wanders away during normal operation (a temperature warming up over a run), from each
-    stream's fit rows and the held-out rows that follow them. A few hundred normal rows cannot tell how far such a
-    level may drift later, so the model judges these channels by their shape within a window, not by their level
-    (``centre_slow_channels``)."""
+    stream's fit rows (smoothness within ``block`` rows) and the held-out rows that follow them. A few hundred
+    normal rows cannot tell how far such a level may drift later, so the model judges these channels by their shape
+    within a window, not by their level (``centre_slow_channels``)."""
     ratios, shifts = [], []
     for name, rows in fit.items():
         later = held_out.get(name)
-        if len(rows) < 3 or later is None or not len(later):
+        if len(rows) < max(block, 3) or later is None or not len(later):
             continue
-        spread = np.maximum(rows.std(axis=0), 1e-6)
-        ratios.append(np.mean(np.diff(rows, axis=0) ** 2, axis=0) / spread**2)
-        shifts.append(np.abs(later.mean(axis=0) - rows.mean(axis=0)) / spread)
+        blocks = [rows[start : start + block] for start in range(0, len(rows) - block + 1, block)]
+        ratios.append(np.median([_step_ratio(b) for b in blocks], axis=0))
+        shifts.append(np.abs(later.mean(axis=0) - rows.mean(axis=0)) / np.maximum(rows.std(axis=0), 1e-6))
     if not ratios:
         return []
     slow = (np.median(ratios, axis=0) < SLOW_STEP_RATIO) & (np.median(shifts, axis=0) > SLOW_LEVEL_SHIFT)
     return [int(c) for c in np.flatnonzero(slow)]
+
+
+def _step_ratio(rows: np.ndarray) -> np.ndarray:
+    return np.mean(np.diff(rows, axis=0) ** 2, axis=0) / np.maximum(rows.var(axis=0), 1e-12)
 
 
 def centre_slow_channels(windows: np.ndarray, channels: list[int]) -> np.ndarray:

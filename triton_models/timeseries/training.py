@@ -164,6 +164,7 @@ def fit_detector(
     config.slow_channels = slow_channels(
         {name: v[: cuts[name]] for name, v in normalised.items()},
         {name: v[cuts[name] :] for name, v in normalised.items()},
+        block=4 * config.window,
     )
     train = np.concatenate(
         [sliding_windows(v[: cuts[name]], config.window, config.stride) for name, v in normalised.items()]

@@ -49,12 +49,13 @@ class DemoModels:
         path = Path(self.sensor_file)
         return f"{path.parent.name}-{path.stem}"
 
-    def key(self, part: str, data_dir: Path) -> str:
-        """Settings, data location and the model code (a changed model package retrains)."""
+    def key(self, part: str, data_dir: Path, frames: dict) -> str:
+        """Settings, data location, frame settings (video) and the model code (a changed model package retrains)."""
         fields = {k: v for k, v in asdict(self).items() if k.startswith(part) or k in ("seed", "sensor_file")}
         package = REPO_ROOT / "triton_models" / {"ts": "timeseries", "video": "video"}[part]
         code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()
-        payload = json.dumps({**fields, "data": str(data_dir), "code": code}, sort_keys=True)
+        frames = frames if part == "video" else {}
+        payload = json.dumps({**fields, "data": str(data_dir), "code": code, "frames": frames}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -126,7 +127,7 @@ def ensure_models(settings: Settings, models: DemoModels, force: bool = False) -
     root = data_dir(settings)
     outcome = {}
     for model, part, trainer in (("ts_diffusion", "ts", train_ts), ("video_diffusion", "video", train_video)):
-        key = models.key(part, root)
+        key = models.key(part, root, settings.video.model_dump())
         present = (settings.model_repository / model / "model_card.json").exists()
         if not force and present and cache.get(model) == key:
             outcome[model] = "cached"

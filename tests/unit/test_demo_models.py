@@ -15,13 +15,16 @@ def test_asset_id_names_the_replayed_experiment() -> None:
 
 
 def test_cache_key_changes_only_with_what_shapes_that_model() -> None:
-    data = Path("/data")
+    data, frames = Path("/data"), {"width": 144, "height": 96}
     base = DemoModels()
-    assert base.key("ts", data) == DemoModels().key("ts", data)
-    assert base.key("ts", data) != DemoModels(ts_epochs=4).key("ts", data)
-    assert base.key("video", data) == DemoModels(ts_epochs=4).key("video", data)
-    assert base.key("video", data) != DemoModels(video_steps=10).key("video", data)
-    assert base.key("ts", data) != base.key("ts", Path("/elsewhere"))
+    assert base.key("ts", data, frames) == DemoModels().key("ts", data, frames)
+    assert base.key("ts", data, frames) != DemoModels(ts_epochs=4).key("ts", data, frames)
+    assert base.key("video", data, frames) == DemoModels(ts_epochs=4).key("video", data, frames)
+    assert base.key("video", data, frames) != DemoModels(video_steps=10).key("video", data, frames)
+    assert base.key("ts", data, frames) != base.key("ts", Path("/elsewhere"), frames)
+    smaller = {"width": 96, "height": 64}
+    assert base.key("video", data, frames) != base.key("video", data, smaller)  # frames of another size retrain
+    assert base.key("ts", data, frames) == base.key("ts", data, smaller)
 
 
 def test_relative_data_dir_is_taken_from_the_repository_root(tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ def model_card(detector, report, data: Path, epochs: int, seconds: float) -> dic
         "channels": config.channels,
         "window": config.window,
         "stride": config.stride,
+        # Judged by their shape within a window, not their level (triton_models.timeseries.normalization).
+        "slow_channels": [config.channels[i] for i in config.slow_channels],
         "default_mode": detector.default_mode,
         "modes": {
             mode: {

@@ -64,6 +64,7 @@ def test_train_ts_writes_a_triton_model(skab_dir: Path, tmp_path: Path) -> None:
         assert (model / name).is_file(), name
     card = json.loads((model / "model_card.json").read_text())
     assert card["channels"] == ["Current", "Pressure"] and card["window"] == 8
+    assert set(card["slow_channels"]) <= set(card["channels"])
     assert set(card["modes"]) == {"imputation", "reconstruction"}
     assert card["modes"]["imputation"]["threshold"]["value"] == 1.0  # scores are served per-stream calibrated
     config = (model / "config.pbtxt").read_text()

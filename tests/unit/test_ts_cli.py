@@ -91,18 +91,12 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())
     assert set(results["modes"]) == {"imputation", "reconstruction"}
-    assert set(results["baselines"]) == {"pca", "pca_per_stream", "random"}
+    assert set(results["baselines"]) == {"pca", "pca_per_stream", "level", "random"}
     best = results["best"]
     assert best["mode"] in results["modes"]
     assert {"f1", "far", "mar"} <= set(best["skab"]) and 0 <= best["auprc"] <= 1
     assert results["data"]["test_rows"] == 160 + 120 and results["data"]["test_anomalous_rows"] == 100
     assert set(results["modes"]["imputation"]["series"]) == {"valve1-0", "other-1"}
     assert results["throughput"]["imputation"]["windows_per_s"] > 0
-    # The leaderboard's count adds each file's training rows (normal) to the test rows: same anomalies, more normals.
-    for detector in [*results["modes"].values(), *results["baselines"].values()]:
-        test_counts, whole_counts = detector["pooled"]["counts"], detector["published_protocol"]["counts"]
-        assert whole_counts["tp"] == test_counts["tp"] and whole_counts["fn"] == test_counts["fn"]
-        assert whole_counts["fp"] + whole_counts["tn"] == test_counts["fp"] + test_counts["tn"] + 2 * 400
-    assert best["published_protocol"]["skab"]["mar"] == best["skab"]["mar"]
     assert (plots / "valve1-0.png").is_file() and (plots / "loss.png").is_file()
     assert (tmp_path / "summary.png").is_file()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from triton_models.timeseries.baselines import level_scores
 from triton_models.timeseries.calibration import stream_thresholds
-from triton_models.timeseries.detector import ModeCalibration
+from triton_models.timeseries.detector import ModeCalibration, window_scores
 from triton_models.timeseries.training import CHANNEL_SCALE_FLOOR, MIN_STREAM_WINDOWS, calibrate_mode
 
 
@@ -69,3 +70,26 @@ def test_stream_thresholds_share_one_tail_across_score_levels() -> None:
     assert fitted.tail.value == pytest.approx(z_quiet, rel=0.1)
     constant = stream_thresholds({"flat": np.full(100, 5.0), "other": rng.normal(0, 1, 100)}, risk=1e-2)
     assert np.isfinite(constant.thresholds["flat"]) and constant.thresholds["flat"] > 5.0
+
+
+def test_level_baseline_sees_a_sustained_shift_that_only_moves_the_mean() -> None:
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(50, 16, 3)).astype(np.float32)
+    shifted = normal.copy()
+    shifted[:, :, 1] -= 4.0  # a closing valve: flow drops and stays down, its shape unchanged
+    shifted[:, :, 2] += 9.0  # a slow channel far away: ignored when it is not a level channel
+    assert level_scores(shifted, [0, 1]).min() > level_scores(normal, [0, 1]).max()
+    np.testing.assert_allclose(
+        level_scores(shifted, [0, 1]), np.maximum(*np.abs(shifted[:, :, :2].mean(1)).T), rtol=1e-5
+    )
+
+
+def test_a_one_sensor_fault_scores_the_same_however_many_healthy_channels_surround_it() -> None:
+    rng = np.random.default_rng(0)
+    for channels in (3, 30):
+        scaled = rng.uniform(0.0, 1.0, size=(5, 16, channels)).astype(np.float32)
+        scaled[:, 8:, 1] = 6.0  # the faulty sensor, in multiples of its normal error
+        scores = window_scores(scaled)
+        np.testing.assert_allclose(scores["SCORE"], scaled[:, :, 1].mean(1), rtol=1e-6)
+        np.testing.assert_allclose(scores["STEP_SCORES"], scaled[:, :, 1])
+        assert np.array_equal(scores["CHANNEL_SCORES"].argmax(1), np.full(5, 1))

@@ -1,4 +1,5 @@
-"""Reference detectors scored in the same run as the diffusion model: PCA T-squared + Q, and random scores."""
+"""Reference detectors scored in the same run as the diffusion model: PCA T-squared + Q, a per-stream level
+z-score, and random scores."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ class PcaDetector:
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         return (self.statistics(rows) / self.scale).max(axis=1)
+
+
+def level_scores(windows: np.ndarray, channels: list[int]) -> np.ndarray:
+    """How far a stream has moved from its normal level: the largest absolute window mean over ``channels`` of
+    normalised windows [n, length, channels], in the stream's fit standard deviations. Blind to any change of shape
+    that keeps the mean; the diffusion model's imputation, conditioned on the window itself, is the reverse."""
+    return np.abs(windows[:, :, channels].mean(axis=1)).max(axis=1)
 
 
 def random_scores(count: int, seed: int) -> np.ndarray:

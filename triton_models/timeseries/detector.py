@@ -5,12 +5,12 @@ window, and returns the window score, per-step scores and per-channel contributi
 
 Per-stream calibration (the practice of the SKAB reference notebooks: every series is judged against its own
 normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
-held-out normal windows (so a sensor that is noisy even when healthy does not dominate), averaged, and divided by
-the stream's threshold (median + z x MAD of its held-out normal scores, z from one POT tail fit on the pooled robust
-z-scores of all streams, ``calibration.stream_thresholds``). The served SCORE is therefore in multiples of the
-stream's own alarm level: the threshold is 1.0 for every stream, and scores of quiet and loud streams are
-comparable. Streams never seen in training use the pooled ``default`` calibration (pooled channel scale, POT
-threshold on the pooled held-out scores).
+held-out normal windows (so a sensor that is noisy even when healthy does not dominate); the window scores as its
+worst channel (``window_scores``), divided by the stream's threshold (median + z x MAD of its held-out normal
+scores, z from one POT tail fit on the pooled robust z-scores of all streams, ``calibration.stream_thresholds``).
+The served SCORE is therefore in multiples of the stream's own alarm level: the threshold is 1.0 for every stream,
+and scores of quiet and loud streams are comparable. Streams never seen in training use the pooled ``default``
+calibration (pooled channel scale, POT threshold on the pooled held-out scores).
 """
 
 from __future__ import annotations
@@ -59,6 +59,22 @@ class ModelConfig:
 
 
 CALIBRATED_THRESHOLD = 1.0  # the served SCORE is divided by the stream's threshold: alarm when SCORE > 1
+
+
+def window_scores(scaled_errors: np.ndarray) -> dict[str, np.ndarray]:
+    """SCORE [B], STEP_SCORES [B, L], CHANNEL_SCORES [B, C] from channel-scaled errors [B, L, C].
+
+    A fault usually shows in one or a few sensors: the window scores as its worst channel (mean over the window of
+    that channel's scaled error), so a one-sensor fault is not diluted by the healthy channels, the more so the more
+    channels a plant has. STEP_SCORES are the worst channel's per-step errors (their mean is SCORE), CHANNEL_SCORES
+    every channel's mean."""
+    channel = scaled_errors.mean(axis=1)
+    worst = channel.argmax(axis=1)
+    return {
+        "SCORE": channel.max(axis=1).astype(np.float32),
+        "STEP_SCORES": np.take_along_axis(scaled_errors, worst[:, None, None], axis=2)[:, :, 0].astype(np.float32),
+        "CHANNEL_SCORES": channel.astype(np.float32),
+    }
 
 
 @dataclass
@@ -151,8 +167,8 @@ class TimeSeriesDetector:
         return self.scorer.squared_errors(windows, mode).sqrt().cpu().numpy()
 
     def scaled_errors(self, errors: np.ndarray, stream: str, mode: str) -> np.ndarray:
-        """Absolute errors of one stream in multiples of the stream's alarm level: their mean over the window is
-        the served SCORE (1.0 = threshold); uncalibrated modes return the errors unchanged."""
+        """Absolute errors of one stream in multiples of the stream's alarm level, the input of ``window_scores``
+        (SCORE 1.0 = threshold); uncalibrated modes return the errors unchanged."""
         if mode not in self.calibration:
             return errors
         calibration = self.calibration[mode].stream(stream)
@@ -173,11 +189,7 @@ class TimeSeriesDetector:
             for stream in {streams[i] for i in rows}:
                 selected = [i for i in rows if streams[i] == stream]
                 errors[selected] = self.scaled_errors(errors[selected], stream, mode)
-        return {
-            "SCORE": errors.mean(axis=(1, 2)).astype(np.float32),
-            "STEP_SCORES": errors.mean(axis=2).astype(np.float32),
-            "CHANNEL_SCORES": errors.mean(axis=1).astype(np.float32),
-        }
+        return window_scores(errors)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

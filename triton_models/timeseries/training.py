@@ -10,7 +10,13 @@ from tqdm.auto import tqdm
 
 from triton_models.diffusion import NoiseSchedule, ddpm_loss
 from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
-from triton_models.timeseries.detector import ModeCalibration, ModelConfig, StreamCalibration, TimeSeriesDetector
+from triton_models.timeseries.detector import (
+    ModeCalibration,
+    ModelConfig,
+    StreamCalibration,
+    TimeSeriesDetector,
+    window_scores,
+)
 from triton_models.timeseries.networks import ConvDenoiser
 from triton_models.timeseries.normalization import (
     DEFAULT_STREAM,
@@ -124,14 +130,14 @@ def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple
     Returns the calibration and the served scores of all held-out windows (1.0 = threshold)."""
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    default_threshold = pot_threshold((pooled_errors / pooled_scale).mean(axis=(1, 2)), risk)
+    default_threshold = pot_threshold(window_scores(pooled_errors / pooled_scale)["SCORE"], risk)
     scales, scores = {}, {}
     for name, errors in held_out_errors.items():
         if len(errors) < MIN_STREAM_WINDOWS:
             continue
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        scores[name] = (errors / scales[name]).mean(axis=(1, 2))
+        scores[name] = window_scores(errors / scales[name])["SCORE"]
     streams = {DEFAULT_STREAM: StreamCalibration(pooled_scale.tolist(), default_threshold.value)}
     tail = None
     if scores:
@@ -140,7 +146,7 @@ def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
     served = [
-        (errors / np.asarray(c.channel_scale)).mean(axis=(1, 2)) / c.threshold
+        window_scores(errors / np.asarray(c.channel_scale, dtype=np.float32))["SCORE"] / c.threshold
         for name, errors in held_out_errors.items()
         for c in [calibration.stream(name)]
     ]

@@ -42,7 +42,7 @@ class PcaDetector:
 def level_scores(windows: np.ndarray, channels: list[int]) -> np.ndarray:
     """How far a stream has moved from its normal level: the largest absolute window mean over ``channels`` of
     normalised windows [n, length, channels], in the stream's fit standard deviations. Blind to any change of shape
-    that keeps the mean; the diffusion model's imputation, conditioned on the window itself, is the reverse."""
+    or of the relation between channels that keeps each channel's mean."""
     return np.abs(windows[:, :, channels].mean(axis=1)).max(axis=1)
 
 

@@ -233,3 +233,23 @@ def test_served_scores_alarm_above_one_on_each_streams_own_scale(tiny_detector: 
         normal_scores = tiny_detector.score(normal, [stream] * len(normal), ["imputation"] * len(normal))["SCORE"]
         broken_scores = tiny_detector.score(broken, [stream] * len(broken), ["imputation"] * len(broken))["SCORE"]
         assert np.median(normal_scores) < 1.0 < np.min(broken_scores), stream
+
+
+def test_reconstruction_scores_the_mean_of_its_noise_draws(tiny_detector: TimeSeriesDetector) -> None:
+    scorer = tiny_detector.scorer
+    draws = scorer.reconstruction_noise
+    assert draws.shape[0] == tiny_detector.config.scoring.reconstruction_samples > 1
+    windows = torch.from_numpy(np.random.default_rng(2).normal(size=(5, 8, 3)).astype(np.float32))
+    t = torch.full((5,), scorer.reconstruction_start, dtype=torch.long)
+    empty = torch.zeros_like(windows)
+    one_by_one = [
+        ddim_sample(
+            lambda x_t, step: scorer.network(x_t, step, empty, empty),
+            scorer.schedule,
+            scorer.schedule.q_sample(windows, t, draw.expand_as(windows)),
+            scorer.reconstruction_timesteps,
+        )
+        for draw in draws
+    ]
+    expected = (torch.stack(one_by_one).mean(0) - windows) ** 2
+    torch.testing.assert_close(scorer.squared_errors(windows, "reconstruction"), expected, rtol=1e-4, atol=1e-6)

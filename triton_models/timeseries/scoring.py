@@ -27,6 +27,9 @@ class ScoringConfig:
     imputation_steps: int = 5  # DDIM steps from pure noise
     reconstruction_start: float = 0.4  # t0 as a fraction of the schedule length
     reconstruction_steps: int = 4  # DDIM steps from t0 down to 0
+    # Noise draws whose reconstructions are averaged: the error of one draw carries that draw's own sampling noise,
+    # the averaged reconstruction approaches the model's expected normal window given the noised one.
+    reconstruction_samples: int = 4
     chunk: int = 64  # windows per forward pass (x masks): small batches run fastest on CPU; scores do not depend on it
     extra: dict = field(default_factory=dict)
 
@@ -68,7 +71,7 @@ class DiffusionScorer:
         self.families = (config.mask_kind == "both") + 1
         generator = torch.Generator().manual_seed(seed)
         self.imputation_noise = torch.randn((self.masks.shape[0], length, channels), generator=generator)
-        self.reconstruction_noise = torch.randn((length, channels), generator=generator)
+        self.reconstruction_noise = torch.randn((config.reconstruction_samples, length, channels), generator=generator)
         start = round(config.reconstruction_start * (schedule.num_steps - 1))
         self.reconstruction_start = start
         self.imputation_timesteps = schedule.ddim_timesteps(config.imputation_steps)
@@ -107,10 +110,11 @@ class DiffusionScorer:
         return errors / self.families
 
     def _reconstruction(self, windows: torch.Tensor) -> torch.Tensor:
-        batch = windows.shape[0]
-        t = torch.full((batch,), self.reconstruction_start, dtype=torch.long, device=windows.device)
-        noise = self.reconstruction_noise.expand_as(windows)
-        x_start = self.schedule.q_sample(windows, t, noise)
-        empty = torch.zeros_like(windows)
+        batch, samples = windows.shape[0], self.reconstruction_noise.shape[0]
+        x0 = windows.repeat_interleave(samples, dim=0)
+        t = torch.full((len(x0),), self.reconstruction_start, dtype=torch.long, device=windows.device)
+        x_start = self.schedule.q_sample(x0, t, self.reconstruction_noise.repeat(batch, 1, 1))
+        empty = torch.zeros_like(x0)
         reconstructed = self._run(empty, empty, x_start, self.reconstruction_timesteps)
-        return (reconstructed - windows) ** 2
+        mean = reconstructed.reshape(batch, samples, *windows.shape[1:]).mean(dim=1)
+        return (mean - windows) ** 2

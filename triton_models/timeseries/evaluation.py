@@ -105,10 +105,9 @@ def evaluate_benchmark(
     train_seconds = time.perf_counter() - started
     tested = [s for s in series if s.test is not None]
     labels = {s.name: s.test.labels for s in tested}
-    windows = {}
-    for s in tested:
-        history = detector.normalizer.normalise(s.train.values, s.name)
-        windows[s.name] = causal_windows(history, detector.normalizer.normalise(s.test.values, s.name), config.window)
+    normalised = {s.name: detector.normalizer.normalise(s.train.values, s.name) for s in series}
+    normalised_test = {s.name: detector.normalizer.normalise(s.test.values, s.name) for s in tested}
+    windows = {name: causal_windows(normalised[name], rows, config.window) for name, rows in normalised_test.items()}
     results: dict = {"modes": {}, "baselines": {}, "throughput": {}}
     scored_modes = {}
     for mode in MODES:
@@ -120,7 +119,7 @@ def evaluate_benchmark(
         threshold = detector.calibration[mode].served_threshold()
         scored_modes[mode] = Scored(scores, threshold["value"], threshold)
         results["modes"][mode] = evaluate_metrics(labels, scored_modes[mode])
-    baselines = _baselines(series, tested, windows, detector, risk, holdout_fraction, config.seed)
+    baselines = _baselines(normalised, normalised_test, windows, detector.config, risk, holdout_fraction)
     for name, scored in baselines.items():
         results["baselines"][name] = evaluate_metrics(labels, scored)
     best = detector.default_mode
@@ -169,38 +168,38 @@ def _served_scores(
 
 
 def _baselines(
-    series: list[Series],
-    tested: list[Series],
+    normalised: dict[str, np.ndarray],
+    normalised_test: dict[str, np.ndarray],
     windows: dict[str, np.ndarray],
-    detector: TimeSeriesDetector,
+    config: ModelConfig,
     risk: float,
     holdout_fraction: float,
-    seed: int,
 ) -> dict[str, Scored]:
-    """PCA T-squared+Q (pooled and per stream), the per-stream level z-score, and random scores; ``windows`` are
-    the test series' causal windows (normalised)."""
-    normalised = {s.name: detector.normalizer.normalise(s.train.values, s.name) for s in series}
+    """PCA T-squared+Q (pooled and per stream), the per-stream level z-score, and random scores, from the normalised
+    training rows of every series, the normalised test rows of the test series and their causal windows."""
     cuts = {name: split_holdout(v, holdout_fraction) for name, v in normalised.items()}
     fit_rows = np.concatenate([v[: cuts[n]] for n, v in normalised.items()])
     held_rows = np.concatenate([v[cuts[n] :] for n, v in normalised.items()])
     pca = PcaDetector().fit(fit_rows)
     pca_threshold = pot_threshold(pca.calibrate(held_rows), risk)
-    pca_scores = {s.name: pca.score(detector.normalizer.normalise(s.test.values, s.name)) for s in tested}
+    pca_scores = {name: pca.score(rows) for name, rows in normalised_test.items()}
     # The SKAB reference T-squared+Q fits one PCA per file; here judged by the same per-stream threshold rule as
     # the diffusion model, its score served in multiples of the stream's threshold.
-    stream_pcas = {s.name: PcaDetector().fit(normalised[s.name][: cuts[s.name]]) for s in tested}
+    stream_pcas = {name: PcaDetector().fit(normalised[name][: cuts[name]]) for name in normalised_test}
     pca_held = {name: pca.calibrate(normalised[name][cuts[name] :]) for name, pca in stream_pcas.items()}
-    pca_test = {s.name: stream_pcas[s.name].score(detector.normalizer.normalise(s.test.values, s.name)) for s in tested}
+    pca_test = {name: stream_pcas[name].score(rows) for name, rows in normalised_test.items()}
     # Level channels: all but the slow ones, which the diffusion model too judges by shape only.
-    config = detector.config
     level_channels = [c for c in range(len(config.channels)) if c not in config.slow_channels]
     level_held = {
-        s.name: level_scores(sliding_windows(normalised[s.name], config.window, 1, cuts[s.name]), level_channels)
-        for s in tested
+        name: level_scores(sliding_windows(normalised[name], config.window, 1, cuts[name]), level_channels)
+        for name in normalised_test
     }
-    level_test = {s.name: level_scores(windows[s.name], level_channels) for s in tested}
+    level_test = {name: level_scores(windows[name], level_channels) for name in normalised_test}
+    seed = config.seed
     random_threshold = pot_threshold(random_scores(len(held_rows), seed), risk)
-    rng_scores = {s.name: random_scores(len(s.test.values), seed + 1 + i) for i, s in enumerate(tested)}
+    rng_scores = {
+        name: random_scores(len(rows), seed + 1 + i) for i, (name, rows) in enumerate(normalised_test.items())
+    }
     return {
         "pca": Scored(pca_scores, pca_threshold.value, pca_threshold.to_json()),
         "pca_per_stream": _per_stream_scored(pca_held, pca_test, risk),

@@ -100,3 +100,39 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     assert results["throughput"]["imputation"]["windows_per_s"] > 0
     assert (plots / "valve1-0.png").is_file() and (plots / "loss.png").is_file()
     assert (tmp_path / "summary.png").is_file()
+
+
+def _write_bench_table(path: Path, columns: list[str], values: np.ndarray, labels: np.ndarray | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(["timestamp", *columns, *(["label"] if labels is not None else [])])]
+    for i, row in enumerate(values):
+        cells = ["" if np.isnan(v) else f"{v:.5f}" for v in row]
+        lines.append(",".join([str(i), *cells, *([str(labels[i])] if labels is not None else [])]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_ts_takes_gaps_a_constant_channel_and_any_column_order(tmp_path: Path) -> None:
+    """Data from another plant: readings missing here and there, a sensor that never moves, and one series whose
+    columns come in another order; every test row still gets a finite score."""
+    rng = np.random.default_rng(0)
+    bench, columns = tmp_path / "bench", ["flow", "pressure", "setpoint", "vibration"]
+    for index, name in enumerate(["pump-a", "pump-b"]):
+        rows = np.sin(np.arange(500)[:, None] / 5 + np.arange(4)) + 0.05 * rng.normal(size=(500, 4))
+        rows[:, 2] = 7.0
+        rows[rng.random(rows.shape) < 0.03] = np.nan
+        labels = np.zeros(200, dtype=int)
+        labels[120:160] = 1
+        rows[300 + 120 : 300 + 160, 0] += 3.0
+        order = [3, 2, 1, 0] if index else [0, 1, 2, 3]
+        _write_bench_table(bench / name / "train.csv", [columns[c] for c in order], rows[:300, order], None)
+        _write_bench_table(bench / name / "test.csv", [columns[c] for c in order], rows[300:, order], labels)
+    out = tmp_path / "results.json"
+    args = ["evaluate", "ts", str(bench), "--out", str(out), "--window", "8", "--epochs", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert results["data"]["channels"] == columns and results["data"]["test_rows"] == 400
+    for mode in results["modes"].values():
+        pooled = mode["pooled"]
+        assert 0 <= pooled["auroc"] <= 1 and 0 <= pooled["auprc"] <= 1
+        assert sum(pooled["counts"].values()) == 400

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 TIME_COLUMNS = ("timestamp", "datetime", "time")
+MISSING_VALUES = ("", "nan", "na", "n/a", "null", "none")
 LABEL_COLUMNS = ("label", "anomaly")
 IGNORED_COLUMNS = ("changepoint",)
 
@@ -23,11 +25,17 @@ class SensorTable:
 
 
 def read_table(
-    path: Path, channels: list[str] | None = None, *, dtype: type = np.float32, require_time: bool = False
+    path: Path,
+    channels: list[str] | None = None,
+    *,
+    dtype: type = np.float32,
+    require_time: bool = False,
+    allow_missing: bool = False,
 ) -> SensorTable:
     """Read a csv whose delimiter is ``;`` or ``,``; every column but time/label/changepoint is a channel.
 
     Without a time column the row numbers stand in for timestamps, unless ``require_time`` (replays need one).
+    A missing value (empty, ``NaN``, ``NA``, ``null``...) is an error unless ``allow_missing``, then it reads as NaN.
     """
     with open(path, newline="") as handle:
         header_line = handle.readline()
@@ -47,10 +55,11 @@ def read_table(
     if missing:
         raise ValueError(f"{path}: channels {missing} not in columns {available}")
     indices = [header.index(name) for name in selected]
+    parse = _value_or_nan if allow_missing else float
     parsed = []
     for line, row in numbered:
         try:
-            parsed.append([float(row[i]) for i in indices])
+            parsed.append([parse(row[i]) for i in indices])
         except (ValueError, IndexError) as error:
             raise ValueError(f"{path}:{line}: {error}") from error
     values = np.array(parsed, dtype=dtype).reshape(-1, len(indices))
@@ -60,6 +69,30 @@ def read_table(
         labels = np.array([float(row[label_index]) > 0.5 for row in body], dtype=np.int8)
     timestamps = [row[time_index] for row in body] if time_index is not None else [str(i) for i in range(len(body))]
     return SensorTable(timestamps=timestamps, channels=list(selected), values=values, labels=labels)
+
+
+def _value_or_nan(text: str) -> float:
+    return math.nan if text.strip().lower() in MISSING_VALUES else float(text)
+
+
+def fill_missing(history: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each NaN takes its channel's last earlier value (``rows`` continue ``history`` in time), as a historian
+    holds a sensor's last reading; NaNs before a channel's first value take that first value, a channel with none
+    is 0. Only earlier rows fill a gap in ``rows``, so test scores stay causal."""
+    joined = history if rows is None else np.concatenate([history, rows])
+    if not np.isnan(joined).any():
+        return history, rows
+    filled = joined.copy()
+    for channel in np.flatnonzero(np.isnan(joined).any(axis=0)):
+        values = filled[:, channel]
+        present = np.flatnonzero(~np.isnan(values))
+        if present.size == 0:
+            values[:] = 0.0
+            continue
+        last = np.maximum.accumulate(np.where(np.isnan(values), 0, np.arange(len(values))))
+        last[: present[0]] = present[0]
+        values[:] = values[last]
+    return filled[: len(history)], None if rows is None else filled[len(history) :]
 
 
 def write_table(path: Path, timestamps: list[str], channels: list[str], values: np.ndarray, labels=None) -> None:
@@ -83,12 +116,18 @@ class Series:
 
 
 def read_benchmark(bench: Path, channels: list[str] | None = None) -> list[Series]:
-    """Every ``<bench>/<series>/train.csv`` (with ``test.csv`` when present), sorted by series name."""
+    """Every ``<bench>/<series>/train.csv`` (with ``test.csv`` when present), sorted by series name. Every table
+    is read with the same channels in the same order (``channels``, else the first train.csv's), whatever its column
+    order; missing values are filled (``fill_missing``)."""
     series = []
     for train_path in sorted(Path(bench).glob("*/train.csv")):
-        train = read_table(train_path, channels)
+        train = read_table(train_path, channels, allow_missing=True)
+        channels = train.channels
         test_path = train_path.with_name("test.csv")
-        test = read_table(test_path, train.channels) if test_path.exists() else None
+        test = read_table(test_path, channels, allow_missing=True) if test_path.exists() else None
+        train_values, test_values = fill_missing(train.values, None if test is None else test.values)
+        train = replace(train, values=train_values)
+        test = None if test is None else replace(test, values=test_values)
         series.append(Series(name=train_path.parent.name, train=train, test=test))
     if not series:
         raise FileNotFoundError(f"no <series>/train.csv under {bench}")
@@ -100,15 +139,21 @@ def training_tables(data: Path, channels: list[str] | None = None) -> dict[str, 
     train.csv), or a folder of csv files (stream = relative path without suffix; SKAB labelled rows dropped)."""
     data = Path(data)
     if data.is_file():
-        return {data.stem: _normal_rows(read_table(data, channels))}
+        return {data.stem: _normal_rows(_filled(read_table(data, channels, allow_missing=True)))}
     if any(data.glob("*/train.csv")):
         return {s.name: s.train for s in read_benchmark(data, channels)}
     tables = {}
     for path in sorted(data.rglob("*.csv")):
-        tables[str(path.relative_to(data).with_suffix(""))] = _normal_rows(read_table(path, channels))
+        table = _filled(read_table(path, channels, allow_missing=True))
+        channels = table.channels
+        tables[str(path.relative_to(data).with_suffix(""))] = _normal_rows(table)
     if not tables:
         raise FileNotFoundError(f"no csv files under {data}")
     return tables
+
+
+def _filled(table: SensorTable) -> SensorTable:
+    return replace(table, values=fill_missing(table.values)[0])
 
 
 def _normal_rows(table: SensorTable) -> SensorTable:

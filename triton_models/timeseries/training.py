@@ -59,6 +59,11 @@ def training_masks(batch: int, length: int, channels: int, generator: torch.Gene
     return masks
 
 
+# An epoch draws at most this many training windows (a fresh random subset each epoch), so training time is bounded
+# on large data sets (SKAB has 16,169 windows: all of them every epoch).
+EPOCH_WINDOWS = 32_768
+
+
 def train_denoiser(
     network: ConvDenoiser,
     schedule: NoiseSchedule,
@@ -68,19 +73,21 @@ def train_denoiser(
     batch_size: int = 128,
     learning_rate: float = 2e-3,
     progress: bool = True,
+    epoch_windows: int = EPOCH_WINDOWS,
 ) -> list[float]:
     """Adam on the masked epsilon loss; deterministic for a given seed and thread count. Returns loss per epoch."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(windows)
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
-    total_steps = epochs * max(1, -(-len(data) // batch_size))
+    per_epoch = min(len(data), epoch_windows)
+    total_steps = epochs * max(1, -(-per_epoch // batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps)
     network.train()
     losses = []
     bar = tqdm(range(epochs), desc="train ts diffusion", unit="epoch", disable=not progress)
     for _ in bar:
-        order = torch.randperm(len(data), generator=generator)
+        order = torch.randperm(len(data), generator=generator)[:per_epoch]
         total, count = 0.0, 0
         for batch_index in order.split(batch_size):
             x0 = data[batch_index]

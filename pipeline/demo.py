@@ -51,11 +51,8 @@ from pipeline.topics import create_declared_topics
 from triton_models.video.frames import frame_files
 
 # Event-time alerting for SKAB's 1 Hz readings and 10 fps video: fire after 5 s anomalous (at least 3 scores),
-# resolve after 30 s below 0.99 x threshold, and no second alert on a stream within the replay. The small model's
-# sensor scores (multiples of the stream's alarm level) sit at 0.97-1.0 on normal windows of valve1/13 and at ~1.4
-# (median) in its anomaly, so the default hysteresis (0.8 x) would never resolve; with 0.99 x for 30 s the alert
-# resolves after the labelled anomaly ends (10 s resolved it while the fault's effect was still fading).
-DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_ratio=0.99, resolve_for_s=30.0, cooldown_s=600.0)
+# resolve after 30 s below the default hysteresis level, and no second alert on a stream within the replay.
+DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_for_s=30.0, cooldown_s=600.0)
 
 
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:

@@ -104,8 +104,8 @@ def model_card(detector, report, data: Path, epochs: int, seconds: float) -> dic
                 "STEP_SCORES": ["FP32", [-1, config.window]],
                 "CHANNEL_SCORES": ["FP32", [-1, len(config.channels)]],
             },
-            "score_semantics": "window score of the window ENDING at its last row, in multiples of the stream's own "
-            "alarm level (per-stream calibration); alarm when SCORE > threshold (1.0)",
+            "score_semantics": "window score of the window ENDING at its last row, on the stream's own calibrated "
+            "scale: 0 = its median normal window, 1.0 = its alarm level; alarm when SCORE > threshold (1.0)",
         },
         "streams": sorted(detector.normalizer.stats),
         "data": {

@@ -180,7 +180,7 @@ def test_scores_do_not_depend_on_batch_composition(tiny_detector: TimeSeriesDete
             np.testing.assert_allclose(alone[name][0], together[name][i], rtol=1e-5, atol=1e-6)
     assert together["SCORE"].shape == (7,)
     assert together["STEP_SCORES"].shape == (7, 8) and together["CHANNEL_SCORES"].shape == (7, 3)
-    np.testing.assert_allclose(together["STEP_SCORES"].mean(1), together["SCORE"], rtol=1e-5)
+    np.testing.assert_allclose(together["STEP_SCORES"].mean(1), together["SCORE"], rtol=1e-5, atol=1e-5)
 
 
 def test_mixed_modes_in_one_batch_match_single_mode_batches(tiny_detector: TimeSeriesDetector) -> None:
@@ -189,7 +189,7 @@ def test_mixed_modes_in_one_batch_match_single_mode_batches(tiny_detector: TimeS
     mixed = tiny_detector.score(windows, ["pump-a"] * 4, modes)
     for i, mode in enumerate(modes):
         single = tiny_detector.score(windows[i : i + 1], ["pump-a"], [mode])
-        np.testing.assert_allclose(single["SCORE"][0], mixed["SCORE"][i], rtol=1e-5)
+        np.testing.assert_allclose(single["SCORE"][0], mixed["SCORE"][i], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown mode"):
         tiny_detector.score(windows, ["pump-a"] * 4, ["forecast"] * 4)
 
@@ -211,7 +211,7 @@ def test_saved_detector_reloads_with_identical_scores(tiny_detector: TimeSeriesD
     for mode in ("imputation", "reconstruction"):
         a = tiny_detector.score(windows, ["pump-b"] * 3, [mode] * 3)["SCORE"]
         b = restored.score(windows, ["pump-b"] * 3, [mode] * 3)["SCORE"]
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert restored.calibration.keys() == {"imputation", "reconstruction"}
     calibration = restored.calibration["imputation"]
     assert calibration.streams.keys() == {"default", "pump-a", "pump-b"}

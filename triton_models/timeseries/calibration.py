@@ -57,6 +57,7 @@ class StreamThresholds:
     """Per-stream thresholds sharing one tail model: ``threshold[s] = location[s] + z * spread[s]``."""
 
     thresholds: dict[str, float]
+    locations: dict[str, float]  # median of each stream's normal scores
     tail: Threshold  # POT fit on the pooled robust z-scores; its value is z
 
 
@@ -75,4 +76,4 @@ def stream_thresholds(scores: dict[str, np.ndarray], risk: float = 1e-3) -> Stre
         z_scores.append((values - location) / spreads[name])
     tail = pot_threshold(np.concatenate(z_scores), risk)
     thresholds = {name: locations[name] + tail.value * spreads[name] for name in scores}
-    return StreamThresholds(thresholds, tail)
+    return StreamThresholds(thresholds, locations, tail)

@@ -6,11 +6,12 @@ window, and returns the window score, per-step scores and per-channel contributi
 Per-stream calibration (the practice of the SKAB reference notebooks: every series is judged against its own
 normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
 held-out normal windows (so a sensor that is noisy even when healthy does not dominate); the window scores as its
-worst channel (``window_scores``), divided by the stream's threshold (median + z x MAD of its held-out normal
-scores, z from one POT tail fit on the pooled robust z-scores of all streams, ``calibration.stream_thresholds``).
-The served SCORE is therefore in multiples of the stream's own alarm level: the threshold is 1.0 for every stream,
-and scores of quiet and loud streams are comparable. Streams never seen in training use the pooled ``default``
-calibration (pooled channel scale, POT threshold on the pooled held-out scores).
+worst channel (``window_scores``). The stream's threshold is median + z x MAD of its held-out normal scores (z from
+one POT tail fit on the pooled robust z-scores of all streams, ``calibration.stream_thresholds``), and the served
+SCORE is mapped so that the median is 0 and the threshold 1.0 for every stream: (score - median) / (threshold -
+median). Scores of quiet and loud streams are comparable, and a stream whose normal windows sit close to its
+threshold does not outrank another stream's anomaly. Streams never seen in training use the pooled ``default``
+calibration (pooled channel scale, POT threshold on the pooled held-out scores, their median).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class ModelConfig:
         return cls(**data)
 
 
-CALIBRATED_THRESHOLD = 1.0  # the served SCORE is divided by the stream's threshold: alarm when SCORE > 1
+CALIBRATED_THRESHOLD = 1.0  # the served SCORE is 0 at the stream's median, 1 at its threshold: alarm when SCORE > 1
 
 
 def window_scores(scaled_errors: np.ndarray) -> dict[str, np.ndarray]:
@@ -80,7 +81,15 @@ def window_scores(scaled_errors: np.ndarray) -> dict[str, np.ndarray]:
 @dataclass
 class StreamCalibration:
     channel_scale: list[float]  # mean absolute error per channel on the stream's held-out normal windows
-    threshold: float  # raw score (mean of scaled errors) above which the stream alarms
+    location: float  # median raw score (worst channel's mean scaled error) of the stream's held-out normal windows
+    threshold: float  # raw score above which the stream alarms
+
+    def serve(self, errors: np.ndarray) -> np.ndarray:
+        """Absolute errors [..., channels] -> the input of ``window_scores``, whose SCORE is then 0 at the stream's
+        median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps and the max over
+        channels)."""
+        scaled = errors / np.asarray(self.channel_scale, dtype=np.float32)
+        return ((scaled - self.location) / max(self.threshold - self.location, 1e-12)).astype(np.float32)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -102,8 +111,9 @@ class ModeCalibration:
         return {
             "value": CALIBRATED_THRESHOLD,
             "method": "per_stream",
-            "rule": "SCORE = score / stream threshold; stream threshold = median + z x MAD of the stream's held-out "
-            "normal scores, z = POT on the pooled robust z-scores; unknown streams: POT on the pooled held-out scores",
+            "rule": "SCORE = (score - stream median) / (stream threshold - stream median); stream threshold = median "
+            "+ z x MAD of the stream's held-out normal scores, z = POT on the pooled robust z-scores; unknown streams: "
+            "POT on the pooled held-out scores",
             "streams": len(self.streams) - 1,
             "z": self.tail.to_json() if self.tail else None,
             "default_stream": self.default_threshold.to_json(),
@@ -167,12 +177,11 @@ class TimeSeriesDetector:
         return self.scorer.squared_errors(windows, mode).sqrt().cpu().numpy()
 
     def scaled_errors(self, errors: np.ndarray, stream: str, mode: str) -> np.ndarray:
-        """Absolute errors of one stream in multiples of the stream's alarm level, the input of ``window_scores``
-        (SCORE 1.0 = threshold); uncalibrated modes return the errors unchanged."""
+        """Absolute errors of one stream on the stream's calibrated scale, the input of ``window_scores`` (SCORE 0 =
+        the stream's median normal window, 1.0 = its threshold); uncalibrated modes return the errors unchanged."""
         if mode not in self.calibration:
             return errors
-        calibration = self.calibration[mode].stream(stream)
-        return errors / (np.asarray(calibration.channel_scale, dtype=np.float32) * calibration.threshold)
+        return self.calibration[mode].stream(stream).serve(errors)
 
     def score(self, windows: np.ndarray, streams: list[str], modes: list[str]) -> dict[str, np.ndarray]:
         """Scores for raw windows; returns SCORE [B], STEP_SCORES [B, L], CHANNEL_SCORES [B, C] as float32."""

@@ -160,7 +160,7 @@ def skab_headline(best: dict) -> str:
 def _served_scores(
     detector: TimeSeriesDetector, windows: dict[str, np.ndarray], mode: str, description: str, progress: bool
 ) -> dict[str, np.ndarray]:
-    """Row score = the served SCORE of the window ending at the row (multiples of the stream's threshold)."""
+    """Row score = the served SCORE of the window ending at the row (0 = the stream's median, 1 = its threshold)."""
     return {
         name: window_scores(detector.scaled_errors(batched_errors(detector, w, mode, progress), name, mode))["SCORE"]
         for name, w in tqdm(windows.items(), desc=description, disable=not progress)
@@ -184,7 +184,7 @@ def _baselines(
     pca_threshold = pot_threshold(pca.calibrate(held_rows), risk)
     pca_scores = {name: pca.score(rows) for name, rows in normalised_test.items()}
     # The SKAB reference T-squared+Q fits one PCA per file; here judged by the same per-stream threshold rule as
-    # the diffusion model, its score served in multiples of the stream's threshold.
+    # the diffusion model, its score served on the same scale (0 = the stream's median, 1 = its threshold).
     stream_pcas = {name: PcaDetector().fit(normalised[name][: cuts[name]]) for name in normalised_test}
     pca_held = {name: pca.calibrate(normalised[name][cuts[name] :]) for name, pca in stream_pcas.items()}
     pca_test = {name: stream_pcas[name].score(rows) for name, rows in normalised_test.items()}
@@ -209,9 +209,13 @@ def _baselines(
 
 
 def _per_stream_scored(held_out: dict[str, np.ndarray], test: dict[str, np.ndarray], risk: float) -> Scored:
-    """Test scores in multiples of each stream's threshold (``stream_thresholds`` on its held-out scores)."""
+    """Test scores on the served scale of each stream (``stream_thresholds`` on its held-out scores): 0 at the
+    stream's median, 1 at its threshold."""
     fitted = stream_thresholds(held_out, risk)
-    scores = {name: values / fitted.thresholds[name] for name, values in test.items()}
+    scores = {
+        name: (values - fitted.locations[name]) / max(fitted.thresholds[name] - fitted.locations[name], 1e-12)
+        for name, values in test.items()
+    }
     return Scored(scores, 1.0, {"value": 1.0, "method": "per_stream", "z": fitted.tail.to_json()})
 
 

@@ -137,7 +137,8 @@ def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple
     Returns the calibration and the served scores of all held-out windows (1.0 = threshold)."""
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    default_threshold = pot_threshold(window_scores(pooled_errors / pooled_scale)["SCORE"], risk)
+    pooled_scores = window_scores(pooled_errors / pooled_scale)["SCORE"]
+    default_threshold = pot_threshold(pooled_scores, risk)
     scales, scores = {}, {}
     for name, errors in held_out_errors.items():
         if len(errors) < MIN_STREAM_WINDOWS:
@@ -145,17 +146,19 @@ def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
         scores[name] = window_scores(errors / scales[name])["SCORE"]
-    streams = {DEFAULT_STREAM: StreamCalibration(pooled_scale.tolist(), default_threshold.value)}
+    default = StreamCalibration(pooled_scale.tolist(), float(np.median(pooled_scores)), default_threshold.value)
+    streams = {DEFAULT_STREAM: default}
     tail = None
     if scores:
         fitted = stream_thresholds(scores, risk)
-        streams |= {name: StreamCalibration(scales[name].tolist(), fitted.thresholds[name]) for name in scores}
+        streams |= {
+            name: StreamCalibration(scales[name].tolist(), fitted.locations[name], fitted.thresholds[name])
+            for name in scores
+        }
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
     served = [
-        window_scores(errors / np.asarray(c.channel_scale, dtype=np.float32))["SCORE"] / c.threshold
-        for name, errors in held_out_errors.items()
-        for c in [calibration.stream(name)]
+        window_scores(calibration.stream(name).serve(errors))["SCORE"] for name, errors in held_out_errors.items()
     ]
     return calibration, np.concatenate(served)
 

@@ -6,7 +6,9 @@ overtakes its firing, even across retries); everything else runs concurrently, a
 Each delivery is tried until it succeeds, fails permanently (a 4xx other than 408/425/429) or runs out of
 attempts, with exponential backoff between tries; then it goes to the dead-letter sink.
 The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
-Receivers dedupe on the ``Idempotency-Key`` header.
+Finished deliveries (delivered, dead-lettered, cancelled) leave the journal ``journal_retention_s`` after their last
+update, so it does not grow without bound; a transition re-read after that is delivered again (receivers dedupe on
+the ``Idempotency-Key`` header).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import random
 import threading
 import time
@@ -37,6 +40,8 @@ TIMESTAMP_HEADER = "X-DiffSentry-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ATTEMPT_HEADER = "X-DiffSentry-Attempt"
 EVENT_HEADER = "X-DiffSentry-Event"
+
+PRUNE_INTERVAL_S = 3600.0  # how often submit() drops old finished deliveries (at most; also at every start)
 
 # Statuses worth another try: the receiver is overloaded, timed out or not ready; any other 4xx will not change.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -96,8 +101,16 @@ class DeliveryJournal:
                 (attempts, outcome, error, time.time(), subscription_id, idempotency_key(alert)),
             )
 
+    def prune(self, finished_before: float) -> int:
+        """Drops finished deliveries last updated before ``finished_before`` (epoch seconds); pending ones stay."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM deliveries WHERE outcome != 'pending' AND updated_at < ?", (finished_before,)
+            )
+        return cursor.rowcount
+
     def summary(self) -> dict[str, int]:
-        """Deliveries by outcome, plus the HTTP attempts they took."""
+        """Deliveries by outcome (those still in the journal), plus the HTTP attempts they took."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT outcome, COUNT(*), SUM(attempts) FROM deliveries GROUP BY outcome"
@@ -187,12 +200,14 @@ class AlertDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._started = False
+        self._pruned_at = -math.inf
 
     async def start(self) -> int:
         """Opens the HTTP client and resumes deliveries a previous run left pending; returns how many."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._settings.timeout_s, follow_redirects=False)
         self._started = True
+        self._prune_journal()
         pending = self._journal.pending()
         for subscription_id, alert, attempts in pending:
             self._spawn(subscription_id, alert, attempts)
@@ -217,6 +232,8 @@ class AlertDispatcher:
             raise RuntimeError("AlertDispatcher.start() must run before submit()")
         if self.hub is not None:
             self.hub.publish(alert)
+        if time.monotonic() - self._pruned_at > min(self._settings.journal_retention_s, PRUNE_INTERVAL_S):
+            self._prune_journal()
         queued = 0
         for subscription in self._store.matching(alert):
             if subscription.delivery.webhook_url is not None and self._journal.add(subscription.id, alert):
@@ -231,6 +248,16 @@ class AlertDispatcher:
 
     def summary(self) -> dict[str, int]:
         return self._journal.summary()
+
+    def _prune_journal(self) -> None:
+        self._pruned_at = time.monotonic()
+        dropped = self._journal.prune(time.time() - self._settings.journal_retention_s)
+        if dropped:
+            log.info(
+                "dropped %d finished deliveries older than %.0f s from the journal",
+                dropped,
+                self._settings.journal_retention_s,
+            )
 
     def _spawn(self, subscription_id: str, alert: Alert, attempts: int) -> None:
         lane = (subscription_id, alert.modality, alert.stream)

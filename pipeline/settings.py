@@ -167,6 +167,9 @@ class DeliverySettings(BaseModel):
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
     backoff_jitter: float = Field(default=0.1, ge=0, le=1, description="each delay is scaled by 1 ± this at random")
+    journal_retention_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="finished deliveries older than this leave the journal"
+    )
 
 
 class VideoSettings(BaseModel):

@@ -2,9 +2,10 @@ import asyncio
 
 import pytest
 
-from operators.delivery import AlertHub, sign, verify_signature
-from operators.subscriptions import Selector
-from pipeline.contracts import Alert
+from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal, sign, verify_signature
+from operators.subscriptions import Selector, SubscriptionStore
+from pipeline.contracts import Alert, DeadLetter
+from pipeline.settings import DeliverySettings
 
 
 def test_signature_matches_the_published_hmac_sha256_vector() -> None:
@@ -58,3 +59,48 @@ async def test_hub_fans_out_by_selector_and_a_slow_listener_loses_its_oldest() -
     hub.unsubscribe(pumps)
     hub.unsubscribe(fans)
     assert hub.listeners == 0
+
+
+def test_journal_drops_old_finished_deliveries_and_keeps_pending_ones(tmp_path, monkeypatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("operators.delivery.time.time", lambda: now[0])
+    journal = DeliveryJournal(tmp_path / "journal.sqlite")
+    delivered, pending, dead, cancelled, recent = (_alert("pump-1", n) for n in range(5))
+    for alert in (delivered, pending, dead, cancelled):
+        assert journal.add("sub-1", alert)
+    journal.record("sub-1", delivered, 1, "delivered", None)
+    journal.record("sub-1", dead, 5, "dead_lettered", "HTTP 503")
+    journal.record("sub-1", cancelled, 0, "cancelled", "subscription removed or off")
+    journal.record("sub-1", pending, 2, "pending", "HTTP 503")
+    now[0] = 2000.0
+    assert journal.add("sub-1", recent)
+    journal.record("sub-1", recent, 1, "delivered", None)
+
+    assert journal.prune(finished_before=1500.0) == 3
+    assert journal.summary() == {"pending": 1, "delivered": 1, "dead_lettered": 0, "cancelled": 0, "attempts": 3}
+    assert [alert.alert_id for _, alert, _ in journal.pending()] == [pending.alert_id]
+    # a pruned transition can be journalled (and so delivered) again; a kept one still cannot
+    assert journal.add("sub-1", delivered) and not journal.add("sub-1", recent)
+    journal.close()
+
+
+async def test_dispatcher_prunes_the_journal_when_it_starts(tmp_path, monkeypatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("operators.delivery.time.time", lambda: now[0])
+    journal = DeliveryJournal(tmp_path / "journal.sqlite")
+    old = _alert("pump-1", 1)
+    journal.add("sub-1", old)
+    journal.record("sub-1", old, 1, "delivered", None)
+    now[0] = 1000.0 + 7 * 24 * 3600 + 1
+    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+
+    async def nowhere(_: DeadLetter) -> None:
+        raise AssertionError("nothing is dead-lettered here")
+
+    dispatcher = AlertDispatcher(
+        store, journal, settings=DeliverySettings(), dead_letter=nowhere, source_topic="alerts"
+    )
+    assert await dispatcher.start() == 0
+    assert dispatcher.summary()["delivered"] == 0
+    await dispatcher.stop()
+    journal.close()

@@ -204,6 +204,17 @@ def test_anomalous_window_scores_higher_than_normal(tiny_detector: TimeSeriesDet
         assert scores["SCORE"][1] > scores["SCORE"][0]
 
 
+@pytest.mark.parametrize("mode", ["imputation", "reconstruction"])
+def test_a_shift_spanning_the_whole_window_alarms(tiny_detector: TimeSeriesDetector, mode: str) -> None:
+    steps = np.arange(100, 108)[:, None]
+    normal = (np.sin(steps / 5 + np.arange(3))).astype(np.float32)[None]
+    shifted = normal.copy()
+    shifted[0, :, 1] += 6 * tiny_detector.normalizer.params("pump-a")[1][1]  # six training std, every step
+    scores = tiny_detector.score(np.concatenate([normal, shifted]), ["pump-a"] * 2, [mode] * 2)
+    assert scores["SCORE"][0] < 1.0 < scores["SCORE"][1]
+    assert scores["CHANNEL_SCORES"][1].argmax() == 1
+
+
 def test_saved_detector_reloads_with_identical_scores(tiny_detector: TimeSeriesDetector, tmp_path) -> None:
     tiny_detector.save(tmp_path / "model")
     restored = TimeSeriesDetector.load(tmp_path / "model", device="cpu")

@@ -7,7 +7,7 @@ import pytest
 
 from triton_models.timeseries.baselines import level_scores
 from triton_models.timeseries.calibration import stream_thresholds
-from triton_models.timeseries.detector import ModeCalibration, window_scores
+from triton_models.timeseries.detector import ModeCalibration, guard_levels, window_levels, window_scores
 from triton_models.timeseries.training import CHANNEL_SCALE_FLOOR, MIN_STREAM_WINDOWS, calibrate_mode
 
 
@@ -15,10 +15,19 @@ def _errors(seed: int, windows: int, scale: list[float]) -> np.ndarray:
     return np.abs(np.random.default_rng(seed).normal(size=(windows, 8, len(scale)))) * np.asarray(scale)
 
 
+def _level_zero(held_out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Windows sitting at their training level: only the errors count."""
+    return {name: np.zeros((len(e), e.shape[2]), dtype=np.float32) for name, e in held_out.items()}
+
+
+def _with_levels(held_out: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    return held_out, _level_zero(held_out)
+
+
 def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served_scores() -> None:
     quiet = _errors(0, 200, [1.0, 2.0])
     held_out = {"quiet": quiet, "loud": 100 * quiet}
-    calibration, served = calibrate_mode(held_out, risk=1e-2)
+    calibration, served = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
     assert calibration.stream("loud").threshold == pytest.approx(calibration.stream("quiet").threshold)
     quiet_scale = np.asarray(calibration.stream("quiet").channel_scale)
     np.testing.assert_allclose(calibration.stream("loud").channel_scale, 100 * quiet_scale, rtol=1e-6)
@@ -33,14 +42,14 @@ def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served
 
 def test_a_noisy_channel_does_not_dominate_its_stream() -> None:
     errors = _errors(1, 100, [1.0, 5.0])
-    calibration, _ = calibrate_mode({"pump": errors}, risk=1e-2)
+    calibration, _ = calibrate_mode({"pump": errors}, _level_zero({"pump": errors}), risk=1e-2)
     scaled = errors / np.asarray(calibration.stream("pump").channel_scale)
     assert scaled[..., 0].mean() == pytest.approx(1.0) and scaled[..., 1].mean() == pytest.approx(1.0)
 
 
 def test_unknown_and_short_streams_use_the_pooled_default() -> None:
     held_out = {"long": _errors(2, 300, [1.0, 1.0]), "short": _errors(3, MIN_STREAM_WINDOWS - 1, [5.0, 5.0])}
-    calibration, _ = calibrate_mode(held_out, risk=1e-2)
+    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
     assert set(calibration.streams) == {"default", "long"}
     assert calibration.stream("short") is calibration.stream("never-seen") is calibration.streams["default"]
     assert calibration.default_threshold.value == calibration.streams["default"].threshold
@@ -49,13 +58,13 @@ def test_unknown_and_short_streams_use_the_pooled_default() -> None:
 def test_a_channel_flat_in_the_held_out_tail_keeps_a_floor_scale() -> None:
     flat = _errors(4, 100, [1.0, 1.0])
     flat[..., 1] = 0.0
-    calibration, _ = calibrate_mode({"flat": flat}, risk=1e-2)
+    calibration, _ = calibrate_mode({"flat": flat}, _level_zero({"flat": flat}), risk=1e-2)
     scale = calibration.stream("flat").channel_scale
     assert scale[1] == pytest.approx(CHANNEL_SCALE_FLOOR * (scale[0] + 0.0) / 2)
 
 
 def test_calibration_survives_json() -> None:
-    calibration, _ = calibrate_mode({"a": _errors(6, 50, [1.0, 3.0])}, risk=1e-2)
+    calibration, _ = calibrate_mode(*_with_levels({"a": _errors(6, 50, [1.0, 3.0])}), risk=1e-2)
     restored = ModeCalibration.from_json(calibration.to_json())
     assert restored.to_json() == calibration.to_json()
     assert restored.served_threshold()["value"] == 1.0
@@ -95,3 +104,21 @@ def test_a_one_sensor_fault_scores_the_same_however_many_healthy_channels_surrou
         np.testing.assert_allclose(scores["SCORE"], scaled[:, :, 1].mean(1), rtol=1e-6)
         np.testing.assert_allclose(scores["STEP_SCORES"], scaled[:, :, 1])
         assert np.array_equal(scores["CHANNEL_SCORES"].argmax(1), np.full(5, 1))
+
+
+def test_a_channel_is_at_least_as_anomalous_as_it_is_far_from_its_training_level() -> None:
+    rng = np.random.default_rng(0)
+    normalised = rng.normal(0.0, 0.3, size=(2, 16, 3)).astype(np.float32)
+    normalised[1, :, 0] += 4.0  # a shift spanning the whole window: imputation from its context reproduces it
+    normalised[1, :, 2] += 9.0  # the same on a slow channel: judged by shape only
+    levels = window_levels(normalised, slow_channels=[2])
+    np.testing.assert_allclose(levels[:, :2], np.abs(normalised[:, :, :2].mean(1)), rtol=1e-6)
+    assert levels[1, 0] > 3.5 and (levels[:, 2] == 0).all()
+    scaled = rng.uniform(0.5, 1.5, size=(2, 16, 3)).astype(np.float32)
+    guarded = guard_levels(scaled, levels)
+    # the shifted channel's mean is raised to its level with its per-step shape kept; means above it stay
+    assert guarded[1, :, 0].mean() == pytest.approx(levels[1, 0], rel=1e-5)
+    np.testing.assert_allclose(np.diff(guarded[1, :, 0]), np.diff(scaled[1, :, 0]), atol=1e-5)
+    np.testing.assert_array_equal(guarded[0], scaled[0])
+    np.testing.assert_array_equal(guarded[1, :, 1:], scaled[1, :, 1:])
+    assert window_scores(guarded)["CHANNEL_SCORES"][1].argmax() == 0

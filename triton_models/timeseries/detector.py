@@ -5,13 +5,14 @@ window, and returns the window score, per-step scores and per-channel contributi
 
 Per-stream calibration (the practice of the SKAB reference notebooks: every series is judged against its own
 normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
-held-out normal windows (so a sensor that is noisy even when healthy does not dominate); the window scores as its
-worst channel (``window_scores``). The stream's threshold is median + z x MAD of its held-out normal scores (z from
-one POT tail fit on the pooled robust z-scores of all streams, ``calibration.stream_thresholds``), and the served
-SCORE is mapped so that the median is 0 and the threshold 1.0 for every stream: (score - median) / (threshold -
-median). Scores of quiet and loud streams are comparable, and a stream whose normal windows sit close to its
-threshold does not outrank another stream's anomaly. Streams never seen in training use the pooled ``default``
-calibration (pooled channel scale, POT threshold on the pooled held-out scores, their median).
+held-out normal windows (so a sensor that is noisy even when healthy does not dominate), raised where needed to
+the channel's distance from its training level (``guard_levels``, against the identity shortcut); the window scores
+as its worst channel (``window_scores``). The stream's threshold is median + z x MAD of its held-out normal scores
+(z from one POT tail fit on the pooled robust z-scores of all streams, ``calibration.stream_thresholds``), and the
+served SCORE is mapped so that the median is 0 and the threshold 1.0 for every stream: (score - median) /
+(threshold - median). Scores of quiet and loud streams are comparable, and a stream whose normal windows sit
+close to its threshold does not outrank another stream's anomaly. Streams never seen in training use the pooled
+``default`` calibration (pooled channel scale, POT threshold on the pooled held-out scores, their median).
 """
 
 from __future__ import annotations
@@ -78,17 +79,37 @@ def window_scores(scaled_errors: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def window_levels(normalised: np.ndarray, slow_channels: list[int]) -> np.ndarray:
+    """Each channel's distance from its normal level [B, C]: |mean over the window| of normalised windows [B, L, C],
+    in training standard deviations; 0 for slow channels, which are judged by shape only."""
+    levels = np.abs(normalised.mean(axis=1))
+    levels[:, slow_channels] = 0.0
+    return levels.astype(np.float32)
+
+
+def guard_levels(scaled_errors: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Channel-scaled errors [B, L, C] raised, where needed, so that each channel's mean over the window is at least
+    its level [B, C] (``window_levels``); the per-step shape of the errors is kept.
+
+    The identity shortcut (Liu et al. 2025) in its most common form: a masked block is imputed from the rest of the
+    window, and a noised window is denoised from what the noise left, so a shift that spans the whole window is in
+    the model's input too and comes back in its output; only the window's edges show it. Its level is what no mask
+    hides: a channel is at least as anomalous as it is far, in standard deviations, from its training level."""
+    shortfall = np.maximum(levels - scaled_errors.mean(axis=1), 0.0)
+    return scaled_errors + shortfall[:, None, :]
+
+
 @dataclass
 class StreamCalibration:
     channel_scale: list[float]  # mean absolute error per channel on the stream's held-out normal windows
     location: float  # median raw score (worst channel's mean scaled error) of the stream's held-out normal windows
     threshold: float  # raw score above which the stream alarms
 
-    def serve(self, errors: np.ndarray) -> np.ndarray:
-        """Absolute errors [..., channels] -> the input of ``window_scores``, whose SCORE is then 0 at the stream's
-        median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps and the max over
-        channels)."""
-        scaled = errors / np.asarray(self.channel_scale, dtype=np.float32)
+    def serve(self, errors: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Absolute errors [B, L, C] and window levels [B, C] -> the input of ``window_scores``, whose SCORE is then
+        0 at the stream's median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps
+        and the max over channels)."""
+        scaled = guard_levels(errors / np.asarray(self.channel_scale, dtype=np.float32), levels)
         return ((scaled - self.location) / max(self.threshold - self.location, 1e-12)).astype(np.float32)
 
     def to_json(self) -> dict:
@@ -142,7 +163,7 @@ class TimeSeriesDetector:
         network: ConvDenoiser,
         normalizer: StreamNormalizer,
         calibration: dict[str, ModeCalibration] | None = None,
-        default_mode: str = "imputation",
+        default_mode: str = "reconstruction",
     ):
         self.config = config
         self.network = network
@@ -176,12 +197,10 @@ class TimeSeriesDetector:
         windows = torch.from_numpy(np.ascontiguousarray(centred, dtype=np.float32)).to(self.device)
         return self.scorer.squared_errors(windows, mode).sqrt().cpu().numpy()
 
-    def scaled_errors(self, errors: np.ndarray, stream: str, mode: str) -> np.ndarray:
-        """Absolute errors of one stream on the stream's calibrated scale, the input of ``window_scores`` (SCORE 0 =
-        the stream's median normal window, 1.0 = its threshold); uncalibrated modes return the errors unchanged."""
-        if mode not in self.calibration:
-            return errors
-        return self.calibration[mode].stream(stream).serve(errors)
+    def scaled_errors(self, errors: np.ndarray, levels: np.ndarray, stream: str, mode: str) -> np.ndarray:
+        """Absolute errors of one stream's windows and their levels (``window_levels``) on the stream's calibrated
+        scale, the input of ``window_scores`` (SCORE 0 = the stream's median normal window, 1.0 = its threshold)."""
+        return self.calibration[mode].stream(stream).serve(errors, levels)
 
     def score(self, windows: np.ndarray, streams: list[str], modes: list[str]) -> dict[str, np.ndarray]:
         """Scores for raw windows; returns SCORE [B], STEP_SCORES [B, L], CHANNEL_SCORES [B, C] as float32."""
@@ -189,6 +208,7 @@ class TimeSeriesDetector:
         if length != self.config.window or channels != len(self.config.channels):
             raise ValueError(f"windows must be [batch, {self.config.window}, {len(self.config.channels)}]")
         normalised = self.normalise_windows(windows, streams)
+        levels = window_levels(normalised, self.config.slow_channels)
         errors = np.zeros(windows.shape, dtype=np.float32)
         for mode in set(modes):
             if mode not in MODES:
@@ -197,7 +217,7 @@ class TimeSeriesDetector:
             errors[rows] = self.absolute_errors(normalised[rows], mode)
             for stream in {streams[i] for i in rows}:
                 selected = [i for i in rows if streams[i] == stream]
-                errors[selected] = self.scaled_errors(errors[selected], stream, mode)
+                errors[selected] = self.scaled_errors(errors[selected], levels[selected], stream, mode)
         return window_scores(errors)
 
     def save(self, directory: Path) -> None:

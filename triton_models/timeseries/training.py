@@ -15,6 +15,8 @@ from triton_models.timeseries.detector import (
     ModelConfig,
     StreamCalibration,
     TimeSeriesDetector,
+    guard_levels,
+    window_levels,
     window_scores,
 )
 from triton_models.timeseries.networks import ConvDenoiser
@@ -131,13 +133,17 @@ MIN_STREAM_WINDOWS = 20
 CHANNEL_SCALE_FLOOR = 0.1
 
 
-def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple[ModeCalibration, np.ndarray]:
-    """Per-stream calibration from absolute errors [windows, length, channels] of each stream's held-out normal
-    windows: per-stream channel scale, then per-stream thresholds from one pooled tail model (``stream_thresholds``).
-    Returns the calibration and the served scores of all held-out windows (1.0 = threshold)."""
+def calibrate_mode(
+    held_out_errors: dict[str, np.ndarray], held_out_levels: dict[str, np.ndarray], risk: float
+) -> tuple[ModeCalibration, np.ndarray]:
+    """Per-stream calibration from absolute errors [windows, length, channels] and levels [windows, channels]
+    (``window_levels``) of each stream's held-out normal windows: per-stream channel scale, then per-stream
+    thresholds from one pooled tail model (``stream_thresholds``). Returns the calibration and the served scores of
+    all held-out windows (1.0 = threshold)."""
     pooled_errors = np.concatenate(list(held_out_errors.values()))
+    pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    pooled_scores = window_scores(pooled_errors / pooled_scale)["SCORE"]
+    pooled_scores = window_scores(guard_levels(pooled_errors / pooled_scale, pooled_levels))["SCORE"]
     default_threshold = pot_threshold(pooled_scores, risk)
     scales, scores = {}, {}
     for name, errors in held_out_errors.items():
@@ -145,7 +151,7 @@ def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple
             continue
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        scores[name] = window_scores(errors / scales[name])["SCORE"]
+        scores[name] = window_scores(guard_levels(errors / scales[name], held_out_levels[name]))["SCORE"]
     default = StreamCalibration(pooled_scale.tolist(), float(np.median(pooled_scores)), default_threshold.value)
     streams = {DEFAULT_STREAM: default}
     tail = None
@@ -158,7 +164,8 @@ def calibrate_mode(held_out_errors: dict[str, np.ndarray], risk: float) -> tuple
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
     served = [
-        window_scores(calibration.stream(name).serve(errors))["SCORE"] for name, errors in held_out_errors.items()
+        window_scores(calibration.stream(name).serve(errors, held_out_levels[name]))["SCORE"]
+        for name, errors in held_out_errors.items()
     ]
     return calibration, np.concatenate(served)
 
@@ -193,9 +200,10 @@ def fit_detector(
     losses = train_denoiser(network, schedule, train, epochs, config.seed, progress=progress)
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
+    levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
     for mode in tqdm(MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
-        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, risk)
+        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, risk)
     held_out_count = sum(len(w) for w in held_out.values())
     report = FitReport(losses, len(train), held_out_count, calibration_scores, {n: len(v) for n, v in tables.items()})
     return detector, report

@@ -5,7 +5,7 @@ Readings and frames -> tansu -> ``diffsentry run`` (a separate worker process) -
 Two suites, one command (each on its own local stack, since both serve models named ts_diffusion/video_diffusion):
 
 - **trained** (the headline numbers in ``benchmarks/e2e.json``): the demo's small trained ``ts_diffusion`` (SKAB,
-  window 32, stride 1, imputation mode by default) and ``video_diffusion`` (Ped2, 144x96, K=4), trained once and
+  window 32, stride 1, the model card's default mode) and ``video_diffusion`` (Ped2, 144x96, K=4), trained once and
   cached (``pipeline.demo_models``). Sensor capacity = windows written per second while a backlog drains, for
   several Triton batch sizes and numbers of streams, in both scoring modes; video capacity = frames written per
   second while a backlog of Ped2 test frames of several cameras drains; latency = the worker's histogram

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from triton_models.timeseries.data import read_table
+from triton_models.timeseries.data import read_table, write_table
 
 CHANNELS = ["Accelerometer1RMS", "Current", "Pressure"]
 
@@ -102,15 +102,6 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     assert (tmp_path / "summary.png").is_file()
 
 
-def _write_bench_table(path: Path, columns: list[str], values: np.ndarray, labels: np.ndarray | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [",".join(["timestamp", *columns, *(["label"] if labels is not None else [])])]
-    for i, row in enumerate(values):
-        cells = ["" if np.isnan(v) else f"{v:.5f}" for v in row]
-        lines.append(",".join([str(i), *cells, *([str(labels[i])] if labels is not None else [])]))
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_evaluate_ts_takes_gaps_a_constant_channel_and_any_column_order(tmp_path: Path) -> None:
     """Data from another plant: readings missing here and there, a sensor that never moves, and one series whose
     columns come in another order; every test row still gets a finite score."""
@@ -124,8 +115,9 @@ def test_evaluate_ts_takes_gaps_a_constant_channel_and_any_column_order(tmp_path
         labels[120:160] = 1
         rows[300 + 120 : 300 + 160, 0] += 3.0
         order = [3, 2, 1, 0] if index else [0, 1, 2, 3]
-        _write_bench_table(bench / name / "train.csv", [columns[c] for c in order], rows[:300, order], None)
-        _write_bench_table(bench / name / "test.csv", [columns[c] for c in order], rows[300:, order], labels)
+        names, stamps = [columns[c] for c in order], [str(i) for i in range(500)]
+        write_table(bench / name / "train.csv", stamps[:300], names, rows[:300, order])  # NaN reads as missing
+        write_table(bench / name / "test.csv", stamps[300:], names, rows[300:, order], labels)
     out = tmp_path / "results.json"
     args = ["evaluate", "ts", str(bench), "--out", str(out), "--window", "8", "--epochs", "1"]
     result = CliRunner().invoke(app, args)

@@ -20,10 +20,6 @@ def _level_zero(held_out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.zeros((len(e), e.shape[2]), dtype=np.float32) for name, e in held_out.items()}
 
 
-def _with_levels(held_out: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    return held_out, _level_zero(held_out)
-
-
 def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served_scores() -> None:
     quiet = _errors(0, 200, [1.0, 2.0])
     held_out = {"quiet": quiet, "loud": 100 * quiet}
@@ -64,7 +60,8 @@ def test_a_channel_flat_in_the_held_out_tail_keeps_a_floor_scale() -> None:
 
 
 def test_calibration_survives_json() -> None:
-    calibration, _ = calibrate_mode(*_with_levels({"a": _errors(6, 50, [1.0, 3.0])}), risk=1e-2)
+    held_out = {"a": _errors(6, 50, [1.0, 3.0])}
+    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
     restored = ModeCalibration.from_json(calibration.to_json())
     assert restored.to_json() == calibration.to_json()
     assert restored.served_threshold()["value"] == 1.0

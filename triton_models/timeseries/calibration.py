@@ -52,6 +52,11 @@ def pot_threshold(
     return Threshold(float(value), "pot", risk, initial_level, int(peaks.size), float(shape), float(scale))
 
 
+def served_scale(values: np.ndarray, location: float, threshold: float) -> np.ndarray:
+    """Scores on a stream's served scale: 0 at its median normal score (``location``), 1.0 at its threshold."""
+    return (values - location) / max(threshold - location, 1e-12)
+
+
 @dataclass
 class StreamThresholds:
     """Per-stream thresholds sharing one tail model: ``threshold[s] = location[s] + z * spread[s]``."""

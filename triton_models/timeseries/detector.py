@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from triton_models.diffusion import NoiseSchedule
-from triton_models.timeseries.calibration import Threshold
+from triton_models.timeseries.calibration import Threshold, served_scale
 from triton_models.timeseries.networks import ConvDenoiser
 from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer, centre_slow_channels
 from triton_models.timeseries.scoring import MODES, DiffusionScorer, ScoringConfig
@@ -110,7 +110,7 @@ class StreamCalibration:
         0 at the stream's median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps
         and the max over channels)."""
         scaled = guard_levels(errors / np.asarray(self.channel_scale, dtype=np.float32), levels)
-        return ((scaled - self.location) / max(self.threshold - self.location, 1e-12)).astype(np.float32)
+        return served_scale(scaled, self.location, self.threshold).astype(np.float32)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from triton_models import metrics
 from triton_models.timeseries.baselines import PcaDetector, level_scores, random_scores
-from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
+from triton_models.timeseries.calibration import pot_threshold, served_scale, stream_thresholds
 from triton_models.timeseries.data import Series, read_benchmark
 from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector, window_levels, window_scores
 from triton_models.timeseries.scoring import MODES
@@ -217,8 +217,7 @@ def _per_stream_scored(held_out: dict[str, np.ndarray], test: dict[str, np.ndarr
     stream's median, 1 at its threshold."""
     fitted = stream_thresholds(held_out, risk)
     scores = {
-        name: (values - fitted.locations[name]) / max(fitted.thresholds[name] - fitted.locations[name], 1e-12)
-        for name, values in test.items()
+        name: served_scale(values, fitted.locations[name], fitted.thresholds[name]) for name, values in test.items()
     }
     return Scored(scores, 1.0, {"value": 1.0, "method": "per_stream", "z": fitted.tail.to_json()})
 

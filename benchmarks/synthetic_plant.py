@@ -3,7 +3,7 @@
 Every sensor is a sine (its own period of 40-250 rows and phase) plus 0.1 noise; anomalies hit one sensor each:
 
 - ``offsets``: 3 series x 20 sensors, 20,000 train + 5,000 test rows; sensor 5 never moves; 1 % of the readings
-  are missing (empty cells); 5 sustained offsets of 1.5-4 (a miscalibrated or drifting-off sensor) per series.
+  are missing (`nan` cells); 5 sustained offsets of 1.5-4 (a miscalibrated or drifting-off sensor) per series.
 - ``shapes``: 3 series x 12 sensors, 12,000 train + 5,000 test rows; 8 anomalies per series whose level stays
   put: a tripled frequency, a noise burst, a stuck sensor, a collapsed amplitude.
 
@@ -14,9 +14,15 @@ Every sensor is a sine (its own period of 40-250 rows and phase) plus 0.1 noise;
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from triton_models.timeseries.data import write_table  # noqa: E402
 
 KINDS = {"offsets": (20, 20_000, 5, 0), "shapes": (12, 12_000, 8, 1)}  # sensors, train rows, anomalies, seed
 TEST_ROWS = 5_000
@@ -55,18 +61,6 @@ def _series(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return values, labels
 
 
-def _write(path: Path, first_row: int, values: np.ndarray, labels: np.ndarray | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = ["timestamp", *(f"sensor{c:02d}" for c in range(values.shape[1]))] + (
-        ["label"] if labels is not None else []
-    )
-    lines = [",".join(header)]
-    for i, row in enumerate(values):
-        cells = ["" if np.isnan(v) else f"{v:.4f}" for v in row]
-        lines.append(",".join([str(first_row + i), *cells, *([str(labels[i])] if labels is not None else [])]))
-    path.write_text("\n".join(lines) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=sorted(KINDS))
@@ -76,8 +70,10 @@ def main() -> None:
     train_rows = KINDS[args.kind][1]
     for index in range(3):
         values, labels = _series(args.kind, rng)
-        _write(args.out / f"{args.kind}-{index}" / "train.csv", 0, values[:train_rows], None)
-        _write(args.out / f"{args.kind}-{index}" / "test.csv", train_rows, values[train_rows:], labels)
+        sensors, stamps = [f"sensor{c:02d}" for c in range(values.shape[1])], [str(i) for i in range(len(values))]
+        folder = args.out / f"{args.kind}-{index}"
+        write_table(folder / "train.csv", stamps[:train_rows], sensors, values[:train_rows])
+        write_table(folder / "test.csv", stamps[train_rows:], sensors, values[train_rows:], labels)
     print(f"wrote {args.out}")
 
 

@@ -20,12 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
+from core.contracts import Alert, DeadLetter, Score
+from core.settings import AlertingSettings, DeliverySettings
 from operators.alerting import AlertEngine, AlertStateStore, MemoryAlertStateStore, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, DeliveryJournal
 from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
-from pipeline.contracts import Alert, DeadLetter, Score
-from pipeline.settings import AlertingSettings, DeliverySettings
 
 RESULTS = Path(__file__).parent
 STREAMS = 50

@@ -42,13 +42,8 @@ import matplotlib.pyplot as plt
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from infra import stack as local_stack
-from infra.state import running_stack_addresses
-from operators.model_cards import card_path, load_ts_card
-from pipeline.contracts import FRAME_HEADER, SensorReading, VideoFrame
-from pipeline.demo_models import DemoModels, data_dir, ensure_models
-from pipeline.prometheus_text import diff, histogram, parse_metrics, quantile, total
-from pipeline.settings import (
+from core.contracts import FRAME_HEADER, SensorReading, VideoFrame
+from core.settings import (
     ApiSettings,
     InfluxSettings,
     KafkaSettings,
@@ -58,7 +53,12 @@ from pipeline.settings import (
     TopicSettings,
     TritonSettings,
 )
-from pipeline.topics import create_declared_topics
+from core.stack_state import running_stack_addresses
+from infra import stack as local_stack
+from infra.kafka import create_declared_topics
+from operators.model_cards import card_path, load_ts_card
+from pipeline.demo_models import DemoModels, data_dir, ensure_models
+from pipeline.prometheus_text import diff, histogram, parse_metrics, quantile, total
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent

@@ -9,10 +9,10 @@ from dataclasses import asdict
 
 import typer
 
+from core.settings import Settings, get_settings
 from infra import stack
 from infra.doctor import run_checks
-from pipeline.settings import Settings, get_settings
-from pipeline.topics import create_declared_topics
+from infra.kafka import create_declared_topics
 
 
 def _quiet_kafka_client() -> None:

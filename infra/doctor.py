@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import tritonclient.http as httpclient
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from core.settings import InfluxSettings, Settings
+from infra import kafka
 from infra.victoria_metrics import export_series
-from pipeline.settings import InfluxSettings, Settings
 from triton_models.paths import PING_MODEL
 
 CHECK_TIMEOUT_S = 20.0
@@ -50,20 +51,19 @@ class CheckResult:
 
 
 async def _kafka_round_trip(settings: Settings) -> str:
-    options = settings.kafka.client_options()
     topic = f"diffsentry.doctor-{uuid.uuid4().hex[:12]}"
     payload = f"doctor {time.time()}".encode()
-    admin = AIOKafkaAdminClient(**options)
+    admin = kafka.admin(settings.kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        producer = AIOKafkaProducer(**options, acks="all")
+        producer = kafka.producer(settings.kafka, "doctor")
         await producer.start()
         try:
             sent = await producer.send_and_wait(topic, value=payload)
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+        consumer = kafka.consumer(settings.kafka, client_suffix="doctor")
         await consumer.start()
         try:
             partition = TopicPartition(topic, 0)

@@ -8,7 +8,7 @@
   :func:`load_model` (re)loads one after training wrote it);
 - the InfluxDB v2 write API: VictoriaMetrics (Debian ``victoria-metrics``).
 
-Pids, ports and logs live in ``Settings.state_dir`` (see :mod:`infra.state`); :func:`up` starts only what is not
+Pids, ports and logs live in ``Settings.state_dir`` (see :mod:`core.stack_state`); :func:`up` starts only what is not
 running and healthy already, :func:`down` stops by pid only what the state file records.
 The functions are synchronous (Kafka checks run an event loop of their own): call them from plain code, or
 through ``asyncio.to_thread`` from async code.
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 
-from infra.state import (
+from core.settings import KafkaSettings, Settings
+from core.stack_state import (
     KAFKA,
     OBJECT_STORE,
     TRITON,
@@ -48,8 +48,8 @@ from infra.state import (
     process_runs,
     stack_services,
 )
-from pipeline.settings import KafkaSettings, Settings
-from pipeline.topics import create_declared_topics
+from infra import kafka as kafka_clients
+from infra.kafka import create_declared_topics
 from triton_models.paths import PING_MODEL, SOURCE_ROOT, TEMPLATE_REPOSITORY
 
 LOCAL_EXTRA_INSTALL = "pip install 'diffsentry[local]'"
@@ -129,7 +129,7 @@ def _http_base(address: str) -> str:
 
 
 async def _kafka_metadata(kafka: KafkaSettings, timeout_s: float) -> list[str]:
-    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=int(timeout_s * 1000))
+    admin = kafka_clients.admin(kafka, request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
         return await admin.list_topics()

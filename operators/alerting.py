@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from core.contracts import SEVERITY_ORDER, Alert, Score, Severity, decode
+from core.settings import AlertingSettings
 from operators.sqlite_store import open_database
-from pipeline.contracts import SEVERITY_ORDER, Alert, Score, Severity, decode
-from pipeline.settings import AlertingSettings
 
 Phase = Literal["ok", "pending", "firing", "resolved"]
 

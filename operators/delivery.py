@@ -26,12 +26,12 @@ from pathlib import Path
 
 import httpx
 
+from core.contracts import Alert, DeadLetter, decode
+from core.settings import DeliverySettings
 from operators.alerting import idempotency_key
 from operators.resilience import Backoff
 from operators.sqlite_store import open_database
 from operators.subscriptions import Selector, SubscriptionStore
-from pipeline.contracts import Alert, DeadLetter, decode
-from pipeline.settings import DeliverySettings
 
 log = logging.getLogger(__name__)
 

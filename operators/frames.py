@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.contracts import ContractError, VideoFrame
+from core.contracts import ContractError, VideoFrame
 
 
 def decode_frame(frame: VideoFrame, payload: bytes, height: int, width: int) -> np.ndarray:

@@ -29,9 +29,9 @@ from collections import deque
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
+from core import metrics
+from core.contracts import Alert, Score
 from operators.resilience import Backoff
-from pipeline import metrics
-from pipeline.contracts import Alert, Score
 
 MEASUREMENTS = {"sensor": "sensor_scores", "video": "video_scores"}
 STREAM_TAGS = {"sensor": "asset", "video": "camera"}

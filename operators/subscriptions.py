@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
 
+from core.contracts import SEVERITY_ORDER, Alert, Modality, Severity
 from operators.sqlite_store import open_database
-from pipeline.contracts import SEVERITY_ORDER, Alert, Modality, Severity
 
 
 class Selector(BaseModel):

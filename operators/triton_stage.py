@@ -23,8 +23,8 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from core import metrics
 from operators.resilience import Backoff, CircuitBreaker, PermanentError, call_with_retry
-from pipeline import metrics
 
 TS_OUTPUTS = ("SCORE", "STEP_SCORES", "CHANNEL_SCORES")
 PERMANENT_STATUSES = frozenset({"StatusCode.INVALID_ARGUMENT"})

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from core.contracts import Alert, ContractError, decode
 from operators.delivery import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
-from pipeline.contracts import Alert, ContractError, decode
 
 
 @dataclass

@@ -37,7 +37,7 @@ from functools import cached_property
 
 import numpy as np
 
-from pipeline.contracts import ContractError, SensorReading, SensorWindow
+from core.contracts import ContractError, SensorReading, SensorWindow
 
 
 @dataclass(frozen=True)

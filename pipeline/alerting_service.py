@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from core.contracts import Alert, Score
+from core.settings import Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
 from operators.subscriptions import SubscriptionStore
-from pipeline.contracts import Alert, Score
-from pipeline.settings import Settings
 from pipeline.subscriptions_api import serve_api
 
 ALERT_STATE_FILE = "alerts.sqlite"

@@ -45,6 +45,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core import metrics
+from core.contracts import (
+    FRAME_HEADER,
+    Alert,
+    ContractError,
+    DeadLetter,
+    Modality,
+    Score,
+    SensorReading,
+    VideoFrame,
+    decode,
+)
+from core.settings import Settings
 from operators.batching import MicroBatcher
 from operators.frames import FrameBuffer, FrameStack, decode_frame
 from operators.influx_sink import InfluxSink, alert_point, score_point
@@ -60,20 +73,7 @@ from operators.resilience import Backoff, CircuitBreaker
 from operators.thresholding import ThresholdConfig, Thresholder
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest, TsResult, VideoResult
 from operators.windowing import EmittedWindow, SensorWindower
-from pipeline import metrics
 from pipeline.alerting_service import AlertingService
-from pipeline.contracts import (
-    FRAME_HEADER,
-    Alert,
-    ContractError,
-    DeadLetter,
-    Modality,
-    Score,
-    SensorReading,
-    VideoFrame,
-    decode,
-)
-from pipeline.settings import Settings
 
 log = logging.getLogger("diffsentry.worker")
 PRODUCER_BATCH_BYTES = 1 << 20

@@ -13,7 +13,7 @@ train_app = typer.Typer(no_args_is_help=True, help="Train diffusion models into 
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate models on labelled data.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Convert public data sets to the benchmark layout.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Publish sensor readings or video frames to Kafka.")
-topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics declared in pipeline/topics.py.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics declared in core/topics.py.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")

@@ -39,15 +39,15 @@ import typer
 import yaml
 from tqdm import tqdm
 
+from core.settings import AlertingSettings, Settings
+from core.stack_state import StackState
 from infra import stack as local_stack
-from infra.state import StackState
+from infra.kafka import create_declared_topics
 from infra.victoria_metrics import export_series
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.demo_models import REPO_ROOT, DemoModels, data_dir, ensure_models
 from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv, readings
 from pipeline.prometheus_text import histogram, parse_metrics, quantile, total
-from pipeline.settings import AlertingSettings, Settings
-from pipeline.topics import create_declared_topics
 from triton_models.video.frames import frame_files
 
 # Event-time alerting for SKAB's 1 Hz readings and 10 fps video: fire after 5 s anomalous (at least 3 scores),

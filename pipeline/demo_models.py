@@ -23,7 +23,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.settings import Settings
+from core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TS_CALIBRATION_ROWS = 400  # SKAB protocol: the first 400 rows of each experiment are normal (training)

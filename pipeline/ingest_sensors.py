@@ -23,12 +23,11 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from pipeline.app import PRODUCER_BATCH_BYTES
-from pipeline.contracts import SensorReading
-from pipeline.settings import Settings, get_settings
+from core.contracts import SensorReading
+from core.settings import Settings, get_settings
+from infra import kafka
 from triton_models.timeseries.data import read_table
 
 
@@ -81,14 +80,7 @@ def readings(table: ReplayTable, asset: str, loop: bool) -> Iterator[SensorReadi
 async def publish(
     settings: Settings, table: ReplayTable, asset: str, speed: float, loop: bool, limit: int | None = None
 ) -> int:
-    kafka = settings.kafka
-    producer = AIOKafkaProducer(
-        **{**kafka.client_options(), "client_id": f"{kafka.client_id}-ingest"},
-        acks="all",
-        linger_ms=5,
-        max_batch_size=PRODUCER_BATCH_BYTES,
-        enable_idempotence=False,
-    )
+    producer = kafka.producer(settings.kafka, "ingest", linger_ms=5)
     await producer.start()
     sent = 0
     pending: list[asyncio.Future] = []

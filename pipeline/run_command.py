@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
+from core.settings import get_settings
+from infra.kafka import create_declared_topics
 from operators.model_cards import ModelCardError
 from pipeline.app import Worker
-from pipeline.settings import get_settings
-from pipeline.topics import create_declared_topics
 
 
 def run(

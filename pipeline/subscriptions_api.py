@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from core.settings import Settings
 from operators.alerting import idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub
 from operators.subscriptions import Selector, Subscription, SubscriptionSpec, SubscriptionStore
-from pipeline.settings import Settings
 
 KEEPALIVE_S = 15.0
 

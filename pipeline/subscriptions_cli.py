@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from pipeline.settings import get_settings
+from core.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Manage alert subscriptions (through the REST API of `diffsentry run`).")
 

@@ -15,10 +15,12 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
+from core.contracts import FRAME_HEADER, VideoFrame
+from core.settings import Settings, get_settings
+from infra import kafka
+from infra.kafka import create_declared_topics
 from operators.video_source import (
     Encoding,
     ResilientSource,
@@ -29,9 +31,6 @@ from operators.video_source import (
     iter_folder,
     sampled_model_frames,
 )
-from pipeline.contracts import FRAME_HEADER, VideoFrame
-from pipeline.settings import Settings, get_settings
-from pipeline.topics import ensure_topics
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -56,20 +55,6 @@ def open_frames(source: str, fps: float, loop: bool, stats: SourceStats) -> Resi
     return ResilientSource(opener, stats, loop=loop, live=live)
 
 
-def _producer(settings: Settings) -> AIOKafkaProducer:
-    kafka = settings.kafka
-    return AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-video-ingest",
-        security_protocol=kafka.security_protocol,
-        sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
-        sasl_plain_username=kafka.sasl_username,
-        sasl_plain_password=kafka.sasl_password,
-        acks="all",
-        linger_ms=5,
-    )
-
-
 async def publish_frames(
     settings: Settings,
     frames: Iterator[tuple[float, np.ndarray]],
@@ -80,13 +65,8 @@ async def publish_frames(
     progress: bool = True,
 ) -> int:
     """Send every (source time, frame) to the video topic; returns the number of frames published."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        await ensure_topics(settings, admin)
-    finally:
-        await admin.close()
-    producer = _producer(settings)
+    await create_declared_topics(settings)
+    producer = kafka.producer(settings.kafka, "video-ingest", linger_ms=5)
     await producer.start()
     started = time.time()
     sent = 0

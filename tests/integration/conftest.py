@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from core.settings import Settings
+from core.stack_state import running_stack_addresses
 from infra import stack
-from infra.state import running_stack_addresses
-from pipeline.settings import Settings
 from triton_models.paths import SOURCE_ROOT
 
 

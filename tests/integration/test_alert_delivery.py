@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner
 
+from core.contracts import Alert, DeadLetter, Score, Severity, decode
+from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings
 from operators.alerting import AlertEngine, idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
 from operators.subscriptions import SubscriptionStore
@@ -22,8 +24,6 @@ from operators.webhook_receiver import WebhookReceiver
 from pipeline import settings as settings_module
 from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
-from pipeline.contracts import Alert, DeadLetter, Score, Severity, decode
-from pipeline.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings
 from pipeline.subscriptions_api import serve_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -9,8 +9,8 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from core.settings import Settings
 from infra.victoria_metrics import export_series
-from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
 

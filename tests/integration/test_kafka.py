@@ -11,7 +11,7 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from pipeline.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

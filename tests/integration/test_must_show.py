@@ -19,17 +19,17 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from core.contracts import Alert, decode
+from core.settings import Settings
+from core.stack_state import running_stack_addresses
 from infra import stack as local_stack
-from infra.state import running_stack_addresses
+from infra.kafka import create_declared_topics
 from infra.victoria_metrics import export_series
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.app import Worker
-from pipeline.contracts import Alert, decode
 from pipeline.demo import DEMO_ALERTING, expected_window_count, run_settings
 from pipeline.demo_models import DemoModels, data_dir, train_ts
 from pipeline.ingest_sensors import publish, read_sensor_csv
-from pipeline.settings import Settings
-from pipeline.topics import create_declared_topics
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from pipeline.offsets import high_watermarks
-from pipeline.settings import Settings
+from core.settings import Settings
+from infra import kafka
+from infra.kafka import high_watermarks
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +18,7 @@ async def test_high_watermarks_count_every_batch_and_empty_partitions(
     local_stack: Settings, new_topic: Callable[..., Awaitable[str]]
 ) -> None:
     topic = await new_topic(partitions=3)
-    producer = AIOKafkaProducer(**local_stack.kafka.client_options(), acks="all")
+    producer = kafka.producer(local_stack.kafka)
     await producer.start()
     try:
         # Partition 0: several batches of different sizes (tansu's ListOffsets answers from the newest batch only).

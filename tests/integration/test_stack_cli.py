@@ -18,9 +18,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infra.state import OBJECT_STORE, ServiceRecord, StackState, process_runs
-from pipeline.offsets import high_watermarks
-from pipeline.settings import KafkaSettings
+from core.settings import KafkaSettings
+from core.stack_state import OBJECT_STORE, ServiceRecord, StackState, process_runs
+from infra.kafka import high_watermarks
 from triton_models.paths import SOURCE_ROOT
 
 pytestmark = pytest.mark.integration

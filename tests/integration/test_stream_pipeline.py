@@ -25,17 +25,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from PIL import Image
 
-from infra import stack as local_stack_services
-from infra.state import TRITON, VICTORIA_METRICS, StackState
-from operators.model_cards import card_path, load_ts_card
-from operators.resilience import Backoff, CircuitBreaker
-from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
-from operators.windowing import SensorWindower
-from pipeline.app import Worker
-from pipeline.contracts import FRAME_HEADER, Alert, DeadLetter, SensorReading, VideoFrame, decode
-from pipeline.demo_models import data_dir
-from pipeline.ingest_sensors import publish, read_sensor_csv, readings
-from pipeline.settings import (
+from core.contracts import FRAME_HEADER, Alert, DeadLetter, SensorReading, VideoFrame, decode
+from core.settings import (
     AlertingSettings,
     ApiSettings,
     InfluxSettings,
@@ -47,7 +38,16 @@ from pipeline.settings import (
     TopicSettings,
     TritonSettings,
 )
-from pipeline.topics import create_declared_topics
+from core.stack_state import TRITON, VICTORIA_METRICS, StackState
+from infra import stack as local_stack_services
+from infra.kafka import create_declared_topics
+from operators.model_cards import card_path, load_ts_card
+from operators.resilience import Backoff, CircuitBreaker
+from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
+from operators.windowing import SensorWindower
+from pipeline.app import Worker
+from pipeline.demo_models import data_dir
+from pipeline.ingest_sensors import publish, read_sensor_csv, readings
 
 pytestmark = pytest.mark.integration
 

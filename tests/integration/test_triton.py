@@ -9,8 +9,8 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 
+from core.settings import Settings
 from infra.stack import StackError, load_model, unload_model
-from pipeline.settings import Settings
 from triton_models.paths import PING_MODEL, SOURCE_ROOT, TEMPLATE_REPOSITORY
 
 pytestmark = pytest.mark.integration

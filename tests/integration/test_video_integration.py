@@ -14,9 +14,9 @@ import torch
 import tritonclient.http as httpclient
 from aiokafka import AIOKafkaConsumer
 
+from core.contracts import FRAME_HEADER, VideoFrame, decode
 from infra.stack import triton_only
 from operators.video_source import decode_frame, write_synthetic_clip
-from pipeline.contracts import FRAME_HEADER, VideoFrame, decode
 from pipeline.video_triton import score_through_triton
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches

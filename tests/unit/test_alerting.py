@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from core.contracts import Alert, Modality, Score, decode
+from core.settings import AlertingSettings
 from operators.alerting import AlertEngine, SqliteAlertStateStore, StreamState, alert_id_for, idempotency_key
-from pipeline.contracts import Alert, Modality, Score, decode
-from pipeline.settings import AlertingSettings
 
 SETTINGS = AlertingSettings(
     for_s=3.0, for_points=2, resolve_ratio=0.8, resolve_for_s=2.0, cooldown_s=10.0, critical_ratio=2.0, max_gap_s=30.0

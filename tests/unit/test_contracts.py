@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.contracts import (
+from core.contracts import (
     FRAME_HEADER,
     Alert,
     ContractError,

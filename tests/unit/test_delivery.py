@@ -2,10 +2,10 @@ import asyncio
 
 import pytest
 
+from core.contracts import Alert, DeadLetter
+from core.settings import DeliverySettings
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal, sign, verify_signature
 from operators.subscriptions import Selector, SubscriptionStore
-from pipeline.contracts import Alert, DeadLetter
-from pipeline.settings import DeliverySettings
 
 
 def test_signature_matches_the_published_hmac_sha256_vector() -> None:

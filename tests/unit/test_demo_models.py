@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.settings import Settings
 from pipeline.demo import DEMO_ALERTING, run_settings
 from pipeline.demo_models import REPO_ROOT, DemoModels, data_dir
-from pipeline.settings import Settings
 
 
 def test_asset_id_names_the_replayed_experiment() -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.contracts import ContractError, VideoFrame
 from operators.frames import FrameBuffer, decode_frame
-from pipeline.contracts import ContractError, VideoFrame
 
 
 def frame(seq: int, camera: str = "cam", encoding: str = "raw", size: tuple[int, int] = (4, 6)) -> VideoFrame:

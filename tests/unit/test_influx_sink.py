@@ -1,5 +1,5 @@
+from core.contracts import Alert, Score
 from operators.influx_sink import alert_point, event_time_ms, score_point
-from pipeline.contracts import Alert, Score
 
 
 def sensor_score(**overrides) -> Score:

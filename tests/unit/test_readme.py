@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.settings import Settings
+from core.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

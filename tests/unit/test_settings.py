@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.state import KAFKA, TRITON, VICTORIA_METRICS, ServiceRecord, StackState
-from pipeline.settings import Settings
+from core.settings import Settings
+from core.stack_state import KAFKA, TRITON, VICTORIA_METRICS, ServiceRecord, StackState
 
 
 @pytest.fixture(autouse=True)

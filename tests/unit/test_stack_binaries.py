@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
+from core.stack_state import StackState
 from infra import stack
-from infra.state import StackState
-from pipeline.settings import Settings
 
 
 def test_missing_victoria_metrics_names_the_apt_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

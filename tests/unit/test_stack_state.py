@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infra.state import KAFKA, OBJECT_STORE, SERVICES, ServiceRecord, StackState, stack_services
+from core.stack_state import KAFKA, OBJECT_STORE, SERVICES, ServiceRecord, StackState, stack_services
 
 
 def test_mode_round_trips_and_defaults_to_memory_for_old_state_files(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.contracts import Alert, Modality, Severity
 from operators.subscriptions import Delivery, Selector, SubscriptionSpec, SubscriptionStore
-from pipeline.contracts import Alert, Modality, Severity
 
 
 def alert(stream: str = "pump-1", modality: Modality = "sensor", severity: Severity = "warning") -> Alert:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from core.contracts import ContractError, SensorReading
 from operators.windowing import SensorWindower
-from pipeline.contracts import ContractError, SensorReading
 
 CHANNELS = ("b", "a")
 

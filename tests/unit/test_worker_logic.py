@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
+from core.contracts import ContractError
 from pipeline.app import AssetRegistry, OffsetLedger, _check_key
-from pipeline.contracts import ContractError
 from pipeline.ingest_sensors import read_sensor_csv, readings
 
 TP = TopicPartition("readings", 0)

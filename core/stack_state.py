@@ -1,7 +1,7 @@
 """The local stack's state file: which process runs which service, on which ports, logging where.
 
 ``<state_dir>/stack.json`` is written by ``diffsentry stack up`` and read by every command through
-:class:`pipeline.settings.Settings`, which takes the addresses of the services that are still running.
+:class:`core.settings.Settings`, which takes the addresses of the services that are still running.
 A record only counts while its pid is alive and still runs the recorded executable, so a stale file
 (after a reboot, or a crash) is harmless.
 """

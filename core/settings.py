@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core.stack_state import running_stack_addresses
+
 
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -27,23 +29,6 @@ class KafkaSettings(BaseModel):
     sasl_password: str | None = None
     client_id: str = "diffsentry"
     consumer_group: str = "diffsentry-worker"
-
-    def client_options(self) -> dict[str, Any]:
-        """Connection keyword arguments for aiokafka producers, consumers and admin clients."""
-        options: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context()
-        if self.sasl_mechanism:
-            options["sasl_mechanism"] = self.sasl_mechanism
-            options["sasl_plain_username"] = self.sasl_username
-            options["sasl_plain_password"] = self.sasl_password
-        return options
 
 
 class TopicSettings(BaseModel):
@@ -267,9 +252,6 @@ class _LocalStackSource(PydanticBaseSettingsSource):
         return self.settings_cls.model_fields["state_dir"].default
 
     def __call__(self) -> dict[str, Any]:
-        # Imported here: infra depends on this module, and only a running stack's addresses are wanted.
-        from infra.state import running_stack_addresses
-
         return running_stack_addresses(self._state_dir())
 
 

@@ -56,6 +56,7 @@ from core.settings import (
 from core.stack_state import running_stack_addresses
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
+from infra.processes import free_port
 from operators.model_cards import card_path, load_ts_card
 from pipeline.demo_models import DemoModels, data_dir, ensure_models
 from pipeline.prometheus_text import diff, histogram, parse_metrics, quantile, total
@@ -66,7 +67,7 @@ RESULTS = Path(__file__).parent
 
 class WorkerProcess:
     def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = local_stack.free_port()
+        self.port = free_port()
         config = settings.model_dump(mode="json")
         config["stream"]["metrics_port"] = self.port
         self.config = work / "worker.yaml"

@@ -11,16 +11,19 @@ high watermark, on both: :func:`high_watermarks` takes it from one short fetch p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
 
 from core.settings import KafkaSettings, Settings
 from core.topics import declared_topics
 
+log = logging.getLogger("diffsentry.kafka")
 FETCH_WAIT_MS = 100
 # Large record batches: with aiokafka's 16 KiB default, every sender waiting on a full batch wakes and retries at each
 # drain, which cost a third of the worker's CPU at a few hundred scores per second.
@@ -104,3 +107,64 @@ async def high_watermarks(
         return {tp: reader.highwater(tp) for tp in wanted}
     finally:
         await reader.stop()
+
+
+class _Revocations(ConsumerRebalanceListener):
+    def __init__(self, on_revoked: Callable[[list[TopicPartition]], Awaitable[None]]) -> None:
+        self.on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+class KafkaSource:
+    """The worker's consumer group member (``operators.ports.RecordSource``): no auto commit, earliest reset,
+    the short session timeouts tansu needs (it answers JoinGroup after about session_timeout / 2)."""
+
+    def __init__(self, settings: Settings) -> None:
+        stream = settings.stream
+        self.consumer = consumer(
+            settings.kafka,
+            client_suffix="worker",
+            group_id=settings.kafka.consumer_group,
+            session_timeout_ms=stream.session_timeout_ms,
+            heartbeat_interval_ms=stream.heartbeat_interval_ms,
+            rebalance_timeout_ms=stream.session_timeout_ms,
+            max_poll_records=stream.fetch_max_records,
+        )
+
+    async def start(self, topics: list[str], on_revoked: Callable[[list[TopicPartition]], Awaitable[None]]) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe(topics, listener=_Revocations(on_revoked))
+
+    async def fetch(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        return await self.consumer.getmany(timeout_ms=timeout_ms)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self.consumer.commit(offsets)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        # From fetch responses, so it is right even where tansu's ListOffsets(LATEST) is not.
+        return self.consumer.highwater(tp)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
+class KafkaPublisher:
+    """``operators.ports.Publisher`` over one producer."""
+
+    def __init__(self, kafka: KafkaSettings, client_suffix: str = "worker") -> None:
+        self.producer = producer(kafka, client_suffix)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def send(self, topic: str, value: bytes, key: bytes | None) -> Awaitable[Any]:
+        return await self.producer.send(topic, value, key=key)
+
+    async def stop(self) -> None:
+        await self.producer.stop()

@@ -43,6 +43,7 @@ from core.settings import AlertingSettings, Settings
 from core.stack_state import StackState
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
+from infra.processes import free_port
 from infra.victoria_metrics import export_series
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.demo_models import REPO_ROOT, DemoModels, data_dir, ensure_models
@@ -66,10 +67,8 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
         update={
             "topics": settings.topics.model_copy(update={**topics, "partitions": 1}),
             "kafka": settings.kafka.model_copy(update={"consumer_group": f"diffsentry-{run}"}),
-            "stream": settings.stream.model_copy(
-                update={"metrics_port": local_stack.free_port(), "session_timeout_ms": 3000}
-            ),
-            "api": settings.api.model_copy(update={"port": local_stack.free_port(), "token": secrets.token_hex(16)}),
+            "stream": settings.stream.model_copy(update={"metrics_port": free_port(), "session_timeout_ms": 3000}),
+            "api": settings.api.model_copy(update={"port": free_port(), "token": secrets.token_hex(16)}),
             "alerting": alerting,
             "state_dir": (settings.state_dir / "demo" / run).resolve(),
             "model_repository": settings.model_repository.resolve(),

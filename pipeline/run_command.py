@@ -12,7 +12,7 @@ import typer
 from core.settings import get_settings
 from infra.kafka import create_declared_topics
 from operators.model_cards import ModelCardError
-from pipeline.app import Worker
+from pipeline.worker import Worker
 
 
 def run(

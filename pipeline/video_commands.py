@@ -25,7 +25,7 @@ import typer
 from tqdm import tqdm
 
 from core.settings import get_settings
-from infra.stack import triton_only
+from infra.services import triton_only
 from pipeline.video_triton import score_through_triton
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches, to_unit

@@ -1,5 +1,5 @@
 """A gRPC client that scores frame windows through Triton, as several cameras would (``evaluate video`` measures
-Triton throughput with it on a server started by :func:`infra.stack.triton_only`)."""
+Triton throughput with it on a server started by :func:`infra.services.triton_only`)."""
 
 from __future__ import annotations
 

@@ -26,10 +26,10 @@ from infra import stack as local_stack
 from infra.kafka import create_declared_topics
 from infra.victoria_metrics import export_series
 from operators.webhook_receiver import WebhookReceiver
-from pipeline.app import Worker
 from pipeline.demo import DEMO_ALERTING, expected_window_count, run_settings
 from pipeline.demo_models import DemoModels, data_dir, train_ts
 from pipeline.ingest_sensors import publish, read_sensor_csv
+from pipeline.worker import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -98,9 +98,9 @@ async def test_skab_anomaly_is_scored_alerted_delivered_and_resolved(trained_sta
     running = asyncio.create_task(worker.run(stop))
     try:
         await asyncio.wait_for(worker.ready.wait(), timeout=60)
-        assert worker._alerting is not None
+        assert worker.alerting is not None
         headers = {"Authorization": f"Bearer {settings.api.token}"}
-        async with httpx.AsyncClient(base_url=worker._alerting.api_url, headers=headers, timeout=5) as api:
+        async with httpx.AsyncClient(base_url=worker.alerting.api_url, headers=headers, timeout=5) as api:
             subscription = {
                 "name": "must-show",
                 "selector": {"stream": MODELS.asset, "modality": "sensor"},

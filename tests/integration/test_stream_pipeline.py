@@ -41,13 +41,14 @@ from core.settings import (
 from core.stack_state import TRITON, VICTORIA_METRICS, StackState
 from infra import stack as local_stack_services
 from infra.kafka import create_declared_topics
+from infra.processes import free_port, stop_process
 from operators.model_cards import card_path, load_ts_card
 from operators.resilience import Backoff, CircuitBreaker
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
 from operators.windowing import SensorWindower
-from pipeline.app import Worker
 from pipeline.demo_models import data_dir
 from pipeline.ingest_sensors import publish, read_sensor_csv, readings
+from pipeline.worker import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +64,11 @@ class Stack:
     def __init__(self, work: Path) -> None:
         self.work = work
         ports = LocalStackSettings(
-            kafka_port=local_stack_services.free_port(),
-            triton_http_port=local_stack_services.free_port(),
-            triton_grpc_port=local_stack_services.free_port(),
-            triton_metrics_port=local_stack_services.free_port(),
-            victoria_metrics_port=local_stack_services.free_port(),
+            kafka_port=free_port(),
+            triton_http_port=free_port(),
+            triton_grpc_port=free_port(),
+            triton_metrics_port=free_port(),
+            victoria_metrics_port=free_port(),
         )
         self.base = Settings(state_dir=work / "stack", model_repository=MODELS, stack=ports)
         self.bootstrap = f"127.0.0.1:{ports.kafka_port}"
@@ -83,7 +84,7 @@ class Stack:
 
     def stop(self, service: str) -> None:
         record = StackState.load(self.base.state_dir).services[service]
-        local_stack_services.stop_process(record.pid, record.executable, self.base.stack.stop_timeout_s)
+        stop_process(record.pid, record.executable, self.base.stack.stop_timeout_s)
 
     def settings(self, alerting: AlertingSettings | None = None, **sensor_overrides) -> Settings:
         suffix = uuid.uuid4().hex[:8]
@@ -201,7 +202,7 @@ async def test_skab_replay_writes_a_score_for_every_window(stack: Stack, skab_ta
             return set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) >= expected
 
         assert await wait_for(all_scored, timeout_s=120), "not every window has a score in the store"
-        assert worker.windower is not None and worker.windower.late_readings == 0
+        assert worker.engine.lanes[settings.topics.sensor_readings].windower.late_readings == 0
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.health_port}", timeout=5) as client:
             health = (await client.get("/healthz")).json()
             exposition = (await client.get("/metrics")).text
@@ -384,7 +385,7 @@ class WorkerProcess:
     """``diffsentry run`` as a separate process, configured through a YAML file, that a test can SIGKILL."""
 
     def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = local_stack_services.free_port()
+        self.port = free_port()
         config = settings.model_dump(mode="json")
         config["stream"]["metrics_port"] = self.port
         self.config_path = work / f"worker-{self.port}.yaml"
@@ -476,7 +477,7 @@ async def test_video_frames_are_scored_per_camera_and_corrupt_jpeg_is_dead_lette
     settings = stack.settings()
     camera = f"cam-{uuid.uuid4().hex[:6]}"
     async with worker_factory(settings) as worker:
-        assert settings.topics.video_frames in worker.topology
+        assert settings.topics.video_frames in worker.engine.lanes
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
         await producer.start()
         try:

@@ -10,7 +10,8 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 
 from core.settings import Settings
-from infra.stack import StackError, load_model, unload_model
+from infra.processes import StackError
+from infra.stack import load_model, unload_model
 from triton_models.paths import PING_MODEL, SOURCE_ROOT, TEMPLATE_REPOSITORY
 
 pytestmark = pytest.mark.integration

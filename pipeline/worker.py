@@ -1,0 +1,120 @@
+"""The streaming worker, composed: the topology of ``diffsentry run``, top to bottom as in the README's diagram.
+
+    sensor-readings --SensorLane (decode, validate, window per asset)----+
+    video-frames ----VideoLane (decode, validate, frame stack per camera)+--> micro-batched scoring on Triton
+        --> threshold per stream --> alerts --> store (scores, alerts) + scores and alerts topics --> commit
+    anything invalid or permanently unscorable --> dead-letter topic, with the reason
+
+What every lane goes through is ``operators.engine.StreamEngine``; what differs per modality is in
+``operators.lanes``. Here the real clients are chosen: Kafka (``infra.kafka``), Triton (``operators.triton_stage``),
+the store (``operators.influx_sink``) and alerting (``pipeline.alerting_service``).
+
+Why an aiokafka loop and not faust agents: a record's offset is committed only once everything it fed is stored,
+and one reading feeds several overlapping windows that are scored in batches with other assets' windows and
+acknowledged by the store out of order; faust acks an event when its agent moves past it, its ``group_by`` would add
+a repartition hop although producers already key readings by asset, and tansu breaks its table recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from core import metrics
+from core.settings import Settings
+from infra.kafka import KafkaPublisher, KafkaSource
+from operators.engine import StreamEngine
+from operators.influx_sink import InfluxSink
+from operators.lanes import Lane, SensorLane, VideoLane
+from operators.model_cards import ModelCardError, card_path, load_ts_card, load_video_card
+from operators.ports import AlertObserver
+from operators.resilience import Backoff, CircuitBreaker
+from operators.triton_stage import TritonStage
+from pipeline.alerting_service import AlertingService
+from pipeline.health import serve_health
+
+log = logging.getLogger("diffsentry.worker")
+
+
+def triton_stage(settings: Settings) -> TritonStage:
+    triton, stream = settings.triton, settings.stream
+    return TritonStage(
+        triton.grpc_url,
+        triton.ts_model,
+        triton.video_model,
+        triton.ts_model_version,
+        triton.video_model_version,
+        request_timeout_s=triton.request_timeout_s,
+        backoff=Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s),
+        breaker=CircuitBreaker(
+            stream.breaker_failures,
+            stream.breaker_reset_s,
+            on_state=lambda state: metrics.BREAKER_OPEN.labels("triton").set(state != "closed"),
+        ),
+    )
+
+
+def store_sink(settings: Settings) -> InfluxSink:
+    influx, stream = settings.influx, settings.stream
+    return InfluxSink(
+        influx.url,
+        influx.token,
+        influx.org,
+        influx.bucket,
+        batch_size=stream.sink_batch_size,
+        flush_interval_s=stream.sink_flush_interval_ms / 1000,
+        timeout_ms=stream.sink_timeout_ms,
+        backoff=Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s),
+    )
+
+
+def lanes(settings: Settings, triton: TritonStage) -> list[Lane[Any, Any, Any]]:
+    """One lane per modality whose model card is usable; a model without a card leaves its topic unread."""
+    repository, models = settings.model_repository, settings.triton
+    built: list[Lane[Any, Any, Any]] = []
+    for name, load_card, build in (
+        (models.ts_model, load_ts_card, lambda card: SensorLane.from_card(settings, card, triton.score_ts)),
+        (models.video_model, load_video_card, lambda card: VideoLane.from_card(settings, card, triton.score_video)),
+    ):
+        try:
+            built.append(build(load_card(card_path(repository, name))))
+        except ModelCardError as error:
+            log.warning("%s: %s; its topic is not consumed", name, error)
+    if not built:
+        raise ModelCardError(f"no usable model card under {repository}: nothing to score")
+    return built
+
+
+class Worker:
+    """``diffsentry run``: the engine over Kafka, Triton and the store, with alerting and a health endpoint."""
+
+    def __init__(self, settings: Settings, alerts: AlertObserver | None = None) -> None:
+        self.settings = settings
+        self.alerts = alerts  # None: run() starts the AlertingService (engine, subscriptions API, delivery)
+        self.alerting: AlertingService | None = None
+        self.triton = triton_stage(settings)
+        self.lanes = lanes(settings, self.triton)
+        self.engine = StreamEngine(
+            settings, self.lanes, KafkaSource(settings), KafkaPublisher(settings.kafka), store_sink(settings)
+        )
+        self.health_port: int | None = None
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.engine.ready
+
+    async def run(self, stop: asyncio.Event) -> None:
+        health = await serve_health(self.settings.stream, self.engine, self.triton.breaker)
+        self.health_port = health.addresses[0][1]
+        await self.engine.start()
+        if self.alerts is None:
+            self.alerting = await AlertingService.start(self.settings, dead_letter=self.engine.publish_dead_letter)
+        try:
+            await self.engine.run(self.alerts or self.alerting, stop)
+        finally:
+            await self.engine.close()
+            await self.triton.close()
+            if self.alerting is not None:
+                await self.alerting.stop()
+            await health.cleanup()

@@ -27,3 +27,10 @@ END_TO_END = Histogram(
     ["modality"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
 )
+SKIPPED = Counter(
+    "diffsentry_skipped_windows_total", "Windows not scored: fewer observed readings than sensors.min_observed_fraction"
+)
+RELEASED = Counter(
+    "diffsentry_idle_streams_released_total", "Quiet streams flushed so they stop pinning offsets", ["modality"]
+)
+LEARNING = Counter("diffsentry_learning_scores_total", "Scores of streams in their learning period", ["modality"])

@@ -85,6 +85,15 @@ class SensorSettings(BaseModel):
     allowed_lateness: int = Field(default=0, ge=0)  # slots a window waits for out-of-order readings
     min_observed_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     top_channels: int = Field(default=3, ge=0)  # per-channel contributions written with each score
+    learning_windows: int = Field(
+        default=200, ge=0, description="an admitted asset the model has no statistics of: scores without alerts first"
+    )
+    max_clock_jump_s: float = Field(
+        default=7 * 86400.0, gt=0, description="a reading this far ahead of its asset's newest is dead-lettered"
+    )
+    idle_after_windows: float = Field(
+        default=1.0, gt=0, description="an asset quiet this many windows of its partition's event time is flushed"
+    )
 
 
 class ThresholdSettings(BaseModel):
@@ -97,6 +106,7 @@ class ThresholdSettings(BaseModel):
     drift_depth: int = Field(default=50, ge=1)
     history: int = Field(default=5000, ge=100)
     floor_at_calibrated: bool = True
+    min_excesses: int = Field(default=10, ge=2)
 
 
 class StreamSettings(BaseModel):
@@ -117,6 +127,9 @@ class StreamSettings(BaseModel):
     fetch_max_records: int = Field(default=1000, ge=1)
     session_timeout_ms: int = Field(default=6000, ge=1000)  # tansu answers JoinGroup after ~session_timeout/2
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    max_future_s: float = Field(
+        default=86400.0, gt=0, description="event times this far ahead of the wall clock are dead-lettered"
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0)  # Prometheus /metrics and /healthz; 0 picks a free port
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
@@ -165,6 +178,9 @@ class VideoSettings(BaseModel):
     fps: float = 10.0
     encoding: Literal["raw", "jpeg"] = "raw"
     jpeg_quality: int = 90
+    idle_after_s: float = Field(
+        default=5.0, gt=0, description="a camera quiet this long of its partition's event time is released"
+    )
 
 
 class Settings(BaseSettings):

@@ -120,11 +120,16 @@ class StreamEngine:
             self._spawn(self._send_dead_letter(tp, record.offset, record_dead_letter(record, error)))
             return
         for item in items:
-            await self._in_flight.acquire()  # backpressure: stop reading while too much waits for Triton or the store
-            self.ledger.hold(tp, item.hold_offset)
-            metrics.WINDOWS.labels(lane.modality).inc()
-            metrics.IN_FLIGHT.inc()
-            self._spawn(self._process(lane, tp, record, item, *self.order.enter(item.stream)))
+            await self._submit(lane, tp, record, item)
+
+    async def _submit(
+        self, lane: Lane[Any, Any, Any], tp: TopicPartition, record: ConsumerRecord, item: WorkItem[Any]
+    ) -> None:
+        await self._in_flight.acquire()  # backpressure: stop reading while too much waits for Triton or the store
+        self.ledger.hold(tp, item.hold_offset)
+        metrics.WINDOWS.labels(lane.modality).inc()
+        metrics.IN_FLIGHT.inc()
+        self._spawn(self._process(lane, tp, record, item, *self.order.enter(item.stream)))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -144,14 +149,14 @@ class StreamEngine:
             measured = lane.measurement(item, await lane.batcher.submit(lane.request(item)))
             if previous is not None:
                 await previous
-            threshold, is_anomaly = lane.thresholds.apply(item.stream, measured.value)
+            decision = lane.thresholds.apply(item.stream, measured.value)
             score = Score(
                 modality=lane.modality,
                 stream=item.stream,
                 ts=item.event_time,
                 score=measured.value,
-                threshold=threshold,
-                is_anomaly=is_anomaly,
+                threshold=decision.threshold,
+                is_anomaly=decision.is_anomaly,
                 model=lane.model,
                 model_version=lane.model_version,
                 contributions=measured.contributions,
@@ -159,10 +164,12 @@ class StreamEngine:
                 produced_at=trigger.timestamp / 1000,
             )
             assert self.alerts is not None
-            alerts = self.alerts.observe(score)
+            if decision.learning:  # a stream the model does not know yet: written, but it raises no alert
+                metrics.LEARNING.labels(lane.modality).inc()
+            alerts = [] if decision.learning else self.alerts.observe(score)
             self.order.leave(item.stream, mine)
             await self._emit(score, alerts)
-            metrics.SCORES.labels(lane.modality, str(is_anomaly).lower()).inc()
+            metrics.SCORES.labels(lane.modality, str(decision.is_anomaly).lower()).inc()
             metrics.END_TO_END.labels(lane.modality).observe(max(0.0, time.time() - trigger.timestamp / 1000))
         except Exception as error:  # unscorable (PermanentScoringError) or a bug: keep running, keep the evidence
             if not isinstance(error, PermanentScoringError):
@@ -227,6 +234,9 @@ class StreamEngine:
     async def _commit_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stream.commit_interval_s)
+            for lane in self.lanes.values():  # quiet streams stop pinning their partition's offset
+                for tp, record, item in lane.release_idle():
+                    await self._submit(lane, tp, record, item)
             try:
                 await self._commit()
             except Exception:  # a rebalance in progress or the broker away: the next round retries

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
+import time
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -21,7 +23,7 @@ from core.settings import Settings, StreamSettings
 from operators.batching import BatchFn, MicroBatcher
 from operators.frames import FrameBuffer, FrameStack, decode_frame
 from operators.model_cards import TsModelCard, VideoModelCard
-from operators.thresholding import ThresholdConfig, Thresholder
+from operators.thresholding import Thresholder
 from operators.triton_stage import TsRequest, TsResult, VideoResult
 from operators.windowing import EmittedWindow, SensorWindower
 
@@ -75,6 +77,26 @@ class Lane(Protocol[Payload, Request, Result]):
 
     def forget(self, partitions: set[TopicPartition]) -> None: ...
 
+    def release_idle(self) -> list[tuple[TopicPartition, ConsumerRecord, WorkItem[Payload]]]:
+        """Flush the streams that went quiet (see ``StreamPartitions.quiet``): the items their buffers still make,
+        with the partition and record each belongs to; afterwards they pin no offset."""
+        ...
+
+
+def check_clock(stream: str, event_time: float, newest: float | None, max_jump_s: float, max_future_s: float) -> None:
+    """An event time far ahead of the wall clock, or of the stream's own newest message, would stall the stream
+    (every later message would look late): it is refused instead."""
+    ahead = event_time - time.time()
+    if ahead > max_future_s:
+        raise ContractError(
+            f"{stream!r}: event time {event_time} is {ahead:.0f} s ahead of the clock (max {max_future_s})"
+        )
+    if newest is not None and event_time - newest > max_jump_s:
+        raise ContractError(
+            f"{stream!r}: event time {event_time} is {event_time - newest:.0f} s after the stream's newest message "
+            f"(max jump {max_jump_s})"
+        )
+
 
 def _hold(record: ConsumerRecord, oldest_ref: int | None) -> int:
     return record.offset if oldest_ref is None else oldest_ref
@@ -109,21 +131,40 @@ class BufferedState(Protocol):
 
 
 class StreamPartitions:
-    """Which partition each stream of a lane was last read from, so a partition's buffered offsets and its
-    revocation reach exactly its streams."""
+    """Which partition each stream of a lane was last read from, its newest event time and its last record, so that a
+    partition's buffered offsets, its revocation and its quiet streams reach exactly its streams."""
 
     def __init__(self, state: BufferedState) -> None:
         self.state = state
         self.of_stream: dict[str, TopicPartition] = {}
+        self.last_record: dict[str, ConsumerRecord] = {}
+        self.newest: dict[str, float] = {}  # event time of each stream's newest message
+        self.clock: dict[TopicPartition, float] = {}  # newest event time of any stream of the partition
+
+    def seen(self, stream: str, tp: TopicPartition, record: ConsumerRecord, event_time: float) -> None:
+        self.of_stream[stream], self.last_record[stream] = tp, record
+        self.newest[stream] = max(event_time, self.newest.get(stream, event_time))
+        self.clock[tp] = max(event_time, self.clock.get(tp, event_time))
 
     def buffered_offsets(self, tp: TopicPartition) -> list[int]:
         refs = (self.state.oldest_ref(stream) for stream, owner in self.of_stream.items() if owner == tp)
         return [ref for ref in refs if ref is not None]
 
+    def quiet(self, after_s: float) -> list[str]:
+        """Streams whose partition's event time moved ``after_s`` past their newest message."""
+        return [s for s, tp in self.of_stream.items() if self.clock[tp] - self.newest[s] > after_s]
+
+    def release(self, stream: str) -> tuple[TopicPartition, ConsumerRecord]:
+        """Forget a stream here (its buffer is the caller's); the partition and record it was last seen at."""
+        del self.newest[stream]
+        return self.of_stream.pop(stream), self.last_record.pop(stream)
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         for stream in [stream for stream, tp in self.of_stream.items() if tp in partitions]:
             self.state.forget(stream)
-            del self.of_stream[stream]
+            self.release(stream)
+        for tp in partitions:
+            self.clock.pop(tp, None)
 
 
 def _batcher(stream: StreamSettings, score_batch: BatchFn[Request, Result]) -> MicroBatcher[Request, Result]:
@@ -133,36 +174,23 @@ def _batcher(stream: StreamSettings, score_batch: BatchFn[Request, Result]) -> M
 class SensorLane:
     modality: Modality = "sensor"
 
-    @classmethod
-    def from_card(cls, settings: Settings, card: TsModelCard, score_batch: BatchFn[TsRequest, TsResult]) -> SensorLane:
-        sensors, model = settings.sensors, settings.triton.ts_model
-        mode = sensors.mode or card.default_mode
-        windower = SensorWindower(
+    def __init__(self, settings: Settings, card: TsModelCard, score_batch: BatchFn[TsRequest, TsResult]) -> None:
+        sensors, stream = settings.sensors, settings.stream
+        self.topic, self.card, self.sensors = settings.topics.sensor_readings, card, sensors
+        self.max_future_s = stream.max_future_s
+        self.mode = sensors.mode or card.default_mode
+        self.model, self.model_version = settings.triton.ts_model, card.version or settings.triton.ts_model_version
+        self.assets = AssetRegistry(sensors.assets, card.streams)
+        self.windower = SensorWindower(
             card.channels, card.window, card.stride, card.sample_period_s,
             sensors.allowed_lateness, sensors.min_observed_fraction,
         )  # fmt: skip
-        thresholds = Thresholder(card.threshold(mode), ThresholdConfig(**settings.stream.threshold.model_dump()))
-        return cls(
-            settings.topics.sensor_readings, card, mode, AssetRegistry(sensors.assets, card.streams), windower,
-            thresholds, _batcher(settings.stream, score_batch), model, card.version or settings.triton.ts_model_version,
-        )  # fmt: skip
-
-    def __init__(
-        self,
-        topic: str,
-        card: TsModelCard,
-        mode: str,
-        assets: AssetRegistry,
-        windower: SensorWindower,
-        thresholds: Thresholder,
-        batcher: MicroBatcher[TsRequest, TsResult],
-        model: str,
-        model_version: str,
-    ) -> None:
-        self.topic, self.card, self.mode, self.assets = topic, card, mode, assets
-        self.windower, self.thresholds, self.batcher = windower, thresholds, batcher
-        self.model, self.model_version = model, model_version
-        self.partitions = StreamPartitions(windower)
+        self.thresholds = Thresholder(
+            card.threshold(self.mode), stream.threshold, card.streams, sensors.learning_windows
+        )
+        self.batcher = _batcher(stream, score_batch)
+        self.partitions = StreamPartitions(self.windower)
+        self.idle_after_s = sensors.idle_after_windows * card.window * card.sample_period_s
 
     def accept(self, tp: TopicPartition, record: ConsumerRecord) -> list[WorkItem[EmittedWindow]]:
         reading = decode(SensorReading, record.value)
@@ -171,17 +199,20 @@ class SensorLane:
             raise ContractError(
                 f"unknown asset {reading.asset!r}: not in the asset registry {self.assets.patterns} (sensors.assets)"
             )
+        newest = self.partitions.newest.get(reading.asset)
+        check_clock(reading.asset, reading.ts, newest, self.sensors.max_clock_jump_s, self.max_future_s)
         windows = self.windower.add(reading, ref=record.offset)
-        self.partitions.of_stream[reading.asset] = tp
+        self.partitions.seen(reading.asset, tp, record, reading.ts)
+        self._count_drops()
+        return [WorkItem(w.asset, w.end_ts, _hold(record, w.oldest_ref), w) for w in windows]
+
+    def _count_drops(self) -> None:
         if self.windower.late_readings:
             metrics.LATE.labels(self.modality).inc(self.windower.late_readings)
             self.windower.late_readings = 0
-        return [
-            WorkItem(
-                window.asset, window.end_ts, record.offset if window.oldest_ref is None else window.oldest_ref, window
-            )
-            for window in windows
-        ]
+        if self.windower.skipped_windows:
+            metrics.SKIPPED.inc(self.windower.skipped_windows)
+            self.windower.skipped_windows = 0
 
     def request(self, item: WorkItem[EmittedWindow]) -> TsRequest:
         return TsRequest(item.stream, item.payload.values, self.mode)
@@ -199,35 +230,29 @@ class SensorLane:
     def forget(self, partitions: set[TopicPartition]) -> None:
         self.partitions.forget(partitions)
 
+    def release_idle(self) -> list[tuple[TopicPartition, ConsumerRecord, WorkItem[EmittedWindow]]]:
+        released = []
+        for asset in self.partitions.quiet(self.idle_after_s):
+            windows = self.windower.flush(asset)
+            tp, record = self.partitions.release(asset)
+            metrics.RELEASED.labels(self.modality).inc()
+            released += [(tp, record, WorkItem(w.asset, w.end_ts, _hold(record, w.oldest_ref), w)) for w in windows]
+        self._count_drops()
+        return released
+
 
 class VideoLane:
     modality: Modality = "video"
 
-    @classmethod
-    def from_card(
-        cls, settings: Settings, card: VideoModelCard, score_batch: BatchFn[np.ndarray, VideoResult]
-    ) -> VideoLane:
-        thresholds = Thresholder(card.threshold, ThresholdConfig(**settings.stream.threshold.model_dump()))
-        version = card.version or settings.triton.video_model_version
-        return cls(
-            settings.topics.video_frames, card, FrameBuffer(card.context), thresholds,
-            _batcher(settings.stream, score_batch), settings.triton.video_model, version,
-        )  # fmt: skip
-
-    def __init__(
-        self,
-        topic: str,
-        card: VideoModelCard,
-        frames: FrameBuffer,
-        thresholds: Thresholder,
-        batcher: MicroBatcher[np.ndarray, VideoResult],
-        model: str,
-        model_version: str,
-    ) -> None:
-        self.topic, self.card, self.frames = topic, card, frames
-        self.thresholds, self.batcher = thresholds, batcher
-        self.model, self.model_version = model, model_version
-        self.partitions = StreamPartitions(frames)
+    def __init__(self, settings: Settings, card: VideoModelCard, score_batch: BatchFn[np.ndarray, VideoResult]) -> None:
+        self.topic, self.card = settings.topics.video_frames, card
+        self.max_future_s, self.idle_after_s = settings.stream.max_future_s, settings.video.idle_after_s
+        self.model = settings.triton.video_model
+        self.model_version = card.version or settings.triton.video_model_version
+        self.frames = FrameBuffer(card.context)
+        self.thresholds = Thresholder(card.threshold, settings.stream.threshold)
+        self.batcher = _batcher(settings.stream, score_batch)
+        self.partitions = StreamPartitions(self.frames)
 
     def accept(self, tp: TopicPartition, record: ConsumerRecord) -> list[WorkItem[FrameStack]]:
         header = dict(record.headers or ()).get(FRAME_HEADER)
@@ -235,10 +260,11 @@ class VideoLane:
             raise ContractError(f"frame without the {FRAME_HEADER!r} header")
         frame = decode(VideoFrame, header)
         check_key(record, frame.camera)
+        check_clock(frame.camera, frame.ts, None, math.inf, self.max_future_s)
         image = decode_frame(frame, record.value or b"", self.card.height, self.card.width)
-        self.partitions.of_stream[frame.camera] = tp
         stale = self.frames.stale_frames
         stack = self.frames.add(frame, image, ref=record.offset)
+        self.partitions.seen(frame.camera, tp, record, frame.ts)
         if self.frames.stale_frames > stale:
             metrics.LATE.labels(self.modality).inc()
         if stack is None:
@@ -262,3 +288,11 @@ class VideoLane:
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         self.partitions.forget(partitions)
+
+    def release_idle(self) -> list[tuple[TopicPartition, ConsumerRecord, WorkItem[FrameStack]]]:
+        """A quiet camera's context is dropped: its next frames rebuild it (no stack is scored from stale context)."""
+        for camera in self.partitions.quiet(self.idle_after_s):
+            self.frames.forget(camera)
+            self.partitions.release(camera)
+            metrics.RELEASED.labels(self.modality).inc()
+        return []

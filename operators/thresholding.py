@@ -1,6 +1,6 @@
 """Score -> anomaly decision, with the model's calibrated threshold, optionally adapted online per stream.
 
-Modes (``ThresholdConfig.mode``):
+Modes (``stream.threshold.mode``, :class:`core.settings.ThresholdSettings`):
 
 - ``fixed``: the model card's calibrated threshold, always.
 - ``spot``: SPOT (Siffer et al., KDD 2017, "Anomaly detection in streams with extreme value theory"). Per stream,
@@ -22,23 +22,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-ThresholdMode = Literal["fixed", "spot", "dspot"]
-
-
-@dataclass(frozen=True)
-class ThresholdConfig:
-    mode: ThresholdMode = "fixed"
-    risk: float = 1e-3
-    calibration_count: int = 200
-    initial_quantile: float = 0.98
-    drift_depth: int = 50
-    history: int = 5000
-    min_excesses: int = 10
-    floor_at_calibrated: bool = True
+from core.settings import ThresholdSettings
+from triton_models.timeseries.calibration import pot_threshold
 
 
 @dataclass
@@ -54,46 +42,86 @@ class _StreamState:
     drift: deque[float] = field(default_factory=deque)
 
 
+@dataclass(frozen=True)
+class Decision:
+    threshold: float
+    is_anomaly: bool
+    learning: bool = False  # the stream is in its learning period: written, never alerted on
+
+
 class Thresholder:
-    def __init__(self, calibrated: float, config: ThresholdConfig | None = None) -> None:
+    """Per-stream anomaly decisions. A stream the model has no statistics of (not in ``known_streams``, when the
+    model knows any) starts with a learning period: its first ``learning_scores`` scores are written but never alarm,
+    then its own threshold is the POT threshold (``risk``) of those scores. Without it, an asset the model normalises
+    with the pooled fallback would alarm on every window (its level is not the pooled one)."""
+
+    def __init__(
+        self,
+        calibrated: float,
+        config: ThresholdSettings | None = None,
+        known_streams: tuple[str, ...] = (),
+        learning_scores: int = 0,
+    ) -> None:
         self.calibrated = calibrated
-        self.config = config or ThresholdConfig()
+        self.config = config or ThresholdSettings()
+        self.known_streams = frozenset(known_streams)
+        self.learning_scores = learning_scores
+        self._learning: dict[str, list[float]] = {}
+        self._own: dict[str, float] = {}  # thresholds learnt by streams the model did not know
         self._streams: dict[str, _StreamState] = {}
 
-    def apply(self, stream: str, score: float) -> tuple[float, bool]:
-        """Returns (threshold, is_anomaly) for this score of this stream, and learns from it."""
+    def _calibrated(self, stream: str) -> float:
+        return self._own.get(stream, self.calibrated)
+
+    def _learns(self, stream: str, score: float) -> bool:
+        if not self.known_streams or not self.learning_scores or stream in self.known_streams or stream in self._own:
+            return False
+        scores = self._learning.setdefault(stream, [])
+        scores.append(score)
+        if len(scores) >= self.learning_scores:
+            self._own[stream] = pot_threshold(np.asarray(scores), self.config.risk).value
+            del self._learning[stream]
+        return True
+
+    def apply(self, stream: str, score: float) -> Decision:
+        """The decision on this score of this stream; the stream's state learns from it."""
+        if self._learns(stream, score):
+            return Decision(self.calibrated, False, learning=True)
+        calibrated = self._calibrated(stream)
         cfg = self.config
         if cfg.mode == "fixed":
-            return self.calibrated, score > self.calibrated
+            return Decision(calibrated, score > calibrated)
         state = self._streams.setdefault(stream, _StreamState(recent=deque(), drift=deque(maxlen=cfg.drift_depth)))
         baseline = float(np.mean(state.drift)) if cfg.mode == "dspot" and state.drift else 0.0
         value = score - baseline
         if state.initial is None:
             # Calibration: judged by the calibrated threshold; every score is kept (as in the paper) so that the
             # tail fit is not biased by the calibrated threshold it is meant to replace.
-            is_anomaly = score > self.calibrated
+            is_anomaly = score > calibrated
             state.calibration.append(value)
             self._remember_normal(state, score)
             if len(state.calibration) >= cfg.calibration_count:
                 self._initialise(state)
-            return self.calibrated, is_anomaly
+            return Decision(calibrated, is_anomaly)
         assert state.z is not None
         threshold = state.z + baseline
         if cfg.floor_at_calibrated:
-            threshold = max(threshold, self.calibrated)
+            threshold = max(threshold, calibrated)
         is_anomaly = score > threshold
         if not is_anomaly:
             self._observe(state, value)
             self._remember_normal(state, score)
-        return threshold, is_anomaly
+        return Decision(threshold, is_anomaly)
 
     def threshold(self, stream: str) -> float:
+        """The stream's current threshold (without judging a score)."""
         state = self._streams.get(stream)
+        calibrated = self._calibrated(stream)
         if self.config.mode == "fixed" or state is None or state.z is None:
-            return self.calibrated
+            return calibrated
         baseline = float(np.mean(state.drift)) if self.config.mode == "dspot" and state.drift else 0.0
         adapted = state.z + baseline
-        return max(adapted, self.calibrated) if self.config.floor_at_calibrated else adapted
+        return max(adapted, calibrated) if self.config.floor_at_calibrated else adapted
 
     def _remember_normal(self, state: _StreamState, score: float) -> None:
         if self.config.mode == "dspot":

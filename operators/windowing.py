@@ -181,6 +181,25 @@ class SensorWindower:
                 new_start = -(-(oldest - self.window + 1) // self.stride) * self.stride
         state.start = new_start
 
+    def newest_time(self, asset: str) -> float | None:
+        """Event time of the asset's newest reading in a window (None before its first window starts)."""
+        state = self._assets.get(asset)
+        return state.newest_slot * self.period if state is not None and state.slots else None
+
+    def flush(self, asset: str) -> list[EmittedWindow]:
+        """An asset that went quiet: its buffered windows as if its watermark had passed them, then its state is
+        dropped, so it pins no offset. (The grid is absolute: a later reading starts the same windows again.)"""
+        state = self._assets.pop(asset, None)
+        emitted = []
+        while state is not None and state.slots:
+            in_window = [s for s in state.slots if s < state.start + self.window]
+            if len(in_window) >= self.min_observed:
+                emitted.append(self._build(asset, state, in_window))
+            elif in_window:
+                self.skipped_windows += 1
+            self._advance(state)
+        return emitted
+
     def oldest_ref(self, asset: str) -> int | None:
         """Smallest ref still buffered for the asset (what a restart must re-read), or None."""
         state = self._assets.get(asset)

@@ -74,8 +74,8 @@ def lanes(settings: Settings, triton: TritonStage) -> list[Lane[Any, Any, Any]]:
     repository, models = settings.model_repository, settings.triton
     built: list[Lane[Any, Any, Any]] = []
     for name, load_card, build in (
-        (models.ts_model, load_ts_card, lambda card: SensorLane.from_card(settings, card, triton.score_ts)),
-        (models.video_model, load_video_card, lambda card: VideoLane.from_card(settings, card, triton.score_video)),
+        (models.ts_model, load_ts_card, lambda card: SensorLane(settings, card, triton.score_ts)),
+        (models.video_model, load_video_card, lambda card: VideoLane(settings, card, triton.score_video)),
     ):
         try:
             built.append(build(load_card(card_path(repository, name))))

@@ -64,7 +64,8 @@ def test_triton_scores_equal_in_process_scores(local_stack) -> None:
 
 def test_evaluation_triton_serves_a_fresh_repository_with_the_chosen_scoring(tmp_path: Path) -> None:
     """``evaluate video`` measures Triton with the stack's Triton alone (infra.services.triton_only) on the
-    repository it just wrote; a model saved with reconstruct scoring and the copy ratio gives the in-process scores there too."""
+    repository it just wrote; a model saved with reconstruct scoring and the copy ratio gives the in-process scores
+    there too."""
     config = VideoModelConfig(
         height=32, width=48, context=2, base_channels=8, ddim_steps=2, scoring="reconstruct", copy_ratio_floor=0.01
     )

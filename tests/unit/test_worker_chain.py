@@ -183,8 +183,8 @@ def engine(config: Settings, log: Log, store: MemoryStore, publisher: MemoryPubl
     )
     video_card = VideoModelCard(context=2, height=4, width=6, threshold=0.5)
     lanes = [
-        SensorLane.from_card(config, sensor_card, scorer.score_ts),
-        VideoLane.from_card(config, video_card, scorer.score_video),
+        SensorLane(config, sensor_card, scorer.score_ts),
+        VideoLane(config, video_card, scorer.score_video),
     ]
     return StreamEngine(config, lanes, MemorySource(log), publisher, store)
 

@@ -118,6 +118,9 @@ class StreamSettings(BaseModel):
     max_in_flight: int = Field(default=4096, ge=1)  # windows/stacks between emission and the store's ack
     breaker_failures: int = Field(default=3, ge=1)
     breaker_reset_s: float = Field(default=1.0, gt=0.0)
+    unhealthy_after_s: float = Field(
+        default=30.0, gt=0, description="/healthz answers 503 once Triton or the store has failed this long"
+    )
     backoff_initial_s: float = Field(default=0.05, gt=0.0)
     backoff_max_s: float = Field(default=2.0, gt=0.0)
     sink_batch_size: int = Field(default=2000, ge=1)

@@ -4,7 +4,8 @@
 never waits on a subscriber. Deliveries to one subscription about one stream go out in order (a resolve never
 overtakes its firing, even across retries); everything else runs concurrently, at most ``concurrency`` requests.
 Each delivery is tried until it succeeds, fails permanently (a 4xx other than 408/425/429) or runs out of
-attempts, with exponential backoff between tries; then it goes to the dead-letter sink.
+attempts (``operators.resilience``: exponential backoff with jitter, ``max_attempts``); then it goes to the
+dead-letter sink.
 The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
 Finished deliveries (delivered, dead-lettered, cancelled) leave the journal ``journal_retention_s`` after their last
 update, so it does not grow without bound; a transition re-read after that is delivered again (receivers dedupe on
@@ -18,7 +19,6 @@ import hashlib
 import hmac
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +29,7 @@ import httpx
 from core.contracts import Alert, DeadLetter, decode
 from core.settings import DeliverySettings
 from operators.alerting import idempotency_key
-from operators.resilience import Backoff
+from operators.resilience import Backoff, call_with_retry
 from operators.sqlite_store import open_database
 from operators.subscriptions import Selector, SubscriptionStore
 
@@ -182,20 +182,21 @@ class AlertDispatcher:
         source_topic: str,
         hub: AlertHub | None = None,
         client: httpx.AsyncClient | None = None,
-        rng: random.Random | None = None,
     ) -> None:
         self._store = store
         self._journal = journal
         self._settings = settings
         self._backoff = Backoff(
-            initial_s=settings.backoff_base_s, max_s=settings.backoff_max_s, jitter=settings.backoff_jitter
+            initial_s=settings.backoff_base_s,
+            max_s=settings.backoff_max_s,
+            jitter=settings.backoff_jitter,
+            max_attempts=settings.max_attempts,
         )
         self._dead_letter = dead_letter
         self._source_topic = source_topic
         self.hub = hub
         self._client = client
         self._owns_client = client is None
-        self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -279,26 +280,39 @@ class AlertDispatcher:
         if previous is not None:
             await asyncio.wait([previous])  # its outcome does not matter, only that it went first
         body = alert.to_json()
-        while True:
+        url = ""
+
+        async def attempt() -> bool:
+            """One try; False when the subscription is gone or off (nothing to deliver to)."""
+            nonlocal attempts, url
             subscription = self._store.get(subscription_id)
             if subscription is None or not subscription.enabled or subscription.delivery.webhook_url is None:
-                self._journal.record(subscription_id, alert, attempts, "cancelled", "subscription removed or off")
-                return
+                return False
             url = str(subscription.delivery.webhook_url)
             attempts += 1
-            try:
-                async with self._slots:
-                    await self._post(url, body, subscription.secret or "", alert, attempts)
-            except _Failure as failure:
-                if failure.retryable and attempts < self._settings.max_attempts:
-                    self._journal.record(subscription_id, alert, attempts, "pending", str(failure))
-                    await asyncio.sleep(self._backoff.delay(attempts, self._rng))
-                    continue
-                reason = f"webhook {url} failed after {attempts} attempt(s): {failure}"
-                await self._to_dead_letter(subscription_id, alert, attempts, reason)
-                return
-            self._journal.record(subscription_id, alert, attempts, "delivered", None)
+            async with self._slots:
+                await self._post(url, body, subscription.secret or "", alert, attempts)
+            return True
+
+        def record_retry(failure: Exception, attempt_number: int) -> None:
+            self._journal.record(subscription_id, alert, attempt_number, "pending", str(failure))
+
+        try:
+            delivered = await call_with_retry(
+                attempt,
+                self._backoff,
+                lambda error: isinstance(error, _Failure) and error.retryable,
+                on_retry=record_retry,
+                attempts_made=attempts,
+            )
+        except _Failure as failure:
+            reason = f"webhook {url} failed after {attempts} attempt(s): {failure}"
+            await self._to_dead_letter(subscription_id, alert, attempts, reason)
             return
+        if delivered:
+            self._journal.record(subscription_id, alert, attempts, "delivered", None)
+        else:
+            self._journal.record(subscription_id, alert, attempts, "cancelled", "subscription removed or off")
 
     async def _post(self, url: str, body: bytes, secret: str, alert: Alert, attempt: int) -> None:
         assert self._client is not None

@@ -15,8 +15,8 @@ point instead of adding one (writes are idempotent, which is what makes at-least
 
 :meth:`InfluxSink.write` returns a future that resolves once the store acknowledged every point handed over so far
 in that call; the worker commits Kafka offsets only after it resolves. While the store is down, points stay in the
-buffer (in order) and the flush is retried with exponential backoff without limit: nothing is dropped, and the
-worker stops consuming once its in-flight limit is reached.
+buffer (in order) and the flush is retried (``operators.resilience``: backoff without limit, behind a circuit
+breaker): nothing is dropped, and the worker stops consuming once its in-flight limit is reached.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ import asyncio
 import re
 import time
 from collections import deque
+from functools import partial
 
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.client.write_api_async import WriteApiAsync
 
 from core import metrics
 from core.contracts import Alert, Score
-from operators.resilience import Backoff
+from operators.resilience import Backoff, CircuitBreaker, breaker_gauge, call_with_retry
 
 MEASUREMENTS = {"sensor": "sensor_scores", "video": "video_scores"}
 STREAM_TAGS = {"sensor": "asset", "video": "camera"}
@@ -95,20 +97,24 @@ class InfluxSink:
         flush_interval_s: float = 0.02,
         timeout_ms: int = 5000,
         backoff: Backoff | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._client_args = {"url": url, "token": token, "org": org, "timeout": timeout_ms}
         self.org, self.bucket = org, bucket
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.backoff = backoff or Backoff(initial_s=0.1, max_s=5.0)
+        self.breaker = breaker or CircuitBreaker(on_state=breaker_gauge("store"))
         self._buffer: deque[tuple[str, asyncio.Future[None] | None]] = deque()
         self._has_data = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: InfluxDBClientAsync | None = None
+        self._write_api: WriteApiAsync | None = None
         self._closing = False
 
     async def start(self) -> None:
         self._client = InfluxDBClientAsync(**self._client_args)
+        self._write_api = self._client.write_api()
         self._task = asyncio.create_task(self._flush_forever(), name="influx-sink")
 
     def write(self, points: list[Point]) -> asyncio.Future[None]:
@@ -127,31 +133,14 @@ class InfluxSink:
         return future
 
     async def _flush_forever(self) -> None:
-        assert self._client is not None
-        write_api = self._client.write_api()
         while True:
             await self._has_data.wait()
             if len(self._buffer) < self.batch_size and not self._closing:
                 await asyncio.sleep(self.flush_interval_s)
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
-            attempt = 0
-            while True:
-                started = time.perf_counter()
-                try:
-                    await write_api.write(
-                        bucket=self.bucket,
-                        org=self.org,
-                        record="\n".join(line for line, _ in batch),
-                        write_precision=WritePrecision.MS,
-                    )
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    metrics.SINK_ERRORS.inc()
-                    attempt += 1
-                    await asyncio.sleep(self.backoff.delay(attempt))
-            metrics.SINK_LATENCY.observe(time.perf_counter() - started)
+            record = "\n".join(line for line, _ in batch)
+            # Every failure is retried: the points are ours and well formed, so what fails is the store or the link.
+            await call_with_retry(partial(self._write, record), self.backoff, lambda _: True, breaker=self.breaker)
             for _ in batch:
                 _, future = self._buffer.popleft()
                 if future is not None and not future.done():
@@ -159,6 +148,18 @@ class InfluxSink:
             metrics.SINK_BUFFERED.set(len(self._buffer))
             if not self._buffer:
                 self._has_data.clear()
+
+    async def _write(self, record: str) -> None:
+        assert self._write_api is not None
+        started = time.perf_counter()
+        try:
+            await self._write_api.write(
+                bucket=self.bucket, org=self.org, record=record, write_precision=WritePrecision.MS
+            )
+        except Exception:
+            metrics.SINK_ERRORS.inc()
+            raise
+        metrics.SINK_LATENCY.observe(time.perf_counter() - started)
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Write what is buffered (waiting up to ``timeout_s`` for the store if it is down), then close. Points

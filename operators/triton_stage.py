@@ -24,7 +24,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from core import metrics
-from operators.resilience import Backoff, CircuitBreaker, PermanentError, call_with_retry
+from operators.resilience import Backoff, CircuitBreaker, PermanentError, breaker_gauge, call_with_retry
 
 TS_OUTPUTS = ("SCORE", "STEP_SCORES", "CHANNEL_SCORES")
 PERMANENT_STATUSES = frozenset({"StatusCode.INVALID_ARGUMENT"})
@@ -89,9 +89,7 @@ class TritonStage:
         self.video_model, self.video_version = video_model, video_version
         self.request_timeout_s = request_timeout_s
         self.backoff = backoff or Backoff()
-        self.breaker = breaker or CircuitBreaker(
-            on_state=lambda state: metrics.BREAKER_OPEN.labels("triton").set(state != "closed")
-        )
+        self.breaker = breaker or CircuitBreaker(on_state=breaker_gauge("triton"))
 
     async def close(self) -> None:
         await self.client.close()
@@ -116,7 +114,7 @@ class TritonStage:
             metrics.TRITON_LATENCY.labels(model).observe(time.perf_counter() - started)
             return result
 
-        return await call_with_retry(once, self.breaker, self.backoff, is_transient)
+        return await call_with_retry(once, self.backoff, is_transient, breaker=self.breaker)
 
     async def _split_on_permanent(self, items: Sequence, score_batch) -> list:
         try:

@@ -15,7 +15,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
@@ -24,6 +24,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from operators.resilience import Backoff
 from triton_models.video.frames import frame_files, to_model_frame
 
 log = logging.getLogger(__name__)
@@ -118,23 +119,15 @@ class RateSampler:
         self.next_due = None
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential reconnect delays, capped per wait and in number of consecutive failures."""
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_delay_s: float = 30.0
-    max_attempts: int = 8
-
-    def delay(self, attempt: int) -> float:
-        """Delay before reconnect attempt ``attempt`` (1-based)."""
-        return min(self.max_delay_s, self.initial_s * self.factor ** (attempt - 1))
+# 8 reconnects over about 90 s (0.5, 1, 2 ... 30 s) before a source counts as gone.
+RECONNECT_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.0, max_attempts=9)
 
 
 @dataclass
 class ResilientSource:
-    """Reopens a failing source with bounded exponential backoff; a frame received resets the failure count.
+    """Reopens a failing source with the project's backoff (``operators.resilience``) until ``backoff.max_attempts``
+    failures in a row. A frame received resets the count, so a stream that keeps delivering between drops is never
+    given up on; a retried call (``call_with_retry``) has no such reset, hence this loop of its own.
 
     ``open_source`` returns a fresh frame iterator. A file ends the run at its end unless ``loop``; a live stream
     (``live=True``) that ends is treated as a disconnect and reopened.
@@ -142,7 +135,7 @@ class ResilientSource:
 
     open_source: Callable[[], Iterator[SourceFrame]]
     stats: SourceStats
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = RECONNECT_BACKOFF
     loop: bool = False
     live: bool = False
     sleep: Callable[[float], None] = time.sleep
@@ -164,8 +157,8 @@ class ResilientSource:
                     return
             except self.retryable as error:
                 failures += 1
-                if failures > self.backoff.max_attempts:
-                    raise SourceUnavailable(f"gave up after {self.backoff.max_attempts} reconnects: {error}") from error
+                if self.backoff.exhausted(failures):
+                    raise SourceUnavailable(f"gave up after {failures} failures in a row: {error}") from error
                 delay = self.backoff.delay(failures)
                 log.warning("source failed (%s); reconnect %d in %.1f s", error, failures, delay)
                 self.stats.reconnects += 1
@@ -175,27 +168,12 @@ class ResilientSource:
 
 
 def encode_frame(frame: np.ndarray, encoding: Encoding, jpeg_quality: int = 90) -> bytes:
+    """A grayscale uint8 frame as a VideoFrame payload (``operators.frames.decode_frame`` is the inverse)."""
     if encoding == "raw":
         return np.ascontiguousarray(frame, dtype=np.uint8).tobytes()
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG", quality=jpeg_quality)
     return buffer.getvalue()
-
-
-def decode_frame(payload: bytes, encoding: Encoding, width: int, height: int) -> np.ndarray:
-    """The inverse of :func:`encode_frame`: a [height, width] uint8 frame; raises ValueError on a bad payload."""
-    if encoding == "raw":
-        if len(payload) != width * height:
-            raise ValueError(f"raw frame has {len(payload)} bytes, expected {width * height}")
-        return np.frombuffer(payload, dtype=np.uint8).reshape(height, width)
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            frame = np.asarray(image.convert("L"), dtype=np.uint8)
-    except OSError as error:
-        raise ValueError(f"undecodable JPEG frame: {error}") from error
-    if frame.shape != (height, width):
-        raise ValueError(f"JPEG frame is {frame.shape[1]}x{frame.shape[0]}, expected {width}x{height}")
-    return frame
 
 
 def sampled_model_frames(

@@ -10,17 +10,26 @@ from operators.engine import StreamEngine
 from operators.resilience import CircuitBreaker
 
 
-async def serve_health(settings: StreamSettings, engine: StreamEngine, triton: CircuitBreaker) -> web.AppRunner:
+async def serve_health(
+    settings: StreamSettings, engine: StreamEngine, breakers: dict[str, CircuitBreaker]
+) -> web.AppRunner:
+    """``/healthz``: 200 while consuming ("degraded" while a breaker is not closed); 503 before consuming starts and
+    once a service has been failing for ``unhealthy_after_s``, so an orchestrator restarts a worker that cannot
+    work (for example one that still dials a service that moved)."""
+
     async def health(_: web.Request) -> web.Response:
         consuming = engine.ready.is_set()
+        failing = sorted(name for name, b in breakers.items() if b.failing_for() > settings.unhealthy_after_s)
+        degraded = any(b.state != "closed" for b in breakers.values())
         body = {
-            "status": "ok" if consuming and triton.state == "closed" else "degraded",
+            "status": "unhealthy" if failing else "degraded" if degraded or not consuming else "ok",
             "consuming": consuming,
-            "triton_breaker": triton.state,
+            **{f"{name}_breaker": breaker.state for name, breaker in breakers.items()},
+            "failing": failing,
             "in_flight": engine.in_flight,
             "topics": sorted(engine.lanes),
         }
-        return web.json_response(body, status=200 if consuming else 503)
+        return web.json_response(body, status=200 if consuming and not failing else 503)
 
     async def prometheus(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

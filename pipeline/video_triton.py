@@ -1,5 +1,6 @@
-"""A gRPC client that scores frame windows through Triton, as several cameras would (``evaluate video`` measures
-Triton throughput with it on a server started by :func:`infra.services.triton_only`)."""
+"""Scores frame windows through Triton with the worker's client (:class:`operators.triton_stage.TritonStage`), as
+several cameras would (``evaluate video`` measures Triton throughput with it on a server started by
+:func:`infra.services.triton_only`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import asyncio
 import time
 
 import numpy as np
-import tritonclient.grpc.aio as grpcclient
+
+from operators.resilience import Backoff
+from operators.triton_stage import TritonStage
+
+# A measurement reports a server that stays away rather than waiting for it as the worker does.
+EVALUATION_BACKOFF = Backoff(initial_s=0.1, max_s=2.0, max_attempts=5)
 
 
 async def score_through_triton(
@@ -15,28 +21,23 @@ async def score_through_triton(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Send windows [N, K+1, H, W] uint8 as ``concurrency`` parallel streams of requests (as several cameras would);
     returns scores [N], maps [N, h, w] and the wall-clock seconds."""
-    client = grpcclient.InferenceServerClient(grpc_url)
-    scores: list[np.ndarray | None] = [None] * len(windows)
+    stage = TritonStage(grpc_url, ts_model="", video_model=model, backoff=EVALUATION_BACKOFF)  # video only
+    scores: list[float] = [0.0] * len(windows)
     maps: list[np.ndarray | None] = [None] * len(windows)
     starts = list(range(0, len(windows), frames_per_request))
 
     async def worker(offset: int) -> None:
         for start in starts[offset::concurrency]:
-            batch = windows[start : start + frames_per_request]
-            request = grpcclient.InferInput("FRAMES", list(batch.shape), "UINT8")
-            request.set_data_from_numpy(np.ascontiguousarray(batch))
-            result = await client.infer(
-                model, [request], outputs=[grpcclient.InferRequestedOutput(n) for n in ("SCORE", "MAP")]
-            )
-            for index, (score, anomaly_map) in enumerate(
-                zip(result.as_numpy("SCORE")[:, 0], result.as_numpy("MAP"), strict=True)
-            ):
-                scores[start + index], maps[start + index] = score, anomaly_map
+            results = await stage.score_video(list(windows[start : start + frames_per_request]))
+            for index, result in enumerate(results, start):
+                if isinstance(result, BaseException):
+                    raise result
+                scores[index], maps[index] = result.score, result.map
 
     try:
         started = time.perf_counter()
         await asyncio.gather(*(worker(offset) for offset in range(concurrency)))
         seconds = time.perf_counter() - started
     finally:
-        await client.close()
+        await stage.close()
     return np.asarray(scores, dtype=np.float32), np.stack(maps).astype(np.float32), seconds

@@ -21,7 +21,6 @@ import asyncio
 import logging
 from typing import Any
 
-from core import metrics
 from core.settings import Settings
 from infra.kafka import KafkaPublisher, KafkaSource
 from operators.engine import StreamEngine
@@ -29,7 +28,7 @@ from operators.influx_sink import InfluxSink
 from operators.lanes import Lane, SensorLane, VideoLane
 from operators.model_cards import ModelCardError, card_path, load_ts_card, load_video_card
 from operators.ports import AlertObserver
-from operators.resilience import Backoff, CircuitBreaker
+from operators.resilience import Backoff, CircuitBreaker, breaker_gauge
 from operators.triton_stage import TritonStage
 from pipeline.alerting_service import AlertingService
 from pipeline.health import serve_health
@@ -37,36 +36,24 @@ from pipeline.health import serve_health
 log = logging.getLogger("diffsentry.worker")
 
 
-def triton_stage(settings: Settings) -> TritonStage:
-    triton, stream = settings.triton, settings.stream
-    return TritonStage(
-        triton.grpc_url,
-        triton.ts_model,
-        triton.video_model,
-        triton.ts_model_version,
-        triton.video_model_version,
-        request_timeout_s=triton.request_timeout_s,
-        backoff=Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s),
-        breaker=CircuitBreaker(
-            stream.breaker_failures,
-            stream.breaker_reset_s,
-            on_state=lambda state: metrics.BREAKER_OPEN.labels("triton").set(state != "closed"),
-        ),
-    )
+def clients(settings: Settings) -> tuple[TritonStage, InfluxSink]:
+    """Triton and the store, each behind its own circuit breaker, retried by the one policy."""
+    triton, influx, stream = settings.triton, settings.influx, settings.stream
+    retry = Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s)
 
+    def breaker(service: str) -> CircuitBreaker:
+        return CircuitBreaker(stream.breaker_failures, stream.breaker_reset_s, on_state=breaker_gauge(service))
 
-def store_sink(settings: Settings) -> InfluxSink:
-    influx, stream = settings.influx, settings.stream
-    return InfluxSink(
-        influx.url,
-        influx.token,
-        influx.org,
-        influx.bucket,
-        batch_size=stream.sink_batch_size,
-        flush_interval_s=stream.sink_flush_interval_ms / 1000,
-        timeout_ms=stream.sink_timeout_ms,
-        backoff=Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s),
-    )
+    scorer = TritonStage(
+        triton.grpc_url, triton.ts_model, triton.video_model, triton.ts_model_version, triton.video_model_version,
+        request_timeout_s=triton.request_timeout_s, backoff=retry, breaker=breaker("triton"),
+    )  # fmt: skip
+    store = InfluxSink(
+        influx.url, influx.token, influx.org, influx.bucket, batch_size=stream.sink_batch_size,
+        flush_interval_s=stream.sink_flush_interval_ms / 1000, timeout_ms=stream.sink_timeout_ms,
+        backoff=retry, breaker=breaker("store"),
+    )  # fmt: skip
+    return scorer, store
 
 
 def lanes(settings: Settings, triton: TritonStage) -> list[Lane[Any, Any, Any]]:
@@ -93,10 +80,10 @@ class Worker:
         self.settings = settings
         self.alerts = alerts  # None: run() starts the AlertingService (engine, subscriptions API, delivery)
         self.alerting: AlertingService | None = None
-        self.triton = triton_stage(settings)
+        self.triton, self.store = clients(settings)
         self.lanes = lanes(settings, self.triton)
         self.engine = StreamEngine(
-            settings, self.lanes, KafkaSource(settings), KafkaPublisher(settings.kafka), store_sink(settings)
+            settings, self.lanes, KafkaSource(settings), KafkaPublisher(settings.kafka), self.store
         )
         self.health_port: int | None = None
 
@@ -105,7 +92,8 @@ class Worker:
         return self.engine.ready
 
     async def run(self, stop: asyncio.Event) -> None:
-        health = await serve_health(self.settings.stream, self.engine, self.triton.breaker)
+        breakers = {"triton": self.triton.breaker, "store": self.store.breaker}
+        health = await serve_health(self.settings.stream, self.engine, breakers)
         self.health_port = health.addresses[0][1]
         await self.engine.start()
         if self.alerts is None:

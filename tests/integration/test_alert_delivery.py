@@ -15,13 +15,13 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner
 
+from core import settings as settings_module
 from core.contracts import Alert, DeadLetter, Score, Severity, decode
 from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings
 from operators.alerting import AlertEngine, idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
-from pipeline import settings as settings_module
 from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
 from pipeline.subscriptions_api import serve_api

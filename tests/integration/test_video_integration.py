@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer
 
 from core.contracts import FRAME_HEADER, VideoFrame, decode
 from infra.services import triton_only
-from operators.video_source import decode_frame, write_synthetic_clip
+from operators.frames import decode_frame
+from operators.video_source import write_synthetic_clip
 from pipeline.video_triton import score_through_triton
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches
@@ -124,6 +125,6 @@ def test_ingest_video_cli_puts_every_sampled_frame_on_the_topic(local_stack, tmp
     assert [m.seq for m in metas] == list(range(20))
     assert all(m.camera == "cam1" and (m.width, m.height) == (96, 64) for m in metas)
     assert np.diff([m.ts for m in metas]) == pytest.approx([0.1] * 19, abs=1e-4)
-    frame = decode_frame(records[0].value, metas[0].encoding, 96, 64)
+    frame = decode_frame(metas[0], records[0].value, height=64, width=96)
     assert frame.shape == (64, 96) and frame.std() > 0
     assert json.loads(dict(records[0].headers)[FRAME_HEADER])["schema"] == "video_frame"

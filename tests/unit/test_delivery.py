@@ -1,11 +1,12 @@
 import asyncio
 
+import httpx
 import pytest
 
 from core.contracts import Alert, DeadLetter
 from core.settings import DeliverySettings
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal, sign, verify_signature
-from operators.subscriptions import Selector, SubscriptionStore
+from operators.subscriptions import Delivery, Selector, SubscriptionSpec, SubscriptionStore
 
 
 def test_signature_matches_the_published_hmac_sha256_vector() -> None:
@@ -104,3 +105,53 @@ async def test_dispatcher_prunes_the_journal_when_it_starts(tmp_path, monkeypatc
     assert dispatcher.summary()["delivered"] == 0
     await dispatcher.stop()
     journal.close()
+
+
+async def _deliver_to(tmp_path, statuses: list[int | Exception], max_attempts: int = 3) -> tuple[list[str], list]:
+    """Delivers one alert to a webhook answering ``statuses`` in turn (an exception: no answer); returns the
+    ``X-DiffSentry-Attempt`` headers received and the dead letters."""
+    answers = iter(statuses)
+    attempts: list[str] = []
+
+    def webhook(request: httpx.Request) -> httpx.Response:
+        attempts.append(request.headers["X-DiffSentry-Attempt"])
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return httpx.Response(answer)
+
+    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    store.create(SubscriptionSpec(name="hook", delivery=Delivery(webhook_url="http://receiver.test/hook")))
+    journal = DeliveryJournal(tmp_path / "journal.sqlite")
+    letters: list[DeadLetter] = []
+
+    async def to_dead_letter(letter: DeadLetter) -> None:
+        letters.append(letter)
+
+    no_wait = DeliverySettings(max_attempts=max_attempts, backoff_base_s=0.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(webhook)) as client:
+        dispatcher = AlertDispatcher(
+            store, journal, settings=no_wait, dead_letter=to_dead_letter, source_topic="alerts", client=client
+        )
+        await dispatcher.start()
+        assert dispatcher.submit(_alert("pump-1", 1)) == 1
+        await dispatcher.drain()
+        await dispatcher.stop()
+    journal.close()
+    return attempts, letters
+
+
+async def test_a_failing_webhook_is_retried_until_it_answers(tmp_path) -> None:
+    attempts, letters = await _deliver_to(tmp_path, [503, httpx.ConnectError("refused"), 200])
+    assert attempts == ["1", "2", "3"] and letters == []
+
+
+async def test_a_webhook_failing_every_attempt_is_dead_lettered_after_max_attempts(tmp_path) -> None:
+    attempts, letters = await _deliver_to(tmp_path, [503] * 5, max_attempts=3)
+    assert attempts == ["1", "2", "3"]
+    assert len(letters) == 1 and "failed after 3 attempt(s): HTTP 503" in letters[0].reason
+
+
+async def test_a_4xx_answer_is_not_retried(tmp_path) -> None:
+    attempts, letters = await _deliver_to(tmp_path, [401, 200])
+    assert attempts == ["1"] and len(letters) == 1 and "HTTP 401" in letters[0].reason

@@ -1,5 +1,10 @@
+import asyncio
+
+from prometheus_client import REGISTRY
+
 from core.contracts import Alert, Score
-from operators.influx_sink import alert_point, event_time_ms, score_point
+from operators.influx_sink import InfluxSink, alert_point, event_time_ms, score_point
+from operators.resilience import Backoff
 
 
 def sensor_score(**overrides) -> Score:
@@ -73,3 +78,40 @@ def test_alert_point() -> None:
 def test_event_time_rounds_to_milliseconds() -> None:
     assert event_time_ms(1.0004) == 1000 and event_time_ms(1.0006) == 1001
     assert event_time_ms(1583748873.25) == 1583748873250
+
+
+def sink_errors() -> float:
+    return REGISTRY.get_sample_value("diffsentry_sink_errors_total") or 0.0
+
+
+class FlakyWriteApi:
+    """Stands in for the store's write API: fails ``failures`` times, then keeps what it is sent."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.records: list[str] = []
+
+    async def write(self, *, record: str, **_: object) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store down")
+        self.records.append(record)
+
+
+async def test_points_wait_while_the_store_fails_and_are_acknowledged_once_written() -> None:
+    sink = InfluxSink(
+        "http://127.0.0.1:9", "token", "org", "bucket", flush_interval_s=0.0, backoff=Backoff(initial_s=0.0)
+    )
+    await sink.start()
+    store = FlakyWriteApi(failures=3)
+    sink._write_api = store  # type: ignore[assignment]
+    errors_before = sink_errors()
+    try:
+        first, second = score_point(sensor_score()), score_point(sensor_score(stream="pump 2"))
+        acknowledged = sink.write([first, second])
+        await asyncio.wait_for(acknowledged, timeout=5)
+        assert store.records == [first.to_line_protocol() + "\n" + second.to_line_protocol()]
+        assert sink_errors() - errors_before == 3
+        assert sink.breaker.state == "closed"
+    finally:
+        await sink.aclose()

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.contracts import ContractError, VideoFrame
+from operators.frames import decode_frame
+from operators.resilience import Backoff
 from operators.video_source import (
-    Backoff,
     RateSampler,
     ResilientSource,
     SourceFrame,
     SourceStats,
     SourceUnavailable,
-    decode_frame,
     encode_frame,
     iter_container,
     iter_folder,
@@ -58,11 +59,6 @@ def test_rate_sampler_restarts_after_a_gap_instead_of_bursting() -> None:
     assert sampler.accept(5.1)
 
 
-def test_backoff_grows_exponentially_and_is_capped() -> None:
-    backoff = Backoff(initial_s=0.5, factor=2.0, max_delay_s=4.0, max_attempts=6)
-    assert [backoff.delay(a) for a in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-
-
 def _frames(count: int) -> list[SourceFrame]:
     return [SourceFrame(Image.new("L", (8, 8), index), index / 10) for index in range(count)]
 
@@ -78,7 +74,7 @@ def test_failing_source_is_reopened_with_backoff_until_it_delivers() -> None:
         yield from _frames(3)
 
     stats = SourceStats()
-    source = ResilientSource(opener, stats, Backoff(initial_s=1.0, max_attempts=5), sleep=sleeps.append)
+    source = ResilientSource(opener, stats, Backoff(initial_s=1.0, jitter=0.0, max_attempts=5), sleep=sleeps.append)
     assert len(list(source)) == 3
     assert sleeps == [1.0, 2.0] and stats.reconnects == 2
 
@@ -89,8 +85,8 @@ def test_source_that_never_recovers_gives_up_after_bounded_attempts() -> None:
     def opener():
         raise OSError("no route to host")
 
-    backoff = Backoff(initial_s=1.0, max_delay_s=3.0, max_attempts=4)
-    with pytest.raises(SourceUnavailable, match="4 reconnects"):
+    backoff = Backoff(initial_s=1.0, max_s=3.0, jitter=0.0, max_attempts=5)
+    with pytest.raises(SourceUnavailable, match="5 failures in a row"):
         list(ResilientSource(opener, SourceStats(), backoff, sleep=sleeps.append))
     assert sleeps == [1.0, 2.0, 3.0, 3.0]
 
@@ -107,7 +103,8 @@ def test_live_source_dropping_mid_stream_resumes_and_resets_the_failure_count() 
         raise OSError("stream dropped")
 
     stats = SourceStats()
-    source = ResilientSource(opener, stats, Backoff(initial_s=1.0, max_attempts=2), live=True, sleep=sleeps.append)
+    backoff = Backoff(initial_s=1.0, jitter=0.0, max_attempts=3)
+    source = ResilientSource(opener, stats, backoff, live=True, sleep=sleeps.append)
     received = []
     with pytest.raises(SourceUnavailable):
         received.extend(frame.pts for frame in source)
@@ -138,18 +135,20 @@ def test_corrupt_jpeg_in_a_frame_folder_is_skipped_and_counted(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("encoding", ["raw", "jpeg"])
-def test_frame_encodings_round_trip(encoding: str) -> None:
+def test_frame_encodings_round_trip_through_the_scorers_decoder(encoding: str) -> None:
     frame = np.tile(np.arange(96, dtype=np.uint8), (64, 1))
-    decoded = decode_frame(encode_frame(frame, encoding), encoding, 96, 64)
+    meta = VideoFrame(camera="cam", seq=0, ts=0.0, width=96, height=64, encoding=encoding)
+    decoded = decode_frame(meta, encode_frame(frame, encoding), height=64, width=96)
     tolerance = 0 if encoding == "raw" else 4
     assert decoded.shape == (64, 96) and np.abs(decoded.astype(int) - frame).max() <= tolerance
 
 
 def test_bad_payloads_are_rejected_with_a_reason() -> None:
-    with pytest.raises(ValueError, match="bytes"):
-        decode_frame(b"\x00" * 10, "raw", 96, 64)
-    with pytest.raises(ValueError, match="JPEG"):
-        decode_frame(b"garbage", "jpeg", 96, 64)
+    meta = VideoFrame(camera="cam", seq=0, ts=0.0, width=96, height=64, encoding="raw")
+    with pytest.raises(ContractError, match="bytes"):
+        decode_frame(meta, b"\x00" * 10, height=64, width=96)
+    with pytest.raises(ContractError, match="JPEG"):
+        decode_frame(meta.model_copy(update={"encoding": "jpeg"}), b"garbage", height=64, width=96)
 
 
 def test_size_option_parses_width_by_height() -> None:

@@ -146,6 +146,10 @@ class DeadLetter(Message):
     error_type: str
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    # A payload too large for the broker travels cut short: its size and hash still identify the original.
+    payload_truncated: bool = False
+    payload_bytes: int | None = None
+    payload_sha256: str | None = None
     ts: float
 
 

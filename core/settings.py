@@ -130,6 +130,9 @@ class StreamSettings(BaseModel):
     fetch_max_records: int = Field(default=1000, ge=1)
     session_timeout_ms: int = Field(default=6000, ge=1000)  # tansu answers JoinGroup after ~session_timeout/2
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    dead_letter_max_payload: int = Field(
+        default=64 * 1024, ge=1024, description="characters of a failed payload kept in its dead letter"
+    )
     max_future_s: float = Field(
         default=86400.0, gt=0, description="event times this far ahead of the wall clock are dead-lettered"
     )

@@ -117,7 +117,11 @@ class StreamEngine:
             items = lane.accept(tp, record)
         except ContractError as error:
             self.ledger.hold(tp, record.offset)  # now, not when the task runs: a commit must not pass it meanwhile
-            self._spawn(self._send_dead_letter(tp, record.offset, record_dead_letter(record, error)))
+            self._spawn(
+                self._send_dead_letter(
+                    tp, record.offset, record_dead_letter(record, error, self.settings.stream.dead_letter_max_payload)
+                )
+            )
             return
         for item in items:
             await self._submit(lane, tp, record, item)
@@ -177,7 +181,8 @@ class StreamEngine:
             if previous is not None:
                 await previous
             self.order.leave(item.stream, mine)
-            letter = item_dead_letter(trigger, lane.modality, item.stream, lane.describe(item), error)
+            max_payload = self.settings.stream.dead_letter_max_payload
+            letter = item_dead_letter(trigger, lane.modality, item.stream, lane.describe(item), error, max_payload)
             self.ledger.hold(tp, trigger.offset)
             await self._send_dead_letter(tp, trigger.offset, letter)
         finally:

@@ -308,3 +308,23 @@ async def test_a_revoked_partition_is_committed_and_forgotten(tmp_path: Path, lo
     assert lane.windower.oldest_ref("pump-1") is None
     assert TopicPartition(READINGS, 0) not in worker.ledger.next_offset
     assert lane.buffered_offsets(TopicPartition(READINGS, 1)) == [3]  # the other partition keeps its state
+
+
+async def test_a_quiet_stream_stops_pinning_and_a_reading_from_the_future_is_refused(tmp_path: Path) -> None:
+    log, store, publisher = Log(), MemoryStore(), MemoryPublisher()
+    log.append(READINGS, 0, "pump-quiet", reading("pump-quiet", 100.0, 1.0))  # one reading, then silence
+    for step in range(20):
+        log.append(READINGS, 0, "pump-1", reading("pump-1", 100.0 + step, 1.0))
+        if step == 5:
+            log.append(READINGS, 0, "pump-1", reading("pump-1", 1e12, 1.0))  # ~30,000 years ahead
+    worker = engine(settings(tmp_path), log, store, publisher)
+    await worker.start()
+    await run_until_drained(worker, Alerting(settings(tmp_path).alerting))
+    await asyncio.sleep(0)
+    # The future reading is a dead letter and pump-1 goes on: windows ending at 103 ... 119 s, none lost.
+    letters = [body for _, body in publisher.sent["diffsentry.dead-letter"]]
+    assert [(body["offset"], "ahead of the clock" in body["reason"]) for body in letters] == [(7, True)]
+    assert store.series("sensor_scores,asset=pump-1") == [103_000, 107_000, 111_000, 115_000, 119_000]
+    # pump-quiet's lone reading (too few for a window: skipped) no longer holds the partition at offset 0.
+    assert store.series("sensor_scores,asset=pump-quiet") == []
+    assert log.committed[TopicPartition(READINGS, 0)] == 21  # pump-1's newest reading seeds its next window

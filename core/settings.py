@@ -127,6 +127,9 @@ class StreamSettings(BaseModel):
     sink_flush_interval_ms: float = Field(default=5.0, ge=0.0)  # how long a partial batch waits for more points
     sink_timeout_ms: int = Field(default=5000, ge=100)
     commit_interval_s: float = Field(default=0.5, gt=0.0)
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="after SIGTERM, how long in-flight work may take before it is left uncommitted"
+    )
     fetch_max_records: int = Field(default=1000, ge=1)
     session_timeout_ms: int = Field(default=6000, ge=1000)  # tansu answers JoinGroup after ~session_timeout/2
     heartbeat_interval_ms: int = Field(default=1000, ge=100)

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from core.settings import KafkaSettings, Settings
+from core.settings import InfluxSettings, KafkaSettings, Settings, TritonSettings
 from core.stack_state import (
     KAFKA,
     OBJECT_STORE,
@@ -78,6 +78,15 @@ def service_url(settings: Settings, name: str) -> str:
     if name == TRITON:
         return http_base(settings.triton.http_url)
     return settings.influx.url
+
+
+def default_url(name: str) -> str:
+    """The address a service has when nothing (configuration or a running local stack) says otherwise."""
+    if name == KAFKA:
+        return KafkaSettings().bootstrap_servers
+    if name == TRITON:
+        return http_base(TritonSettings().http_url)
+    return InfluxSettings().url
 
 
 def service_healthy(settings: Settings, name: str) -> bool:

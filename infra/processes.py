@@ -105,11 +105,16 @@ def free_port() -> int:
         return hold_free_port(held)
 
 
-def allocate_ports(configured: dict[str, int]) -> dict[str, int]:
-    """Configured ports as they are; free ones for those set to 0 (sockets held together so they differ)."""
+def allocate_ports(configured: dict[str, int], remembered: dict[str, int] | None = None) -> dict[str, int]:
+    """Configured ports as they are; for those set to 0, the port the service had before (``remembered``) while it
+    is free, so clients that resolved the address at their start find a restarted service again; else a free one
+    (sockets held together so they differ)."""
     with ExitStack() as held:
         chosen: dict[str, int] = {}
         for role, port in configured.items():
+            previous = (remembered or {}).get(role)
+            if not port and previous and hold_port(held, previous):
+                port = previous
             chosen[role] = port or hold_free_port(held)
         return chosen
 

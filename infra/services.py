@@ -45,8 +45,14 @@ from triton_models.paths import SOURCE_ROOT, TEMPLATE_REPOSITORY
 # --- the services ---------------------------------------------------------------------------------------------
 
 
+def _remembered(state: StackState, name: str) -> dict[str, int]:
+    """The ports a service had in its last start (its record outlives its process until ``stack down``)."""
+    record = state.services.get(name)
+    return dict(record.ports) if record is not None else {}
+
+
 def _start_kafka(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
-    ports = allocate_ports({"kafka": settings.stack.kafka_port})
+    ports = allocate_ports({"kafka": settings.stack.kafka_port}, _remembered(state, KAFKA))
     address = f"tcp://127.0.0.1:{ports['kafka']}"
     env = None
     storage_engine = "memory://tansu/"
@@ -97,7 +103,8 @@ def _start_object_store(settings: Settings, state: StackState, state_dir: Path) 
         servers = ("s3", "master", "volume", "filer")
         ports = allocate_ports(
             {f"{s}.port{grpc}": 0 for s in servers for grpc in ("", ".grpc")}
-            | {"s3.port": settings.stack.object_store_port}
+            | {"s3.port": settings.stack.object_store_port},
+            _remembered(state, OBJECT_STORE),
         )
     ports |= {"admin.port": admin_http, "admin.port.grpc": admin_grpc}
     command = [
@@ -180,9 +187,11 @@ def triton_environment(server_dir: Path, python_env: Path) -> dict[str, str]:
     return env
 
 
-def _spawn_triton(model_repository: Path, configured_ports: dict[str, int], state_dir: Path) -> ServiceRecord:
+def _spawn_triton(
+    model_repository: Path, configured_ports: dict[str, int], state_dir: Path, remembered: dict[str, int]
+) -> ServiceRecord:
     server_dir = tritonserver_dir()
-    ports = allocate_ports(configured_ports)
+    ports = allocate_ports(configured_ports, remembered)
     model_repository = model_repository.resolve()
     model_repository.mkdir(parents=True, exist_ok=True)
     command = [
@@ -216,7 +225,7 @@ def _start_triton(settings: Settings, state: StackState, state_dir: Path) -> Ser
         "grpc": settings.stack.triton_grpc_port,
         "metrics": settings.stack.triton_metrics_port,
     }
-    return _spawn_triton(settings.model_repository, ports, state_dir)
+    return _spawn_triton(settings.model_repository, ports, state_dir, _remembered(state, TRITON))
 
 
 @contextmanager
@@ -227,7 +236,7 @@ def triton_only(model_repository: Path, timeout_s: float = 180.0, stop_timeout_s
     For commands that measure a model they have just written (``evaluate video``) without touching, or needing,
     a running stack."""
     with tempfile.TemporaryDirectory(prefix="diffsentry-triton-") as tmp:
-        record = _spawn_triton(model_repository, {"http": 0, "grpc": 0, "metrics": 0}, Path(tmp))
+        record = _spawn_triton(model_repository, {"http": 0, "grpc": 0, "metrics": 0}, Path(tmp), {})
         try:
             wait_healthy([record], timeout_s)
             yield f"127.0.0.1:{record.ports['grpc']}"
@@ -236,7 +245,7 @@ def triton_only(model_repository: Path, timeout_s: float = 180.0, stop_timeout_s
 
 
 def _start_victoria_metrics(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
-    ports = allocate_ports({"http": settings.stack.victoria_metrics_port})
+    ports = allocate_ports({"http": settings.stack.victoria_metrics_port}, _remembered(state, VICTORIA_METRICS))
     data_dir = (state_dir / "victoria-metrics-data").resolve()
     command = [
         str(victoria_metrics_binary()),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -52,6 +53,8 @@ class StreamEngine:
         self._in_flight = asyncio.Semaphore(settings.stream.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
+        self._stopped = False
+        self._deadline = math.inf  # of the shutdown grace
 
     @property
     def in_flight(self) -> int:
@@ -79,8 +82,9 @@ class StreamEngine:
             await self._drain()
 
     async def close(self) -> None:
+        remaining = max(0.0, self._deadline - asyncio.get_running_loop().time())
         await self.publisher.stop()
-        await self.sink.aclose()
+        await self.sink.aclose(timeout_s=remaining)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
@@ -101,13 +105,21 @@ class StreamEngine:
         stopping.cancel()
 
     async def _drain(self) -> None:
-        """Score what the batchers hold, wait for the store, commit, stop reading."""
-        for lane in self.lanes.values():
-            await lane.batcher.aclose()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Within ``stream.shutdown_grace_s``: score what the batchers hold, wait for the store, commit, stop reading.
+        Work not done by then (Triton or the store away) is cancelled uncommitted: the next start reads it again."""
+        grace = self.settings.stream.shutdown_grace_s
+        self._deadline = asyncio.get_running_loop().time() + grace
+        flushes = [asyncio.create_task(lane.batcher.aclose()) for lane in self.lanes.values()]
+        await asyncio.wait({*flushes, *self._tasks}, timeout=grace)
         with contextlib.suppress(Exception):
             await self._commit()
+        self._stopped = True  # no commit from here on: cancelled work releases offsets it never finished
+        unfinished = [task for task in (*flushes, *self._tasks) if not task.done()]
+        if unfinished:
+            log.warning("shutdown grace over: %d items left unfinished, uncommitted", len(unfinished))
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*flushes, *self._tasks, return_exceptions=True)
         await self.source.stop()
 
     # -- one record, one item --------------------------------------------------------------------------------
@@ -115,7 +127,9 @@ class StreamEngine:
     async def _accept(self, lane: Lane[Any, Any, Any], tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
             items = lane.accept(tp, record)
-        except ContractError as error:
+        except Exception as error:  # ContractError: bad input; anything else: a bug this record found. Never a crash.
+            if not isinstance(error, ContractError):
+                log.exception("unexpected failure decoding %s@%s", record.topic, record.offset)
             self.ledger.hold(tp, record.offset)  # now, not when the task runs: a commit must not pass it meanwhile
             self._spawn(
                 self._send_dead_letter(
@@ -248,7 +262,8 @@ class StreamEngine:
                 log.warning("commit failed; retrying", exc_info=True)
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._commit(revoked)
+        if not self._stopped:
+            await self._commit(revoked)
         for lane in self.lanes.values():
             lane.forget(set(revoked))
         for tp in revoked:

@@ -46,7 +46,9 @@ class PointSink(Protocol):
         """Queues points; the future resolves once the store acknowledged all of them."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self, timeout_s: float) -> None:
+        """Write what is buffered, waiting at most ``timeout_s`` for the store, then close."""
+        ...
 
 
 class AlertObserver(Protocol):

@@ -74,6 +74,7 @@ def test_stack_lifecycle_doctor_and_a_stopped_service(cli_env: dict[str, str]) -
     assert [s["name"] for s in status] == SERVICES
     assert all(s["healthy"] and isinstance(s["pid"], int) for s in status), status
     pids = {s["name"]: s["pid"] for s in status}
+    urls = {s["name"]: s["url"] for s in status}
 
     again = _cli(cli_env, "stack", "up")
     assert again.returncode == 0, again.stderr
@@ -102,6 +103,7 @@ def test_stack_lifecycle_doctor_and_a_stopped_service(cli_env: dict[str, str]) -
     code, status = _status(cli_env)
     assert code != 0
     assert [s["healthy"] for s in status] == [True, True, False]
+    assert [s["url"] for s in status] == list(urls.values())  # the stopped store where it was, not the default
 
     # `up` again restarts only what is gone.
     assert _cli(cli_env, "stack", "up").returncode == 0
@@ -110,6 +112,8 @@ def test_stack_lifecycle_doctor_and_a_stopped_service(cli_env: dict[str, str]) -
     restarted = {s["name"]: s["pid"] for s in status}
     assert restarted["kafka"] == pids["kafka"] and restarted["triton"] == pids["triton"]
     assert restarted["victoria-metrics"] != pids["victoria-metrics"]
+    # On the port it had: clients that resolved its address at their start (a running worker) find it again.
+    assert {s["name"]: s["url"] for s in status} == urls
     pids["victoria-metrics"] = restarted["victoria-metrics"]
 
     down = _cli(cli_env, "stack", "down")

@@ -562,3 +562,99 @@ async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(sta
         await consumer.stop()
     assert [a.state for a in alerts][:1] == ["firing"] and alerts[0].stream == asset
     assert "Current" in alerts[0].top_channels
+
+
+async def count_points(store_url: str, measurement_field: str, **labels: str) -> int:
+    """Every stored point of a series family, duplicates included (not unique timestamps)."""
+    matcher = ",".join([f'__name__="{measurement_field}"', *(f'{k}="{v}"' for k, v in labels.items())])
+    async with httpx.AsyncClient(base_url=store_url, timeout=10) as client:
+        await client.get("/internal/force_flush")
+        response = await client.post("/api/v1/export", data={"match[]": "{" + matcher + "}"})
+    response.raise_for_status()
+    return sum(len(json.loads(line)["timestamps"]) for line in response.text.splitlines())
+
+
+def jpeg_claiming(height: int, width: int) -> bytes:
+    """A small valid JPEG whose frame header (SOF0) claims ``height`` x ``width`` pixels."""
+    data = bytearray(jpeg(np.full((8, 8), 128, dtype=np.uint8)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+async def read_dead_letters(bootstrap: str, topic: str, count: int) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        while len(letters) < count:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
+            letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
+        await asyncio.sleep(1.0)  # and nothing more arrives
+        letters += [decode(DeadLetter, r.value) for rs in (await consumer.getmany(timeout_ms=500)).values() for r in rs]
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def test_a_mixed_hostile_replay_is_fully_accounted_for_and_the_worker_stays_up(
+    stack: Stack, worker_factory
+) -> None:
+    """produced = stored + dead-lettered: every hostile message is one dead letter with its reason, every window of
+    the normal stream is one stored point (all points counted), and the worker keeps consuming."""
+    settings = stack.settings()
+    card = load_ts_card(card_path(MODELS, "ts_diffusion"))
+    good = dict.fromkeys(card.channels, 1.0)
+    asset, camera = f"hostile-{uuid.uuid4().hex[:6]}", f"cam-{uuid.uuid4().hex[:6]}"
+    base = 1_600_000_000.0
+
+    def raw(ts: str, values: dict = good) -> bytes:
+        return f'{{"asset": "{asset}", "ts": {ts}, "values": {json.dumps(values)}}}'.encode()
+
+    hostile = [
+        raw("NaN"),
+        raw("Infinity"),
+        b"[" * 100_000,
+        raw('"1600000010"'),  # a number as a string
+        raw(str(base + 11), {**good, "Current": "1.5"}),
+        raw(str(base + 12), {**good, "Current": True}),
+        raw(str(base + 1e9)),  # 31 years ahead
+        raw("-5.0"),
+        raw("1e16"),
+        raw(str(base + 13)) + b" " * 10 + json.dumps({"padding": "x" * 2_000_000}).encode(),  # 2 MB, trailing data
+    ]
+    normal = [SensorReading(asset=asset, ts=base + t, values=good).to_json() for t in range(60)]
+    windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
+    expected = sum(len(windower.add(SensorReading(asset=asset, ts=base + t, values=good))) for t in range(60))
+    frame_header = VideoFrame(camera=camera, seq=0, ts=base, height=96, width=128).to_json()
+    async with worker_factory(settings) as worker:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=stack.bootstrap, enable_idempotence=False, max_request_size=4_000_000
+        )
+        await producer.start()
+        try:
+            for position, message in enumerate(normal):
+                await producer.send_and_wait(settings.topics.sensor_readings, message, key=asset.encode())
+                if position % 6 == 0 and hostile:
+                    await producer.send_and_wait(settings.topics.sensor_readings, hostile.pop(), key=asset.encode())
+            bomb = jpeg_claiming(65000, 65000)
+            await producer.send_and_wait(
+                settings.topics.video_frames, bomb, key=camera.encode(), headers=[(FRAME_HEADER, frame_header)]
+            )
+        finally:
+            await producer.stop()
+        assert not hostile, "the replay is longer than the hostile list"
+        letters = await read_dead_letters(stack.bootstrap, settings.topics.dead_letter, 11)
+
+        async def all_scored() -> bool:
+            return await count_points(stack.store_url, "sensor_scores_score", asset=asset) >= expected
+
+        await wait_for(all_scored)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.health_port}", timeout=5) as client:
+            assert (await client.get("/healthz")).status_code == 200
+    assert await count_points(stack.store_url, "sensor_scores_score", asset=asset) == expected
+    assert len(letters) == 11, [letter.reason for letter in letters]
+    by_offset = sorted(letters, key=lambda letter: (letter.source_topic, letter.offset or 0))
+    assert all(letter.reason for letter in by_offset)
+    assert any(letter.payload_truncated and letter.payload_bytes > 2_000_000 for letter in letters)
+    assert any(letter.source_topic == settings.topics.video_frames for letter in letters)

@@ -118,7 +118,7 @@ class MemoryStore:
         done.set_result(None)
         return done
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout_s: float) -> None:
         pass
 
     def series(self, prefix: str) -> list[int]:

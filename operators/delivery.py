@@ -4,7 +4,9 @@
 never waits on a subscriber. Deliveries to one subscription about one stream go out in order (a resolve never
 overtakes its firing, even across retries); everything else runs concurrently, at most ``concurrency`` requests.
 Each delivery is tried until it succeeds, fails permanently (a 4xx other than 408/425/429) or runs out of
-attempts, with exponential backoff between tries; then it goes to the dead-letter sink.
+attempts, with exponential backoff between tries; then it goes to the dead-letter sink. Every attempt first passes
+the outbound policy (``operators/outbound.py``: where webhooks may go) and goes to the address it checked;
+redirects are not followed.
 The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
 Finished deliveries (delivered, dead-lettered, cancelled) leave the journal ``journal_retention_s`` after their last
 update, so it does not grow without bound; a transition re-read after that is delivered again (receivers dedupe on
@@ -29,6 +31,7 @@ import httpx
 from core.contracts import Alert, DeadLetter, decode
 from core.settings import DeliverySettings
 from operators.alerting import idempotency_key
+from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
 from operators.resilience import Backoff
 from operators.sqlite_store import open_database
 from operators.subscriptions import Selector, SubscriptionStore
@@ -186,7 +189,9 @@ class AlertDispatcher:
         hub: AlertHub | None = None,
         client: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
+        """``outbound`` decides where webhooks may go (default: public addresses only)."""
         self._store = store
         self._journal = journal
         self._settings = settings
@@ -199,6 +204,7 @@ class AlertDispatcher:
         self._client = client
         self._owns_client = client is None
         self._rng = rng or random.Random()
+        self._outbound = outbound or OutboundPolicy()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -297,7 +303,7 @@ class AlertDispatcher:
                     self._journal.record(subscription_id, alert, attempts, "pending", str(failure))
                     await asyncio.sleep(self._backoff.delay(attempts, self._rng))
                     continue
-                reason = f"webhook {url} failed after {attempts} attempt(s): {failure}"
+                reason = f"webhook {redact_url(url)} failed after {attempts} attempt(s): {failure}"
                 await self._to_dead_letter(subscription_id, alert, attempts, reason)
                 return
             self._journal.record(subscription_id, alert, attempts, "delivered", None)
@@ -305,7 +311,14 @@ class AlertDispatcher:
 
     async def _post(self, url: str, body: bytes, secret: str, alert: Alert, attempt: int) -> None:
         assert self._client is not None
+        try:
+            target = await self._outbound.resolve(url)  # checked again at every attempt: DNS answers change
+        except BlockedTarget as error:
+            raise _Failure(f"refused by the outbound policy: {error}", retryable=False) from error
+        except OSError as error:
+            raise _Failure(f"cannot resolve the host: {error}", retryable=True) from error
         headers = {
+            "Host": target.host_header,
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(secret, body),
             TIMESTAMP_HEADER: str(int(time.time())),
@@ -314,13 +327,22 @@ class AlertDispatcher:
             EVENT_HEADER: f"alert.{alert.state}",
         }
         try:
-            response = await self._client.post(url, content=body, headers=headers, timeout=self._settings.timeout_s)
+            response = await self._client.post(
+                target.url,
+                content=body,
+                headers=headers,
+                timeout=self._settings.timeout_s,
+                follow_redirects=False,  # a redirect could lead anywhere, past the policy
+                extensions={"sni_hostname": target.server_name},
+            )
         except httpx.TimeoutException as error:
             raise _Failure(f"timed out ({type(error).__name__})", retryable=True) from error
         except httpx.TransportError as error:
             raise _Failure(f"{type(error).__name__}: {error}", retryable=True) from error
         if response.is_success:
             return
+        if response.is_redirect:
+            raise _Failure(f"HTTP {response.status_code}: redirects are not followed", retryable=False)
         retryable = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
         raise _Failure(f"HTTP {response.status_code}", retryable=retryable)
 

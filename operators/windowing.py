@@ -23,7 +23,7 @@ Policy (what happens to time, gaps and late data):
   if it is newer than it, otherwise it is dropped and counted in ``late_readings`` (its slot stays unobserved).
   Two readings for one slot: the later one wins (re-delivery).
 - A reading must carry exactly the model card's channels, each value within the float32 range the model computes
-  in; anything else is a :class:`ContractError` (dead letter).
+  in, and leave room for its window before ``MAX_EVENT_TIME``; anything else is a :class:`ContractError`.
 
 Each slot remembers an opaque, ordered ``ref`` (the Kafka offset) so the worker can tell which offsets are still
 needed to rebuild the state: :meth:`SensorWindower.oldest_ref`.
@@ -38,7 +38,7 @@ from functools import cached_property
 
 import numpy as np
 
-from core.contracts import ContractError, SensorReading, SensorWindow
+from core.contracts import MAX_EVENT_TIME, ContractError, SensorReading, SensorWindow
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -117,6 +117,9 @@ class SensorWindower:
         """Add one reading; returns the windows it completed (usually zero or one)."""
         row = self._row(reading)
         slot = round(reading.ts / self.period)
+        if (slot + self.stride + self.window) * self.period > MAX_EVENT_TIME:
+            # Its window would end past the latest event time a SensorWindow (and the store) takes.
+            raise ContractError(f"asset {reading.asset!r}: ts {reading.ts} leaves no room for a window before 2200")
         state = self._assets.get(reading.asset)
         if state is None:
             state = self._assets[reading.asset] = _AssetState(start=-(-slot // self.stride) * self.stride)

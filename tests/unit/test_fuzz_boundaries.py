@@ -209,7 +209,7 @@ CHANNELS = ("a", "b")
 @st.composite
 def readings(draw: st.DrawFn) -> bytes:
     """Mostly readings the worker would accept, with values and times anywhere a double can be."""
-    times = st.floats(0, MAX_EVENT_TIME - 1e6) | st.floats(0, 100) | st.floats(allow_nan=True)
+    times = st.floats(MAX_EVENT_TIME - 10, MAX_EVENT_TIME) | st.floats(0, 100) | st.floats(allow_nan=True)
     values = st.floats(-10.0, 10.0) | st.floats(allow_nan=True, allow_infinity=True)
     reading = {
         "schema": "sensor_reading",

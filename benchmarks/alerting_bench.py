@@ -24,6 +24,7 @@ from core.contracts import Alert, DeadLetter, Score
 from core.settings import AlertingSettings, DeliverySettings
 from operators.alerting import AlertEngine, AlertStateStore, MemoryAlertStateStore, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, DeliveryJournal
+from operators.outbound import OutboundPolicy
 from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
 
@@ -91,6 +92,7 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
         settings=DeliverySettings(concurrency=concurrency),
         dead_letter=no_dead_letters,
         source_topic="bench",
+        outbound=OutboundPolicy(["127.0.0.1/32"]),  # the receiver listens on loopback
     )
     await dispatcher.start()
     # One alert per stream, so that per-stream ordering does not serialise them.

@@ -6,22 +6,39 @@ Wire format:
 - video frames carry the image bytes (JPEG, or raw uint8 row-major) as the Kafka value and their metadata
   as a JSON header ``diffsentry-frame``, so that a frame is never base64-inflated.
 
-``decode(model, raw)`` raises :class:`ContractError` whose message says what was wrong.
+``decode(model, raw)`` is the boundary for everything that comes from outside: it returns a valid message or
+raises :class:`ContractError` whose message says what was wrong, never another exception. Its rules:
+
+- at most ``MAX_MESSAGE_BYTES`` (1 MiB, Kafka's default largest message) and ``MAX_JSON_DEPTH`` levels of nested
+  arrays and objects, checked by a scan without recursion before the JSON is parsed;
+- strict types: a number field takes a JSON number (an integer where the field is one), never a string or a
+  boolean; a boolean field takes only ``true``/``false``;
+- every number finite (``NaN``, ``Infinity`` and numbers too large for a double are refused);
+- event times are seconds since the epoch from 1970-01-01 to 2200-01-01 (``MAX_EVENT_TIME``): within what InfluxDB
+  (nanoseconds in an int64, up to 2262) and VictoriaMetrics (milliseconds, from 1970) can store;
+- a video frame declares at most ``MAX_FRAME_SIDE`` pixels a side and ``MAX_FRAME_PIXELS`` in all (DCI 4K).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from typing import Any, ClassVar, Literal, TypeVar
+import re
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 FRAME_HEADER = "diffsentry-frame"
 
 Modality = Literal["sensor", "video"]
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_ORDER: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+
+MAX_MESSAGE_BYTES = 1 << 20
+# The deepest contract (a window's values) nests three levels; the margin costs nothing.
+MAX_JSON_DEPTH = 16
+MAX_EVENT_TIME = 7_258_118_400.0  # 2200-01-01T00:00:00Z
+MAX_FRAME_SIDE = 4096
+MAX_FRAME_PIXELS = 4096 * 2160
 
 
 class ContractError(ValueError):
@@ -39,39 +56,42 @@ class Message(BaseModel):
         return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _finite(values: list[float], what: str) -> list[float]:
-    for index, value in enumerate(values):
-        if not math.isfinite(value):
-            raise ValueError(f"{what}[{index}] is {value}, not a finite number")
-    return values
+def _tuple_from_array(value: Any) -> Any:
+    # A JSON array is a list; strict validation would refuse it for a tuple field.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _integer_not_bool(value: Any) -> Any:
+    # Literal[1, 3] compares by equality, so even strict validation takes true and 3.0 for it.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected the integer 1 or 3, got {value!r}")
+    return value
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+EventTime = Annotated[float, Field(ge=0.0, le=MAX_EVENT_TIME, allow_inf_nan=False)]
+StreamId = Annotated[str, Field(min_length=1, max_length=200)]
+Location = Annotated[tuple[Finite, Finite], BeforeValidator(_tuple_from_array)]
 
 
 class SensorReading(Message):
     """One sample of every channel of an asset at one event time (seconds since the epoch)."""
 
     schema_name: ClassVar[str] = "sensor_reading"
-    asset: str = Field(min_length=1, max_length=200)
-    ts: float
-    values: dict[str, float] = Field(min_length=1)
-
-    @field_validator("values")
-    @classmethod
-    def _values_finite(cls, values: dict[str, float]) -> dict[str, float]:
-        for channel, value in values.items():
-            if not math.isfinite(value):
-                raise ValueError(f"channel {channel!r} is {value}, not a finite number")
-        return values
+    asset: StreamId
+    ts: EventTime
+    values: dict[str, Finite] = Field(min_length=1)
 
 
 class SensorWindow(Message):
     """A window of readings of one asset, ``values[step][channel]``; ``observed`` marks real samples."""
 
     schema_name: ClassVar[str] = "sensor_window"
-    asset: str
-    start_ts: float
-    end_ts: float
+    asset: StreamId
+    start_ts: EventTime
+    end_ts: EventTime
     channels: list[str]
-    values: list[list[float]]
+    values: list[list[Finite]]
     observed: list[list[bool]]
 
     @model_validator(mode="after")
@@ -82,7 +102,6 @@ class SensorWindow(Message):
         for step, (row, mask) in enumerate(zip(self.values, self.observed, strict=True)):
             if len(row) != width or len(mask) != width:
                 raise ValueError(f"step {step} has {len(row)} values for {width} channels")
-            _finite(row, f"values[{step}]")
         return self
 
 
@@ -90,13 +109,19 @@ class VideoFrame(Message):
     """Metadata of one video frame; the image bytes travel as the Kafka value."""
 
     schema_name: ClassVar[str] = "video_frame"
-    camera: str = Field(min_length=1, max_length=200)
-    seq: int = Field(ge=0)
-    ts: float
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
-    channels: Literal[1, 3] = 1
+    camera: StreamId
+    seq: int = Field(ge=0, lt=2**63)
+    ts: EventTime
+    width: int = Field(gt=0, le=MAX_FRAME_SIDE)
+    height: int = Field(gt=0, le=MAX_FRAME_SIDE)
+    channels: Annotated[Literal[1, 3], BeforeValidator(_integer_not_bool)] = 1
     encoding: Literal["jpeg", "raw"] = "jpeg"
+
+    @model_validator(mode="after")
+    def _pixels(self) -> VideoFrame:
+        if self.width * self.height > MAX_FRAME_PIXELS:
+            raise ValueError(f"{self.width}x{self.height} is more than {MAX_FRAME_PIXELS} pixels")
+        return self
 
 
 class Score(Message):
@@ -104,16 +129,16 @@ class Score(Message):
 
     schema_name: ClassVar[str] = "score"
     modality: Modality
-    stream: str
-    ts: float
-    score: float
-    threshold: float
+    stream: StreamId
+    ts: EventTime
+    score: Finite
+    threshold: Finite
     is_anomaly: bool
     model: str
     model_version: str
-    contributions: dict[str, float] = Field(default_factory=dict)
-    location: tuple[float, float] | None = None
-    produced_at: float | None = None
+    contributions: dict[str, Finite] = Field(default_factory=dict)
+    location: Location | None = None
+    produced_at: EventTime | None = None
 
 
 class Alert(Message):
@@ -122,16 +147,16 @@ class Alert(Message):
     schema_name: ClassVar[str] = "alert"
     alert_id: str
     modality: Modality
-    stream: str
+    stream: StreamId
     state: Literal["firing", "resolved"]
     severity: Severity
-    started_at: float
-    ts: float
-    score: float
-    threshold: float
+    started_at: EventTime
+    ts: EventTime
+    score: Finite
+    threshold: Finite
     model: str
     top_channels: list[str] = Field(default_factory=list)
-    location: tuple[float, float] | None = None
+    location: Location | None = None
 
 
 class DeadLetter(Message):
@@ -150,21 +175,52 @@ class DeadLetter(Message):
     payload_truncated: bool = False
     payload_bytes: int | None = None
     payload_sha256: str | None = None
-    ts: float
+    ts: EventTime
 
 
 M = TypeVar("M", bound=Message)
 
+# A string token (skipped whole: brackets inside strings do not nest) or a bracket.
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _check_nesting(text: str) -> None:
+    """Refuses JSON nested deeper than MAX_JSON_DEPTH before the (recursive) parser sees it."""
+    depth = 0
+    for token in _JSON_NESTING.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ContractError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        elif bracket in ("]", "}"):
+            depth -= 1
+
+
+def _refuse_constant(name: str) -> float:
+    raise ContractError(f"{name} in JSON: numbers must be finite")
+
+
+def _parse(raw: bytes | str) -> Any:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        unit = "bytes" if isinstance(raw, bytes) else "characters"
+        raise ContractError(f"message of {len(raw)} {unit}, more than {MAX_MESSAGE_BYTES}")
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as error:
+        raise ContractError(f"malformed JSON: not UTF-8: {error}") from error
+    _check_nesting(text)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ContractError:
+        raise
+    except ValueError as error:  # JSONDecodeError, and integers with more digits than Python converts
+        raise ContractError(f"malformed JSON: {error}") from error
+
 
 def decode(model: type[M], raw: bytes | str | dict[str, Any]) -> M:
     """Parse and validate one message; every failure becomes a :class:`ContractError` with the reason."""
-    if isinstance(raw, bytes | str):
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ContractError(f"malformed JSON: {error}") from error
-    else:
-        data = raw
+    data = _parse(raw) if isinstance(raw, bytes | str) else raw
     if not isinstance(data, dict):
         raise ContractError(f"expected a JSON object, got {type(data).__name__}")
     data = dict(data)
@@ -175,7 +231,7 @@ def decode(model: type[M], raw: bytes | str | dict[str, Any]) -> M:
     if version != 1:
         raise ContractError(f"unsupported {model.schema_name} version {version!r}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as error:
         reasons = "; ".join(
             f"{'.'.join(str(p) for p in item['loc']) or 'message'}: {item['msg']}" for item in error.errors()

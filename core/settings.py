@@ -9,13 +9,15 @@ explicitly, for example production addresses, always wins.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.stack_state import running_stack_addresses
@@ -157,12 +159,21 @@ class AlertingSettings(BaseModel):
     top_channels: int = Field(default=3, ge=0, description="contributing channels carried by an alert")
 
 
+# The API refuses to serve with it unless api.allow_dev_token says this is a development set-up.
+DEVELOPMENT_TOKEN = "diffsentry-dev-token"
+
+
 class ApiSettings(BaseModel):
     """The REST API for subscriptions and the server-sent-events alert stream."""
 
     host: str = "127.0.0.1"
     port: int = 8088
-    token: str = Field(default="diffsentry-dev-token", min_length=1)
+    token: str = Field(default=DEVELOPMENT_TOKEN, min_length=1)
+    allow_dev_token: bool = False
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
 
 class DeliverySettings(BaseModel):
@@ -177,6 +188,25 @@ class DeliverySettings(BaseModel):
     journal_retention_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="finished deliveries older than this leave the journal"
     )
+    allowed_targets: list[str] = Field(
+        default_factory=list,
+        description="CIDRs and host names webhooks may reach although they are not public (operators/outbound.py)",
+    )
+    secrets_key: str | None = Field(
+        default=None,
+        description="Fernet key encrypting webhook secrets at rest; none: webhook-secrets.key in the state dir",
+    )
+
+    @field_validator("allowed_targets")
+    @classmethod
+    def _cidrs_or_host_names(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(entry):
+                    raise ValueError(f"{entry!r} is neither a CIDR (or address) nor a host name") from None
+        return entries
 
 
 class VideoSettings(BaseModel):

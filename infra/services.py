@@ -256,6 +256,9 @@ def _start_victoria_metrics(settings: Settings, state: StackState, state_dir: Pa
         # Points are readable right after force_flush: no look-back offset, no cached query results.
         "-search.latencyOffset=0s",
         "-search.disableCache",
+        # One point per series and millisecond, as InfluxDB keeps one per series and timestamp: a window scored again
+        # after a restart replaces its score instead of adding a second point (exports and queries included).
+        "-dedup.minScrapeInterval=1ms",
     ]
     return spawn(VICTORIA_METRICS, command, ports, state_dir, data_dir=data_dir)
 

@@ -5,7 +5,8 @@ never waits on a subscriber. Deliveries to one subscription about one stream go 
 overtakes its firing, even across retries); everything else runs concurrently, at most ``concurrency`` requests.
 Each delivery is tried until it succeeds, fails permanently (a 4xx other than 408/425/429) or runs out of
 attempts (``operators.resilience``: exponential backoff with jitter, ``max_attempts``); then it goes to the
-dead-letter sink.
+dead-letter sink. Every attempt first passes the outbound policy (``operators/outbound.py``: where webhooks may go)
+and goes to the address it checked; redirects are not followed.
 The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
 Finished deliveries (delivered, dead-lettered, cancelled) leave the journal ``journal_retention_s`` after their last
 update, so it does not grow without bound; a transition re-read after that is delivered again (receivers dedupe on
@@ -29,6 +30,7 @@ import httpx
 from core.contracts import Alert, DeadLetter, decode
 from core.settings import DeliverySettings
 from operators.alerting import idempotency_key
+from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
 from operators.resilience import Backoff, call_with_retry
 from operators.sqlite_store import open_database
 from operators.subscriptions import Selector, SubscriptionStore
@@ -55,7 +57,10 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+    # As bytes: compare_digest refuses str with non-ASCII characters, which any client can put in a header.
+    if header is None:
+        return False
+    return hmac.compare_digest(sign(secret, body).encode(), header.encode(errors="surrogatepass"))
 
 
 class DeliveryJournal:
@@ -182,7 +187,9 @@ class AlertDispatcher:
         source_topic: str,
         hub: AlertHub | None = None,
         client: httpx.AsyncClient | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
+        """``outbound`` decides where webhooks may go (default: public addresses only)."""
         self._store = store
         self._journal = journal
         self._settings = settings
@@ -197,6 +204,7 @@ class AlertDispatcher:
         self.hub = hub
         self._client = client
         self._owns_client = client is None
+        self._outbound = outbound or OutboundPolicy()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -306,7 +314,7 @@ class AlertDispatcher:
                 attempts_made=attempts,
             )
         except _Failure as failure:
-            reason = f"webhook {url} failed after {attempts} attempt(s): {failure}"
+            reason = f"webhook {redact_url(url)} failed after {attempts} attempt(s): {failure}"
             await self._to_dead_letter(subscription_id, alert, attempts, reason)
             return
         if delivered:
@@ -316,7 +324,14 @@ class AlertDispatcher:
 
     async def _post(self, url: str, body: bytes, secret: str, alert: Alert, attempt: int) -> None:
         assert self._client is not None
+        try:
+            target = await self._outbound.resolve(url)  # checked again at every attempt: DNS answers change
+        except BlockedTarget as error:
+            raise _Failure(f"refused by the outbound policy: {error}", retryable=False) from error
+        except OSError as error:
+            raise _Failure(f"cannot resolve the host: {error}", retryable=True) from error
         headers = {
+            "Host": target.host_header,
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(secret, body),
             TIMESTAMP_HEADER: str(int(time.time())),
@@ -325,13 +340,22 @@ class AlertDispatcher:
             EVENT_HEADER: f"alert.{alert.state}",
         }
         try:
-            response = await self._client.post(url, content=body, headers=headers, timeout=self._settings.timeout_s)
+            response = await self._client.post(
+                target.url,
+                content=body,
+                headers=headers,
+                timeout=self._settings.timeout_s,
+                follow_redirects=False,  # a redirect could lead anywhere, past the policy
+                extensions={"sni_hostname": target.server_name},
+            )
         except httpx.TimeoutException as error:
             raise _Failure(f"timed out ({type(error).__name__})", retryable=True) from error
         except httpx.TransportError as error:
             raise _Failure(f"{type(error).__name__}: {error}", retryable=True) from error
         if response.is_success:
             return
+        if response.is_redirect:
+            raise _Failure(f"HTTP {response.status_code}: redirects are not followed", retryable=False)
         retryable = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
         raise _Failure(f"HTTP {response.status_code}", retryable=retryable)
 

@@ -4,6 +4,10 @@
   cannot decode is a :class:`ContractError`), raw as row-major ``height x width x channels`` bytes (a length that
   does not match the header is a ContractError). Colour frames are converted to luminance; frames of another size
   are resized (bilinear) to the model card's ``height`` x ``width``.
+- Frame size: the header's ``width`` x ``height`` is bounded by the contract (``MAX_FRAME_SIDE``,
+  ``MAX_FRAME_PIXELS``), and the payload must be that size: a JPEG whose own header claims another size is a
+  ContractError before any pixel is decoded, so a small payload cannot make the worker allocate a huge image
+  (Pillow's ``DecompressionBombError`` is one too).
 - Each camera keeps its last ``K + 1`` frames. Every frame that finds ``K`` frames before it emits one
   ``[K + 1, H, W]`` stack whose last frame is the scored one.
 - Ordering by ``seq``: a frame whose seq is not newer than the newest buffered frame (re-delivery or reordering) is
@@ -30,11 +34,20 @@ def decode_frame(frame: VideoFrame, payload: bytes, height: int, width: int) -> 
     """Image bytes -> grayscale uint8 [height, width]."""
     if frame.encoding == "jpeg":
         try:
-            with Image.open(io.BytesIO(payload)) as image:
+            image = Image.open(io.BytesIO(payload), formats=["JPEG"])  # reads the header only
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
+            raise ContractError(f"camera {frame.camera!r} seq {frame.seq}: corrupt JPEG: {error}") from error
+        with image:
+            if image.size != (frame.width, frame.height):
+                raise ContractError(
+                    f"camera {frame.camera!r} seq {frame.seq}: JPEG of {image.width}x{image.height} pixels, "
+                    f"the frame header declares {frame.width}x{frame.height}"
+                )
+            try:
                 image.load()
                 gray = image.convert("L")
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ContractError(f"camera {frame.camera!r} seq {frame.seq}: corrupt JPEG: {error}") from error
+            except (OSError, ValueError) as error:
+                raise ContractError(f"camera {frame.camera!r} seq {frame.seq}: corrupt JPEG: {error}") from error
     else:
         expected = frame.height * frame.width * frame.channels
         if len(payload) != expected:

@@ -2,7 +2,7 @@
 
 A subscription selects alerts by stream glob (``pump-*``), modality (or any) and minimum severity, and receives
 them by webhook (signed with its shared secret) and/or on the server-sent-events stream. The secret is write-only:
-it is stored, used to sign, and never returned by list or get.
+it is stored encrypted (``operators/secrets_at_rest.py``), used to sign, and never returned by list or get.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
 
 from core.contracts import SEVERITY_ORDER, Alert, Modality, Severity
+from operators.secrets_at_rest import KEY_FILE, SecretCipher
 from operators.sqlite_store import open_database
 
 
@@ -63,7 +64,8 @@ class SubscriptionSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     selector: Selector = Field(default_factory=Selector)
     delivery: Delivery
-    secret: str | None = Field(default=None, min_length=16, max_length=512, repr=False)
+    # Printable ASCII: it is the HMAC key subscribers type into their own code, in any language.
+    secret: str | None = Field(default=None, min_length=16, max_length=512, pattern=r"^[!-~]+$", repr=False)
     enabled: bool = True
 
 
@@ -99,16 +101,46 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 class SubscriptionStore:
-    """Subscriptions in a sqlite file; every method is a short transaction, safe to call from the event loop."""
+    """Subscriptions in a sqlite file; every method is a short transaction, safe to call from the event loop.
 
-    def __init__(self, path: Path) -> None:
+    Secrets are kept encrypted in their own column, out of the spec: ``secrets_key`` (delivery.secrets_key) or the
+    key file beside the database."""
+
+    def __init__(self, path: Path, secrets_key: str | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._cipher = SecretCipher.load(secrets_key, path.parent / KEY_FILE)
         self._db = open_database(path)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS subscriptions ("
-            " id TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, secret TEXT,"
+            " created_at REAL NOT NULL, updated_at REAL NOT NULL)"
         )
+        self._encrypt_clear_secrets()
+        self.list()  # a wrong key fails here, at start, rather than at the first alert
+
+    def _encrypt_clear_secrets(self) -> None:
+        """Stores of earlier versions kept each secret in clear inside its spec: move them to the encrypted column."""
+        if "secret" in {column[1] for column in self._db.execute("PRAGMA table_info(subscriptions)")}:
+            return
+        self._db.execute("PRAGMA secure_delete=ON")  # overwrite the clear-text pages instead of only freeing them
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("ALTER TABLE subscriptions ADD COLUMN secret TEXT")
+        for subscription_id, raw in self._db.execute("SELECT id, spec FROM subscriptions").fetchall():
+            spec = json.loads(raw)
+            secret = spec.pop("secret", None)
+            self._db.execute(
+                "UPDATE subscriptions SET spec = ?, secret = ? WHERE id = ?",
+                (json.dumps(spec), self._encrypted(secret), subscription_id),
+            )
+        self._db.execute("COMMIT")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and out of the write-ahead log
+
+    def _encrypted(self, secret: str | None) -> str | None:
+        return self._cipher.encrypt(secret) if secret is not None else None
+
+    def _decrypted(self, spec: str, secret: str | None) -> SubscriptionSpec:
+        parsed = SubscriptionSpec.model_validate_json(spec)
+        return parsed.model_copy(update={"secret": self._cipher.decrypt(secret) if secret is not None else None})
 
     def close(self) -> None:
         with self._lock:
@@ -124,8 +156,8 @@ class SubscriptionStore:
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO subscriptions (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (subscription_id, spec.model_dump_json(), now, now),
+                "INSERT INTO subscriptions (id, spec, secret, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (subscription_id, spec.model_dump_json(exclude={"secret"}), self._encrypted(spec.secret), now, now),
             )
         subscription = self.get(subscription_id)
         assert subscription is not None
@@ -134,14 +166,14 @@ class SubscriptionStore:
     def get(self, subscription_id: str) -> Subscription | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, spec, created_at, updated_at FROM subscriptions WHERE id = ?", (subscription_id,)
+                "SELECT id, spec, secret, created_at, updated_at FROM subscriptions WHERE id = ?", (subscription_id,)
             ).fetchone()
         return self._from_row(row) if row else None
 
     def list(self) -> list[Subscription]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, spec, created_at, updated_at FROM subscriptions ORDER BY created_at, id"
+                "SELECT id, spec, secret, created_at, updated_at FROM subscriptions ORDER BY created_at, id"
             ).fetchall()
         return [self._from_row(row) for row in rows]
 
@@ -154,15 +186,16 @@ class SubscriptionStore:
             spec = spec.model_copy(update={"secret": current.secret})
         return self._write(subscription_id, spec)
 
-    def patch(self, subscription_id: str, patch: dict[str, Any]) -> Subscription | None:
-        """PATCH with JSON merge-patch semantics; ValueError (pydantic's included) when the result is invalid."""
+    def patched(self, subscription_id: str, patch: dict[str, Any]) -> SubscriptionSpec | None:
+        """The spec a PATCH (JSON merge-patch semantics) makes of a subscription, for ``replace`` to store once it
+        is checked; ValueError (pydantic's included) when the result is invalid."""
         current = self._spec(subscription_id)
         if current is None:
             return None
         merged = _merge(json.loads(current.model_dump_json()), patch)
         if "secret" not in merged and current.delivery.webhook_url is not None:
             merged["secret"] = current.secret  # the secret is write-only; null cannot clear it while a webhook uses it
-        return self._write(subscription_id, SubscriptionSpec.model_validate(merged))
+        return SubscriptionSpec.model_validate(merged)
 
     def delete(self, subscription_id: str) -> bool:
         with self._lock:
@@ -175,8 +208,8 @@ class SubscriptionStore:
 
     def _spec(self, subscription_id: str) -> SubscriptionSpec | None:
         with self._lock:
-            row = self._db.execute("SELECT spec FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
-        return SubscriptionSpec.model_validate_json(row[0]) if row else None
+            row = self._db.execute("SELECT spec, secret FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+        return self._decrypted(*row) if row else None
 
     def _write(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
         if spec.delivery.webhook_url is not None and spec.secret is None:
@@ -184,15 +217,14 @@ class SubscriptionStore:
             raise ValueError("a webhook needs a secret: send one with this update")
         with self._lock:
             self._db.execute(
-                "UPDATE subscriptions SET spec = ?, updated_at = ? WHERE id = ?",
-                (spec.model_dump_json(), time.time(), subscription_id),
+                "UPDATE subscriptions SET spec = ?, secret = ?, updated_at = ? WHERE id = ?",
+                (spec.model_dump_json(exclude={"secret"}), self._encrypted(spec.secret), time.time(), subscription_id),
             )
         return self.get(subscription_id)
 
-    @staticmethod
-    def _from_row(row: tuple[str, str, float, float]) -> Subscription:
-        subscription_id, raw, created_at, updated_at = row
-        spec = SubscriptionSpec.model_validate_json(raw)
+    def _from_row(self, row: tuple[str, str, str | None, float, float]) -> Subscription:
+        subscription_id, raw, secret, created_at, updated_at = row
+        spec = self._decrypted(raw, secret)
         return Subscription(
             id=subscription_id,
             name=spec.name,

@@ -7,12 +7,25 @@ and drop a delivery whose ``Idempotency-Key`` was seen before (delivery is at-le
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from core.contracts import Alert, ContractError, decode
 from operators.delivery import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
+
+
+class SignatureMismatch(ContractError):
+    """The body was not signed with the receiver's secret."""
+
+
+def parse_delivery(secret: str, body: bytes, headers: Mapping[str, str]) -> tuple[str, Alert]:
+    """The idempotency key and the alert of one webhook request; ContractError (SignatureMismatch when the
+    signature is wrong) for anything else. The signature is checked over the raw body before it is parsed."""
+    if not verify_signature(secret, body, headers.get(SIGNATURE_HEADER)):
+        raise SignatureMismatch("bad signature")
+    return headers.get(IDEMPOTENCY_HEADER, ""), decode(Alert, body)
 
 
 @dataclass
@@ -72,15 +85,13 @@ class WebhookReceiver:
         if self.counts.requests <= self.fail_first:
             self.counts.injected_failures += 1
             return web.Response(status=self.fail_status, text="failing on purpose")
-        body = await request.read()
-        if not verify_signature(self.secret, body, request.headers.get(SIGNATURE_HEADER)):
-            self.counts.bad_signatures += 1
-            return web.Response(status=401, text="bad signature")
         try:
-            alert = decode(Alert, body)
+            key, alert = parse_delivery(self.secret, await request.read(), request.headers)
+        except SignatureMismatch as error:
+            self.counts.bad_signatures += 1
+            return web.Response(status=401, text=str(error))
         except ContractError as error:
             return web.Response(status=400, text=str(error))
-        key = request.headers.get(IDEMPOTENCY_HEADER, "")
         if key in self.keys:
             self.counts.duplicates += 1
             return web.Response(status=200, text="duplicate")

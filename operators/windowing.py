@@ -22,7 +22,8 @@ Policy (what happens to time, gaps and late data):
   older than the start of the window being built can no longer change anything emitted: it only replaces the seed
   if it is newer than it, otherwise it is dropped and counted in ``late_readings`` (its slot stays unobserved).
   Two readings for one slot: the later one wins (re-delivery).
-- A reading must carry exactly the model card's channels; anything else is a :class:`ContractError` (dead letter).
+- A reading must carry exactly the model card's channels, each value within the float32 range the model computes
+  in, and leave room for its window before ``MAX_EVENT_TIME``; anything else is a :class:`ContractError`.
 
 Each slot remembers an opaque, ordered ``ref`` (the Kafka offset) so the worker can tell which offsets are still
 needed to rebuild the state: :meth:`SensorWindower.oldest_ref`.
@@ -37,7 +38,9 @@ from functools import cached_property
 
 import numpy as np
 
-from core.contracts import ContractError, SensorReading, SensorWindow
+from core.contracts import MAX_EVENT_TIME, ContractError, SensorReading, SensorWindow
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,19 @@ class SensorWindower:
                 f"asset {reading.asset!r}: expected the {len(self.channels)} model channels; "
                 f"missing {missing}, unexpected {unexpected}"
             )
-        return np.array([reading.values[name] for name in self.channels], dtype=np.float64)
+        row = np.array([reading.values[name] for name in self.channels], dtype=np.float64)
+        if np.abs(row).max() > FLOAT32_MAX:  # windows hold float32: such a value would reach the model as inf
+            too_large = [name for name, value in zip(self.channels, row, strict=True) if abs(value) > FLOAT32_MAX]
+            raise ContractError(f"asset {reading.asset!r}: {too_large} beyond the float32 range of the model")
+        return row
 
     def add(self, reading: SensorReading, ref: int | None = None) -> list[EmittedWindow]:
         """Add one reading; returns the windows it completed (usually zero or one)."""
         row = self._row(reading)
         slot = round(reading.ts / self.period)
+        if (slot + self.stride + self.window) * self.period > MAX_EVENT_TIME:
+            # Its window would end past the latest event time a SensorWindow (and the store) takes.
+            raise ContractError(f"asset {reading.asset!r}: ts {reading.ts} leaves no room for a window before 2200")
         state = self._assets.get(reading.asset)
         if state is None:
             state = self._assets[reading.asset] = _AssetState(start=-(-slot // self.stride) * self.stride)

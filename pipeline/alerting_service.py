@@ -22,6 +22,7 @@ from core.contracts import Alert, Score
 from core.settings import Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
+from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
 from pipeline.subscriptions_api import serve_api
 
@@ -43,7 +44,7 @@ class AlertingService:
     async def start(cls, settings: Settings, *, dead_letter: DeadLetterSink) -> AlertingService:
         """Opens the stores under ``state_dir``, resumes pending webhook deliveries and starts the API server."""
         alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE)
-        subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE)
+        subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
         journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
         hub = AlertHub()
         dispatcher = AlertDispatcher(
@@ -53,6 +54,7 @@ class AlertingService:
             dead_letter=dead_letter,
             source_topic=settings.topics.alerts,
             hub=hub,
+            outbound=OutboundPolicy.from_settings(settings),
         )
         await dispatcher.start()
         runner = await serve_api(settings, subscriptions, hub, dispatcher)

@@ -39,6 +39,7 @@ import typer
 import yaml
 from tqdm import tqdm
 
+from core.private_files import write_private_text
 from core.settings import AlertingSettings, Settings
 from core.stack_state import StackState
 from infra import stack as local_stack
@@ -57,7 +58,8 @@ DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_for_s=30.0, co
 
 
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:
-    """The worker's settings for one demo run: own topics, group and state dir, free ports, demo alerting."""
+    """The worker's settings for one demo run: own topics, group and state dir, free ports, demo alerting, and
+    webhooks allowed to the local receiver."""
     topics = {
         name: f"{value}.{run}"
         for name, value in settings.topics.model_dump().items()
@@ -69,6 +71,8 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
             "kafka": settings.kafka.model_copy(update={"consumer_group": f"diffsentry-{run}"}),
             "stream": settings.stream.model_copy(update={"metrics_port": free_port(), "session_timeout_ms": 3000}),
             "api": settings.api.model_copy(update={"port": free_port(), "token": secrets.token_hex(16)}),
+            # The demo's webhook receiver listens on loopback, which the outbound policy refuses unless allowed.
+            "delivery": settings.delivery.model_copy(update={"allowed_targets": ["127.0.0.1/32"]}),
             "alerting": alerting,
             "state_dir": (settings.state_dir / "demo" / run).resolve(),
             "model_repository": settings.model_repository.resolve(),
@@ -83,7 +87,7 @@ class WorkerProcess:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.config = settings.state_dir / "worker.yaml"
-        self.config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+        write_private_text(self.config, yaml.safe_dump(settings.model_dump(mode="json")))  # it holds the API token
         self.log = settings.state_dir / "worker.log"
         self.metrics_url = f"http://{settings.stream.metrics_host}:{settings.stream.metrics_port}"
         self.api_url = f"http://{settings.api.host}:{settings.api.port}"

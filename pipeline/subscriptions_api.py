@@ -1,6 +1,10 @@
 """REST API for alert subscriptions and the server-sent-events alert stream (aiohttp).
 
-Every ``/v1`` route needs ``Authorization: Bearer <api.token>``; ``/healthz`` does not.
+Every ``/v1`` route needs ``Authorization: Bearer <api.token>``; ``/healthz`` does not. The server refuses to
+start with the default development token unless ``api.allow_dev_token`` is set.
+
+A webhook URL must pass the outbound policy (``operators/outbound.py``) when it is created or changed, or the
+request is answered 422 with the reason; credentials in a URL (``user:password@``) never appear in answers.
 
 - ``POST /v1/subscriptions`` create (201; a generated webhook secret is returned in this response only)
 - ``GET /v1/subscriptions`` list, ``GET /v1/subscriptions/{id}`` get (secrets never appear)
@@ -20,9 +24,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from core.settings import Settings
+from core.settings import DEVELOPMENT_TOKEN, Settings
 from operators.alerting import idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub
+from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
 from operators.subscriptions import Selector, Subscription, SubscriptionSpec, SubscriptionStore
 
 KEEPALIVE_S = 15.0
@@ -31,6 +36,7 @@ STORE = web.AppKey("store", SubscriptionStore)
 HUB = web.AppKey("hub", AlertHub)
 DISPATCHER = web.AppKey("dispatcher", AlertDispatcher)
 TOKEN = web.AppKey("token", str)
+OUTBOUND = web.AppKey("outbound", OutboundPolicy)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,7 +57,23 @@ def _invalid(error: ValueError) -> web.Response:
 
 
 def _public(subscription: Subscription) -> dict[str, Any]:
-    return subscription.model_dump(mode="json")
+    body = subscription.model_dump(mode="json")
+    if body["delivery"]["webhook_url"] is not None:
+        body["delivery"]["webhook_url"] = redact_url(body["delivery"]["webhook_url"])
+    return body
+
+
+async def _refused_target(request: web.Request, spec: SubscriptionSpec) -> web.Response | None:
+    """422 when the spec's webhook URL does not pass the outbound policy, else None."""
+    if spec.delivery.webhook_url is None:
+        return None
+    try:
+        await request.app[OUTBOUND].resolve(str(spec.delivery.webhook_url))
+    except BlockedTarget as error:
+        return _error(422, f"webhook_url refused: {error}")
+    except OSError as error:
+        return _error(422, f"webhook_url refused: its host does not resolve ({error})")
+    return None
 
 
 @web.middleware
@@ -84,6 +106,8 @@ async def _create(request: web.Request) -> web.Response:
         spec = SubscriptionSpec.model_validate(await _json_object(request))
     except ValidationError as error:
         return _invalid(error)
+    if (refusal := await _refused_target(request, spec)) is not None:
+        return refusal
     subscription, generated_secret = request.app[STORE].create(spec)
     body = _public(subscription)
     if generated_secret is not None:
@@ -105,17 +129,27 @@ async def _get(request: web.Request) -> web.Response:
 async def _replace(request: web.Request) -> web.Response:
     try:
         spec = SubscriptionSpec.model_validate(await _json_object(request))
-        subscription = request.app[STORE].replace(request.match_info["id"], spec)
     except ValueError as error:
         return _invalid(error)
-    if subscription is None:
-        return _error(404, "no such subscription")
-    return web.json_response(_public(subscription))
+    return await _store(request, spec)
 
 
 async def _patch(request: web.Request) -> web.Response:
     try:
-        subscription = request.app[STORE].patch(request.match_info["id"], await _json_object(request))
+        spec = request.app[STORE].patched(request.match_info["id"], await _json_object(request))
+    except ValueError as error:
+        return _invalid(error)
+    return await _store(request, spec)
+
+
+async def _store(request: web.Request, spec: SubscriptionSpec | None) -> web.Response:
+    """PUT and PATCH: the new spec of a subscription (None: there is no such subscription), once checked."""
+    if spec is None or request.app[STORE].get(request.match_info["id"]) is None:
+        return _error(404, "no such subscription")
+    if (refusal := await _refused_target(request, spec)) is not None:
+        return refusal
+    try:
+        subscription = request.app[STORE].replace(request.match_info["id"], spec)
     except ValueError as error:
         return _invalid(error)
     if subscription is None:
@@ -184,10 +218,16 @@ async def _deliveries(request: web.Request) -> web.Response:
 
 
 def build_app(
-    token: str, store: SubscriptionStore, hub: AlertHub, dispatcher: AlertDispatcher | None = None
+    token: str,
+    store: SubscriptionStore,
+    hub: AlertHub,
+    dispatcher: AlertDispatcher | None = None,
+    *,
+    outbound: OutboundPolicy,
 ) -> web.Application:
     app = web.Application(middlewares=[_bearer_auth])
     app[TOKEN] = token
+    app[OUTBOUND] = outbound
     app[STORE] = store
     app[HUB] = hub
     if dispatcher is not None:
@@ -216,7 +256,13 @@ async def serve_api(
 
     The caller owns the runner: ``await runner.cleanup()`` stops it.
     """
-    runner = web.AppRunner(build_app(settings.api.token, store, hub, dispatcher), access_log=None)
+    if settings.api.token == DEVELOPMENT_TOKEN and not settings.api.allow_dev_token:
+        raise ValueError(
+            "api.token is the default development token, which anyone can guess: set DIFFSENTRY_API__TOKEN "
+            "(or api.allow_dev_token: true on a development machine)"
+        )
+    app = build_app(settings.api.token, store, hub, dispatcher, outbound=OutboundPolicy.from_settings(settings))
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api.host, settings.api.port).start()
     return runner

@@ -26,7 +26,11 @@ def _call(method: str, path: str, api_url: str | None, body: dict[str, Any] | No
         typer.echo(f"cannot reach the API at {base} ({error}); is `diffsentry run` up?", err=True)
         raise typer.Exit(2) from error
     if response.is_error:
-        typer.echo(f"{method} {path}: HTTP {response.status_code}: {response.text}", err=True)
+        try:
+            reason = response.json()["error"]  # e.g. why a webhook URL is refused (422)
+        except (ValueError, KeyError, TypeError):
+            reason = response.text
+        typer.echo(f"{method} {path}: HTTP {response.status_code}: {reason}", err=True)
         raise typer.Exit(1)
     return response
 

@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 from core import settings as settings_module
 from core.contracts import Alert, DeadLetter, Score, Severity, decode
-from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings
+from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings, TritonSettings
 from operators.alerting import AlertEngine, idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
+from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.alerting_service import AlertingService
@@ -30,8 +31,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 TOKEN = "integration-token"
 SECRET = "a-shared-secret-of-some-length"
+# The receivers of these tests listen on loopback, which the outbound policy admits only when allowed.
 FAST_RETRIES = DeliverySettings(
-    concurrency=4, timeout_s=5.0, max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, backoff_jitter=0.0
+    concurrency=4,
+    timeout_s=5.0,
+    max_attempts=3,
+    backoff_base_s=0.01,
+    backoff_max_s=0.05,
+    backoff_jitter=0.0,
+    allowed_targets=["127.0.0.1/32"],
 )
 
 
@@ -54,8 +62,15 @@ class Service:
 
 
 @asynccontextmanager
-async def service(state_dir: Path, delivery: DeliverySettings = FAST_RETRIES) -> AsyncIterator[Service]:
-    settings = Settings(state_dir=state_dir, api=ApiSettings(port=0, token=TOKEN), delivery=delivery)
+async def service(
+    state_dir: Path, delivery: DeliverySettings = FAST_RETRIES, triton: TritonSettings | None = None
+) -> AsyncIterator[Service]:
+    settings = Settings(
+        state_dir=state_dir,
+        api=ApiSettings(port=0, token=TOKEN),
+        delivery=delivery,
+        triton=triton or TritonSettings(),
+    )
     store = SubscriptionStore(settings.state_dir / "subscriptions.sqlite")
     journal = DeliveryJournal(settings.state_dir / "subscriptions.sqlite")
     hub = AlertHub()
@@ -71,6 +86,7 @@ async def service(state_dir: Path, delivery: DeliverySettings = FAST_RETRIES) ->
         dead_letter=to_dead_letter,
         source_topic=settings.topics.alerts,
         hub=hub,
+        outbound=OutboundPolicy.from_settings(settings),
     )
     await dispatcher.start()
     runner = await serve_api(settings, store, hub, dispatcher)
@@ -460,3 +476,92 @@ async def test_no_more_than_concurrency_requests_are_in_flight(tmp_path: Path) -
             assert most == 2 and svc.dispatcher.summary()["delivered"] == 6
     finally:
         await runner.cleanup()
+
+
+# --- security: where webhooks may go, credentials, the API token ----------------------------------------------
+
+
+async def test_webhook_targets_are_checked_when_subscribing(tmp_path: Path) -> None:
+    default_policy = FAST_RETRIES.model_copy(update={"allowed_targets": []})
+    async with service(tmp_path, default_policy) as svc:
+        for url, reason in [
+            ("http://127.0.0.1:9000/hook", "127.0.0.1 is a loopback address"),
+            ("http://localhost:9000/hook", "localhost resolves to 127.0.0.1, a loopback address"),
+            ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+            ("http://[fe80::1]/hook", "fe80::1 is a link-local address"),
+            ("http://10.0.0.8/hook", "10.0.0.8 is a private address"),
+        ]:
+            response = await svc.client.post("/v1/subscriptions", json={"name": "x", "delivery": {"webhook_url": url}})
+            assert response.status_code == 422, (url, response.text)
+            assert response.json()["error"].startswith(f"webhook_url refused: {reason}"), response.text
+            assert "delivery.allowed_targets" in response.json()["error"]
+        sse = await svc.client.post("/v1/subscriptions", json={"name": "wall", "delivery": {"sse": True}})
+        sub = f"/v1/subscriptions/{sse.json()['id']}"
+        refused_patch = await svc.client.patch(
+            sub, json={"delivery": {"webhook_url": "http://10.1.1.1/"}, "secret": SECRET}
+        )
+        refused_put = await svc.client.put(
+            sub, json={"name": "w", "delivery": {"webhook_url": "http://10.1.1.1/"}, "secret": SECRET}
+        )
+        assert refused_patch.status_code == refused_put.status_code == 422
+        assert (await svc.client.get(sub)).json()["delivery"]["webhook_url"] is None  # unchanged
+        assert (await svc.client.patch("/v1/subscriptions/sub-none", json={"name": "x"})).status_code == 404
+
+    # Allowed for local receivers, except on the ports of DiffSentry's own services.
+    async with service(tmp_path, triton=TritonSettings(http_url="127.0.0.1:18123")) as svc:
+        await svc.subscribe("http://127.0.0.1:9000/hook")
+        own = await svc.client.post(
+            "/v1/subscriptions",
+            json={"name": "x", "delivery": {"webhook_url": "http://127.0.0.1:18123/v2/repository/models/m/unload"}},
+        )
+        assert own.status_code == 422 and "port 18123 of 127.0.0.1 is DiffSentry's own (triton.http_url)" in own.text
+
+
+async def test_the_cli_shows_why_a_webhook_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFSENTRY_API__TOKEN", TOKEN)
+    settings_module.get_settings.cache_clear()
+    try:
+        async with service(tmp_path, FAST_RETRIES.model_copy(update={"allowed_targets": []})) as svc:
+            api = ["--api-url", str(svc.client.base_url)]
+            refused = await asyncio.to_thread(
+                CliRunner().invoke,
+                cli_app,
+                ["subscriptions", "add", "meta", "--webhook", "http://169.254.169.254/", *api],
+            )
+        assert refused.exit_code == 1
+        assert "HTTP 422: webhook_url refused: 169.254.169.254 is a link-local address" in refused.stderr
+    finally:
+        settings_module.get_settings.cache_clear()
+
+
+async def test_delivery_checks_the_target_again_and_redacts_credentials(tmp_path: Path) -> None:
+    async with service(tmp_path) as svc, receiver() as hook:
+        with_credentials = hook.url.replace("http://", "http://user:hunter2@")
+        created = await svc.subscribe(with_credentials)
+        listed = await svc.client.get("/v1/subscriptions")
+        for body in (json.dumps(created), listed.text):
+            assert "hunter2" not in body and "http://***@127.0.0.1" in body
+    # The worker restarts with a policy that no longer admits loopback: the stored subscription is not delivered.
+    async with service(tmp_path, FAST_RETRIES.model_copy(update={"allowed_targets": []})) as svc, receiver() as hook:
+        renamed = await svc.client.patch(f"/v1/subscriptions/{created['id']}", json={"name": "renamed"})
+        assert renamed.status_code == 422  # nor can it be changed without a target the policy admits
+        assert svc.dispatcher.submit(alert()) == 1
+        await svc.dispatcher.drain()
+        (letter,) = svc.dead_letters
+        assert "refused by the outbound policy: 127.0.0.1 is a loopback address" in letter.reason
+        assert "hunter2" not in letter.reason and "http://***@127.0.0.1" in letter.reason
+        assert hook.counts.requests == 0
+
+
+async def test_the_api_refuses_the_development_token_unless_allowed(tmp_path: Path) -> None:
+    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    hub = AlertHub()
+    try:
+        with pytest.raises(ValueError, match="default development token"):
+            await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0)), store, hub)
+        runner = await serve_api(
+            Settings(state_dir=tmp_path, api=ApiSettings(port=0, allow_dev_token=True)), store, hub
+        )
+        await runner.cleanup()
+    finally:
+        store.close()

@@ -47,3 +47,22 @@ async def test_async_client_writes_are_read_back(local_stack: Settings) -> None:
 
     [series] = _export(local_stack, f'diffsentry_test_score{{stream="{stream}"}}')
     assert series["values"] == [3.5]
+
+
+def test_a_point_written_twice_is_stored_once_like_influxdb(local_stack: Settings) -> None:
+    """A re-scored window overwrites its point: every stored point counted, not just the distinct timestamps."""
+    stream = f"pump-{uuid.uuid4().hex[:8]}"
+    settings = local_stack.influx
+
+    def score(value: float) -> Point:
+        return Point("diffsentry_test").tag("stream", stream).field("score", value).time(BASE_MS, WritePrecision.MS)
+
+    with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
+        writer = client.write_api(write_options=SYNCHRONOUS)
+        writer.write(bucket=settings.bucket, record=[score(1.0)])
+        writer.write(bucket=settings.bucket, record=[score(2.0)])
+        [flushed_together] = _export(local_stack, f'diffsentry_test_score{{stream="{stream}"}}')
+        writer.write(bucket=settings.bucket, record=[score(3.0)])  # after a flush: the copies lie in different parts
+    [flushed_apart] = _export(local_stack, f'diffsentry_test_score{{stream="{stream}"}}')
+    for series in (flushed_together, flushed_apart):
+        assert series["timestamps"] == [BASE_MS] and len(series["values"]) == 1

@@ -105,7 +105,7 @@ class Stack:
             stream=StreamSettings(metrics_port=0, breaker_reset_s=0.5, backoff_max_s=0.5, session_timeout_ms=3000),
             model_repository=MODELS,
             state_dir=self.work / f"state-{suffix}",
-            api=ApiSettings(port=0),
+            api=ApiSettings(port=0, allow_dev_token=True),
             alerting=alerting or AlertingSettings(),
         )
 

@@ -116,3 +116,27 @@ def test_the_worker_environment_yields_valid_settings_that_point_at_the_services
     assert settings.influx.bucket == influx_env["DOCKER_INFLUXDB_INIT_BUCKET"]
     admin_token = INTERPOLATION.sub(lambda m: m.group(2), influx_env["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"])
     assert settings.influx.token == admin_token
+
+
+def _env_file_names(path: Path) -> list[str]:
+    """The variables an env file sets, or shows commented out as options."""
+    lines = [line.removeprefix("# ").strip() for line in path.read_text().splitlines()]
+    return [line.split("=", 1)[0] for line in lines if re.fullmatch(r"DIFFSENTRY_[A-Z_]+=.*", line)]
+
+
+def test_the_api_token_comes_from_an_env_file_kept_out_of_git(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert worker["env_file"] == ["diffsentry.env"]
+    for name, service in compose["services"].items():
+        assert "DIFFSENTRY_API__TOKEN" not in _diffsentry_env(service), f"{name}: the token belongs in the env file"
+    assert "diffsentry.env" in (ROOT / ".gitignore").read_text().splitlines()
+    example = ROOT / "diffsentry.env.example"
+    names = _env_file_names(example)
+    assert "DIFFSENTRY_API__TOKEN" in names
+    assert "DIFFSENTRY_API__TOKEN=\n" in example.read_text()  # no token to copy: each deployment makes its own
+    for env_name in names:
+        model: type[BaseModel] = Settings
+        *parents, leaf = _field_path(env_name)
+        for part in parents:
+            model = model.model_fields[part].annotation  # type: ignore[assignment]
+        assert leaf in model.model_fields, f"{env_name} names no Settings field"

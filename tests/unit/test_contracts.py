@@ -6,6 +6,11 @@ import pytest
 
 from core.contracts import (
     FRAME_HEADER,
+    MAX_EVENT_TIME,
+    MAX_FRAME_PIXELS,
+    MAX_FRAME_SIDE,
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_BYTES,
     Alert,
     ContractError,
     DeadLetter,
@@ -181,16 +186,92 @@ def test_dead_letter_carries_binary_payloads_as_base64() -> None:
     assert received.partition is None and received.offset is None
 
 
-def test_scores_refuse_non_finite_json() -> None:
-    score = Score(
-        modality="sensor",
-        stream="s",
-        ts=1.0,
-        score=math.inf,
-        threshold=1.0,
-        is_anomaly=True,
-        model="m",
-        model_version="1",
-    )
-    with pytest.raises(ValueError, match="JSON compliant"):
-        score.to_json()
+def test_scores_must_be_finite() -> None:
+    with pytest.raises(ValueError, match="finite number"):
+        Score(
+            modality="sensor",
+            stream="s",
+            ts=1.0,
+            score=math.inf,
+            threshold=1.0,
+            is_anomaly=True,
+            model="m",
+            model_version="1",
+        )
+
+
+# --- the decode boundary ----------------------------------------------------------------------------------------
+
+READING = {"asset": "a", "ts": 1_700_000_000.0, "values": {"x": 1.5}}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ts": "1700000000"}, "ts: Input should be a valid number"),
+        ({"ts": True}, "ts: Input should be a valid number"),
+        ({"values": {"x": "1.5"}}, "values.x: Input should be a valid number"),
+        ({"values": {"x": True}}, "values.x: Input should be a valid number"),
+        ({"asset": 7}, "asset: Input should be a valid string"),
+        ({"version": 1.0}, "version: Input should be a valid integer"),
+    ],
+)
+def test_numbers_are_json_numbers_not_strings_or_booleans(change: dict, reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        decode(SensorReading, json.dumps(READING | change))
+
+
+def test_frame_fields_are_strict_too() -> None:
+    header = {"camera": "c", "seq": 1, "ts": 1.0, "width": 4, "height": 2}
+    for change, reason in [({"seq": 1.0}, "seq"), ({"width": "4"}, "width"), ({"channels": True}, "integer 1 or 3")]:
+        with pytest.raises(ContractError, match=reason):
+            decode(VideoFrame, json.dumps(header | change))
+    assert decode(Score, EXAMPLES[4].to_json()).location == (120.0, 64.5)  # a JSON array is the location tuple
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_json_nan_and_infinity_are_refused(constant: str) -> None:
+    with pytest.raises(ContractError, match=f"{constant} in JSON"):
+        decode(SensorReading, '{"asset": "a", "ts": 1.0, "values": {"x": ' + constant + "}}")
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        ("1e400", "finite number"),  # parses to inf
+        ("-1", "greater than or equal to 0"),
+        ("7258118401", "less than or equal to 7258118400"),  # after 2200-01-01
+    ],
+)
+def test_event_times_are_finite_and_between_1970_and_2200(ts: str, reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        decode(SensorReading, '{"asset": "a", "ts": ' + ts + ', "values": {"x": 1}}')
+    assert decode(SensorReading, '{"asset": "a", "ts": 7258118400, "values": {"x": 1}}').ts == MAX_EVENT_TIME
+
+
+def test_deep_nesting_is_refused_without_recursion() -> None:
+    with pytest.raises(ContractError, match=f"nested deeper than {MAX_JSON_DEPTH} levels"):
+        decode(SensorReading, b"[" * 100_000)
+    with pytest.raises(ContractError, match="nested deeper"):
+        decode(SensorReading, '{"asset": "a", "x": ' + "[" * 17 + "]" * 17 + "}")
+    # Brackets inside strings do not nest.
+    with pytest.raises(ContractError, match="asset: String should have at most 200"):
+        decode(SensorReading, json.dumps(READING | {"asset": "[" * 300 + '\\"'}))
+
+
+def test_oversized_and_undecodable_messages_are_refused() -> None:
+    with pytest.raises(ContractError, match=f"more than {MAX_MESSAGE_BYTES}"):
+        decode(DeadLetter, b" " * (MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(ContractError, match="not UTF-8"):
+        decode(SensorReading, b'{"asset": "\xff"}')
+    with pytest.raises(ContractError, match="malformed JSON: Exceeds the limit"):
+        decode(VideoFrame, '{"seq": 1' + "0" * 5000 + "}")
+
+
+def test_frame_headers_bound_the_frame_size() -> None:
+    header = {"camera": "c", "seq": 1, "ts": 1.0}
+    decode(VideoFrame, header | {"width": MAX_FRAME_SIDE, "height": MAX_FRAME_PIXELS // MAX_FRAME_SIDE})
+    with pytest.raises(ContractError, match="less than or equal to 4096"):
+        decode(VideoFrame, header | {"width": 65000, "height": 1})
+    with pytest.raises(ContractError, match="more than 8847360 pixels"):
+        decode(VideoFrame, header | {"width": 4096, "height": 4096})

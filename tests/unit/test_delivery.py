@@ -6,6 +6,7 @@ import pytest
 from core.contracts import Alert, DeadLetter
 from core.settings import DeliverySettings
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal, sign, verify_signature
+from operators.outbound import OutboundPolicy
 from operators.subscriptions import Delivery, Selector, SubscriptionSpec, SubscriptionStore
 
 
@@ -121,7 +122,7 @@ async def _deliver_to(tmp_path, statuses: list[int | Exception], max_attempts: i
         return httpx.Response(answer)
 
     store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
-    store.create(SubscriptionSpec(name="hook", delivery=Delivery(webhook_url="http://receiver.test/hook")))
+    store.create(SubscriptionSpec(name="hook", delivery=Delivery(webhook_url="http://203.0.113.7/hook")))
     journal = DeliveryJournal(tmp_path / "journal.sqlite")
     letters: list[DeadLetter] = []
 
@@ -131,7 +132,13 @@ async def _deliver_to(tmp_path, statuses: list[int | Exception], max_attempts: i
     no_wait = DeliverySettings(max_attempts=max_attempts, backoff_base_s=0.0)
     async with httpx.AsyncClient(transport=httpx.MockTransport(webhook)) as client:
         dispatcher = AlertDispatcher(
-            store, journal, settings=no_wait, dead_letter=to_dead_letter, source_topic="alerts", client=client
+            store,
+            journal,
+            settings=no_wait,
+            dead_letter=to_dead_letter,
+            source_topic="alerts",
+            client=client,
+            outbound=OutboundPolicy(allowed_targets=["203.0.113.0/24"]),  # a documentation range: allowed here
         )
         await dispatcher.start()
         assert dispatcher.submit(_alert("pump-1", 1)) == 1

@@ -64,3 +64,32 @@ def test_raw_frame_of_the_wrong_length_is_a_contract_error() -> None:
     with pytest.raises(ContractError, match="expected 24"):
         decode_frame(frame(0), bytes(23), height=4, width=6)
     assert decode_frame(frame(0), bytes(range(24)), height=4, width=6)[1, 0] == 6
+
+
+def _jpeg_claiming(height: int, width: int) -> bytes:
+    """A small real JPEG whose start-of-frame header is rewritten to claim another size."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_jpeg_claiming_65000x65000_pixels_is_a_contract_error_not_an_allocation() -> None:
+    bomb = _jpeg_claiming(65000, 65000)
+    with pytest.raises(ContractError, match=r"corrupt JPEG: Image size .* exceeds limit"):
+        decode_frame(frame(0, encoding="jpeg", size=(8, 8)), bomb, height=4, width=6)
+
+
+def test_a_jpeg_of_another_size_than_its_header_declares_is_refused_before_decoding() -> None:
+    claims_more = _jpeg_claiming(2000, 3000)
+    with pytest.raises(ContractError, match="JPEG of 3000x2000 pixels, the frame header declares 8x8"):
+        decode_frame(frame(0, encoding="jpeg", size=(8, 8)), claims_more, height=4, width=6)
+
+
+def test_only_jpeg_is_taken_for_a_jpeg_frame() -> None:
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((4, 6), dtype=np.uint8)).save(png, format="PNG")
+    with pytest.raises(ContractError, match="corrupt JPEG"):
+        decode_frame(frame(0, encoding="jpeg"), png.getvalue(), height=4, width=6)

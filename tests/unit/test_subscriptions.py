@@ -1,10 +1,16 @@
+import json
+import sqlite3
+import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from core.contracts import Alert, Modality, Severity
-from operators.subscriptions import Delivery, Selector, SubscriptionSpec, SubscriptionStore
+from operators.secrets_at_rest import KEY_FILE, WrongSecretsKey
+from operators.subscriptions import Delivery, Selector, Subscription, SubscriptionSpec, SubscriptionStore
 
 
 def alert(stream: str = "pump-1", modality: Modality = "sensor", severity: Severity = "warning") -> Alert:
@@ -72,6 +78,12 @@ def spec(name: str = "ops", **selector: str) -> SubscriptionSpec:
     )
 
 
+def patch(store: SubscriptionStore, subscription_id: str, body: dict[str, Any]) -> Subscription | None:
+    """What the API's PATCH does: merge, (check,) store."""
+    spec = store.patched(subscription_id, body)
+    return store.replace(subscription_id, spec) if spec is not None else None
+
+
 def test_the_store_generates_a_secret_and_never_dumps_it(tmp_path: Path) -> None:
     store = SubscriptionStore(tmp_path / "s.sqlite")
     created, generated = store.create(spec())
@@ -91,7 +103,7 @@ def test_crud_survives_reopening_the_store(tmp_path: Path) -> None:
     )
     gone, _ = store.create(spec("gone"))
     assert store.delete(gone.id) and not store.delete(gone.id)
-    patched = store.patch(pumps.id, {"selector": {"min_severity": "critical"}, "enabled": False})
+    patched = patch(store, pumps.id, {"selector": {"min_severity": "critical"}, "enabled": False})
     assert patched is not None
     assert patched.selector == Selector(stream="pump-*", min_severity="critical") and not patched.enabled
     store.close()
@@ -108,9 +120,9 @@ def test_replace_keeps_the_write_only_secret_and_patch_can_rotate_it(tmp_path: P
     created, secret = store.create(spec())
     replaced = store.replace(created.id, spec("renamed"))
     assert replaced is not None and replaced.name == "renamed" and replaced.secret == secret
-    assert store.patch(created.id, {"secret": None}).secret == secret  # type: ignore[union-attr]
-    assert store.patch(created.id, {"secret": "n" * 16}).secret == "n" * 16  # type: ignore[union-attr]
-    assert store.patch("sub-missing", {"name": "x"}) is None
+    assert patch(store, created.id, {"secret": None}).secret == secret  # type: ignore[union-attr]
+    assert patch(store, created.id, {"secret": "n" * 16}).secret == "n" * 16  # type: ignore[union-attr]
+    assert patch(store, "sub-missing", {"name": "x"}) is None
 
 
 def test_adding_a_webhook_by_update_needs_a_secret(tmp_path: Path) -> None:
@@ -118,9 +130,9 @@ def test_adding_a_webhook_by_update_needs_a_secret(tmp_path: Path) -> None:
     created, generated = store.create(SubscriptionSpec(name="sse", delivery=Delivery(sse=True)))
     assert generated is None and not created.has_secret
     with pytest.raises(ValueError, match="needs a secret"):
-        store.patch(created.id, {"delivery": {"webhook_url": "http://127.0.0.1:9/"}})
+        patch(store, created.id, {"delivery": {"webhook_url": "http://127.0.0.1:9/"}})
     with pytest.raises(ValueError, match="min_severity"):
-        store.patch(created.id, {"selector": {"min_severity": "panic"}})
+        patch(store, created.id, {"selector": {"min_severity": "panic"}})
 
 
 def test_matching_takes_enabled_subscriptions_whose_selector_matches(tmp_path: Path) -> None:
@@ -128,8 +140,57 @@ def test_matching_takes_enabled_subscriptions_whose_selector_matches(tmp_path: P
     pumps, _ = store.create(spec("pumps", stream="pump-*"))
     critical, _ = store.create(spec("critical", min_severity="critical"))
     off, _ = store.create(spec("off"))
-    store.patch(off.id, {"enabled": False})
+    patch(store, off.id, {"enabled": False})
     store.create(spec("fans", stream="fan-*"))
     assert [s.id for s in store.matching(alert())] == [pumps.id]
     assert [s.id for s in store.matching(alert(severity="critical"))] == [pumps.id, critical.id]
     assert all(s.secret for s in store.matching(alert()))
+
+
+def test_secrets_are_encrypted_at_rest_and_the_files_are_private(tmp_path: Path) -> None:
+    store = SubscriptionStore(tmp_path / "s.sqlite")
+    created, _ = store.create(spec().model_copy(update={"secret": "a-secret-nobody-may-read"}))
+    for name in ("s.sqlite", "s.sqlite-wal", "s.sqlite-shm", KEY_FILE):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("s.sqlite*"))
+    assert b"a-secret-nobody-may-read" not in on_disk
+    store.close()
+    assert SubscriptionStore(tmp_path / "s.sqlite").get(created.id).secret == "a-secret-nobody-may-read"  # type: ignore[union-attr]
+
+
+def test_a_configured_key_replaces_the_key_file_and_a_wrong_key_fails_at_open(tmp_path: Path) -> None:
+    key = Fernet.generate_key().decode()
+    store = SubscriptionStore(tmp_path / "s.sqlite", secrets_key=key)
+    store.create(spec())
+    store.close()
+    assert not (tmp_path / KEY_FILE).exists()
+    assert SubscriptionStore(tmp_path / "s.sqlite", secrets_key=key).list()[0].has_secret
+    with pytest.raises(WrongSecretsKey, match="not the key it was encrypted with"):
+        SubscriptionStore(tmp_path / "s.sqlite", secrets_key=Fernet.generate_key().decode())
+    with pytest.raises(ValueError, match="not a Fernet key"):
+        SubscriptionStore(tmp_path / "s.sqlite", secrets_key="too-short")
+
+
+def test_secrets_an_earlier_version_stored_in_clear_are_encrypted_when_the_store_opens(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    legacy = sqlite3.connect(path)
+    legacy.execute(
+        "CREATE TABLE subscriptions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL)"
+    )
+    clear = spec().model_copy(update={"secret": "stored-in-clear-long-ago"})
+    legacy.execute("INSERT INTO subscriptions VALUES ('sub-old', ?, 1.0, 2.0)", (clear.model_dump_json(),))
+    legacy.commit()
+    legacy.close()
+
+    store = SubscriptionStore(path)
+    assert store.get("sub-old").secret == "stored-in-clear-long-ago"  # type: ignore[union-attr]
+    store.close()
+    assert b"stored-in-clear-long-ago" not in b"".join(p.read_bytes() for p in tmp_path.glob("s.sqlite*"))
+    (raw,) = sqlite3.connect(path).execute("SELECT spec FROM subscriptions").fetchone()
+    assert "secret" not in json.loads(raw)
+
+
+def test_secrets_are_printable_ascii() -> None:
+    with pytest.raises(ValidationError, match="secret"):
+        SubscriptionSpec(name="x", delivery=Delivery(sse=True), secret="not ascii: é and a space")

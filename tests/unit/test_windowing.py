@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.contracts import ContractError, SensorReading
+from core.contracts import MAX_EVENT_TIME, ContractError, SensorReading
 from operators.windowing import SensorWindower
 
 CHANNELS = ("b", "a")
@@ -129,3 +129,17 @@ def test_assets_are_independent() -> None:
         if t < 2:
             out += windower.add(reading(float(t), 2.0, "p2"))
     assert sorted((w.window.asset, w.start_ts) for w in out) == [("p1", 0.0), ("p1", 2.0), ("p2", 0.0)]
+
+
+def test_a_value_beyond_float32_is_a_contract_error() -> None:
+    windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
+    with pytest.raises(ContractError, match=r"\['a'\] beyond the float32 range"):
+        windower.add(SensorReading(asset="pump", ts=0.0, values={"a": 1e39, "b": 0.0}))
+    assert windower.add(SensorReading(asset="pump", ts=0.0, values={"a": 3e38, "b": -3e38})) == []
+
+
+def test_a_reading_too_close_to_2200_for_a_whole_window_is_a_contract_error() -> None:
+    windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
+    with pytest.raises(ContractError, match="no room for a window before 2200"):
+        windower.add(reading(MAX_EVENT_TIME - 5, 1.0))
+    assert windower.add(reading(MAX_EVENT_TIME - 7, 1.0)) == []

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from core.settings import Settings
-from core.stack_state import StackState
+from core.stack_state import ServiceRecord, StackState, process_runs
 from infra import stack
 
 
@@ -57,3 +61,25 @@ def test_durable_up_starts_nothing_without_seaweedfs(monkeypatch: pytest.MonkeyP
         stack.up(Settings(state_dir=state_dir, model_repository=tmp_path / "models"), durable=True)
     assert StackState.load(state_dir).services == {}
     assert not (state_dir / "logs").exists()
+
+
+def test_down_stops_attached_processes_and_forgets_them(tmp_path: Path) -> None:
+    """A worker the demo left running (`demo --keep`) stops with `stack down`, even with no service running."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    sleeper = subprocess.Popen([sleep, "60"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while not process_runs(sleeper.pid, sleep) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the child runs `sleep` (right after fork it is still this interpreter)
+        settings = Settings(state_dir=tmp_path / "state")
+        record = ServiceRecord("demo-worker-1", sleeper.pid, sleep, {}, str(tmp_path / "worker.log"))
+        stack.attach(settings, record)
+        assert StackState.load(settings.state_dir).attached == {record.name: record}
+        assert stack.down(settings) == ["demo-worker-1"]
+        assert sleeper.wait(5) == -signal.SIGTERM
+        assert StackState.load(settings.state_dir).attached == {}
+        assert stack.down(settings) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import signal
 import subprocess
@@ -83,3 +84,17 @@ def test_down_stops_attached_processes_and_forgets_them(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_triton_stubs_python_writes_bytecode_into_the_state_dir(tmp_path: Path) -> None:
+    """The stub's embedded interpreter ignores PYTHONPYCACHEPREFIX; the stack's venv for it sets the prefix."""
+    env_dir = stack.triton_python_env(tmp_path / "state")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
+    prefix = subprocess.run(
+        [str(env_dir / "bin" / "python3"), "-c", "import sys, triton_models; print(sys.pycache_prefix)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert prefix == str((tmp_path / "state" / "triton-python" / "pycache").resolve())

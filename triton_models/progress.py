@@ -115,9 +115,12 @@ class LineProgress:
 
     def _maybe_write(self) -> None:
         now = self.clock()
-        if not self.closed and now - self.last >= self.interval_s:
-            self.last = now
-            self.write(self.line())
+        if self.closed or now - self.last < self.interval_s:
+            return
+        if self.leave and self.total and self.n >= self.total:
+            return  # complete: the last line, written at close, says so
+        self.last = now
+        self.write(self.line())
 
 
 def progress_bar(

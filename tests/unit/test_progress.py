@@ -69,8 +69,7 @@ def test_a_line_at_most_every_interval_and_a_last_one() -> None:
     assert lines == [
         "train: 4/10 step (40 %), 6 s",
         "train: 7/10 step (70 %), 12 s",
-        "train: 10/10 step (100 %), 18 s",
-        "train: 10/10 step (100 %), 18 s (done) | loss=0.12",
+        "train: 10/10 step (100 %), 18 s (done) | loss=0.12",  # no periodic line once complete: the last one says it
     ]
 
 

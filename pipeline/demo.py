@@ -58,7 +58,8 @@ MODALITIES = ("sensor", "video")
 
 
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:
-    """The worker's settings for one demo run: own topics, group and state dir, free ports, demo alerting."""
+    """The worker's settings for one demo run: own topics, group and state dir, free ports (0: chosen when the
+    worker process is set up), a token of its own, demo alerting."""
     topics = {
         name: f"{value}.{run}"
         for name, value in settings.topics.model_dump().items()
@@ -68,10 +69,8 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
         update={
             "topics": settings.topics.model_copy(update={**topics, "partitions": 1}),
             "kafka": settings.kafka.model_copy(update={"consumer_group": f"diffsentry-{run}"}),
-            "stream": settings.stream.model_copy(
-                update={"metrics_port": local_stack.free_port(), "session_timeout_ms": 3000}
-            ),
-            "api": settings.api.model_copy(update={"port": local_stack.free_port(), "token": secrets.token_hex(16)}),
+            "stream": settings.stream.model_copy(update={"metrics_port": 0, "session_timeout_ms": 3000}),
+            "api": settings.api.model_copy(update={"port": 0, "token": secrets.token_hex(16)}),
             "alerting": alerting,
             "state_dir": (settings.state_dir / "demo" / run).resolve(),
             "model_repository": settings.model_repository.resolve(),
@@ -172,7 +171,8 @@ async def orchestrate(
     (and the replay finished); the receiver always is, and with ``keep`` its subscription is deleted first."""
     root = data_dir(settings)
     run = f"demo-{int(time.time())}"
-    worker_settings = run_settings(settings, run)
+    worker = WorkerProcess(run_settings(settings, run))
+    worker_settings = worker.settings  # with the ports chosen
     table = read_sensor_csv(root / models.sensor_file)
     clip_dir = root / "ped2" / "testing" / clip
     expected = {
@@ -182,7 +182,6 @@ async def orchestrate(
     camera = f"ped2-{clip}"
 
     await create_declared_topics(worker_settings)
-    worker = WorkerProcess(worker_settings)
     receiver = WebhookReceiver(secrets.token_hex(16))
     await receiver.start()
     worker.start()

@@ -18,7 +18,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from tqdm import tqdm
 
 from core.contracts import Alert, DeadLetter, Score
 from core.settings import AlertingSettings, DeliverySettings
@@ -27,6 +26,7 @@ from operators.delivery import AlertDispatcher, DeliveryJournal
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
+from triton_models.progress import progress_bar
 
 RESULTS = Path(__file__).parent
 STREAMS = 50
@@ -61,7 +61,7 @@ def bench_engine(name: str, store: AlertStateStore, batch: list[Score]) -> dict[
     engine = AlertEngine(AlertingSettings(for_s=5, resolve_for_s=5, cooldown_s=10), store)
     latencies = []
     alerts = 0
-    for score in tqdm(batch, desc=f"observe ({name})", mininterval=1.0):
+    for score in progress_bar(batch, desc=f"observe ({name})", mininterval=1.0):
         start = time.perf_counter()
         alerts += len(engine.observe(score))
         latencies.append(time.perf_counter() - start)
@@ -142,7 +142,7 @@ def main() -> None:
             "sqlite": bench_engine("sqlite", sqlite_store, batch),
         }
         sqlite_store.close()
-        delivery = [asyncio.run(bench_delivery(c, Path(tmp))) for c in tqdm(CONCURRENCIES, desc="delivery")]
+        delivery = [asyncio.run(bench_delivery(c, Path(tmp))) for c in progress_bar(CONCURRENCIES, desc="delivery")]
     results = {"machine": platform.platform(), "python": platform.python_version(), "engine": engine}
     results["delivery"] = delivery
     (RESULTS / "alerting.json").write_text(json.dumps(results, indent=2))

@@ -24,26 +24,20 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-import httpx
 import matplotlib
 import numpy as np
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from aiokafka import AIOKafkaProducer
-from tqdm import tqdm
 
 from core.contracts import FRAME_HEADER, SensorReading, VideoFrame
-from core.private_files import write_private_text
 from core.settings import (
     ApiSettings,
     InfluxSettings,
@@ -57,53 +51,15 @@ from core.settings import (
 from core.stack_state import running_stack_addresses
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
-from infra.processes import free_port
 from operators.model_cards import card_path, load_ts_card
 from pipeline.demo_models import DemoModels, data_dir, ensure_models
-from pipeline.prometheus_text import diff, histogram, parse_metrics, quantile, total
+from pipeline.prometheus_text import diff, histogram, quantile, total
+from pipeline.worker_process import WorkerProcess
+from triton_models.progress import progress_bar
+from triton_models.progress import write as progress_write
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent
-
-
-class WorkerProcess:
-    def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = free_port()
-        config = settings.model_dump(mode="json")
-        config["stream"]["metrics_port"] = self.port
-        self.config = work / "worker.yaml"
-        write_private_text(self.config, yaml.safe_dump(config))  # it holds the API token
-        self.log = work / "worker.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "DIFFSENTRY_CONFIG": str(self.config), "PYTHONPATH": str(ROOT)}
-        with self.log.open("wb") as log:
-            command = [sys.executable, "-m", "pipeline.cli", "run", "--log-level", "WARNING"]
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    async def metrics(self) -> dict[str, float]:
-        async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(f"http://127.0.0.1:{self.port}/metrics")
-        return parse_metrics(response.text)
-
-    async def wait_ready(self) -> None:
-        for _ in range(600):
-            try:
-                async with httpx.AsyncClient(timeout=1) as client:
-                    if (await client.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
-                        return
-            except httpx.HTTPError:
-                pass
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(self.log.read_text()[-3000:])
-            await asyncio.sleep(0.1)
-        raise RuntimeError("worker not ready")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(60)
 
 
 def scored(metrics: dict[str, float]) -> float:
@@ -128,7 +84,7 @@ async def produce_backlog(settings: Settings, channels: tuple[str, ...], assets:
     rng = np.random.default_rng(0)
     try:
         pending = []
-        for t in tqdm(range(per_asset), desc="backlog", unit="step"):
+        for t in progress_bar(range(per_asset), desc="backlog", unit="step"):
             for a in range(assets):
                 asset = f"bench-{a}"
                 pending.append(
@@ -163,7 +119,7 @@ async def produce_paced(
     await producer.start()
     start = time.monotonic()
     try:
-        with tqdm(total=total, desc=f"paced {readings_per_s:.0f}/s", unit="reading") as progress:
+        with progress_bar(total=total, desc=f"paced {readings_per_s:.0f}/s", unit="reading") as progress:
             for sent, (key, payload) in enumerate(payloads):
                 delay = start + sent / readings_per_s - time.monotonic()
                 if delay > 0:
@@ -227,7 +183,7 @@ async def stand_in_suite(args: argparse.Namespace) -> dict:
         kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group="bench"),
         triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
-        stream=StreamSettings(session_timeout_ms=3000, max_batch=args.max_batch),
+        stream=StreamSettings(metrics_port=0, session_timeout_ms=3000, max_batch=args.max_batch),
         model_repository=models,
         state_dir=work / "state",
         api=ApiSettings(port=0, allow_dev_token=True),
@@ -242,7 +198,7 @@ async def stand_in_suite(args: argparse.Namespace) -> dict:
         await worker.wait_ready()
         timeline: list[tuple[float, float]] = []
         started = time.monotonic()
-        with tqdm(total=expected, desc="drain", unit="window") as progress:
+        with progress_bar(total=expected, desc="drain", unit="window") as progress:
             while True:
                 count = scored(await worker.metrics())
                 timeline.append((time.monotonic() - started, count))
@@ -310,7 +266,7 @@ def run_settings(
         triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
         sensors=SensorSettings(assets=["*"], mode=mode),
-        stream=StreamSettings(session_timeout_ms=3000, max_batch=max_batch),
+        stream=StreamSettings(metrics_port=0, session_timeout_ms=3000, max_batch=max_batch),
         model_repository=models,
         state_dir=work / f"state-{run}",
         api=ApiSettings(port=0, allow_dev_token=True),
@@ -321,7 +277,7 @@ async def drain(worker: WorkerProcess, expected: int, modality: str) -> float:
     """Items written per second while the worker drains a backlog of ``expected`` items (start-up excluded)."""
     timeline: list[tuple[float, float]] = []
     started = time.monotonic()
-    with tqdm(total=expected, desc=f"drain {modality}", unit="item") as progress:
+    with progress_bar(total=expected, desc=f"drain {modality}", unit="item") as progress:
         while True:
             count = total(await worker.metrics(), "diffsentry_scores_total", f'modality="{modality}"')
             timeline.append((time.monotonic() - started, count))
@@ -363,7 +319,7 @@ async def sensor_capacity(
         "mean_triton_batch": mean_batch(metrics),
         "load_average_1min": os.getloadavg()[0],
     }
-    tqdm.write(f"sensor drain {json.dumps(result)}")
+    progress_write(f"sensor drain {json.dumps(result)}")
     return result, worker, settings
 
 
@@ -418,7 +374,7 @@ async def video_capacity(addresses: dict, models: Path, work: Path, clip: Path, 
         "context_frames": card.context,
         "load_average_1min": os.getloadavg()[0],
     }
-    tqdm.write(f"video drain {json.dumps(result)}")
+    progress_write(f"video drain {json.dumps(result)}")
     return result
 
 

@@ -5,6 +5,10 @@ state file ``<state_dir>/stack.json``, written by ``diffsentry stack up``), an o
 ``DIFFSENTRY_CONFIG``, and ``DIFFSENTRY_*`` environment variables (nested fields use ``__``, e.g.
 ``DIFFSENTRY_KAFKA__BOOTSTRAP_SERVERS``). So a running local stack replaces only defaults: anything configured
 explicitly, for example production addresses, always wins.
+
+Where state goes, one rule: everything a run writes lies under ``state_dir`` (default ``.diffsentry`` in the current
+directory) unless a path is set explicitly; :data:`STATE_PATHS` are the path settings derived from it when unset.
+``data_dir`` is input (read only), taken from the repository root when relative.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.stack_state import running_stack_addresses
@@ -222,6 +226,10 @@ class VideoSettings(BaseModel):
     )
 
 
+# Path settings that default to a place under state_dir: field -> its path relative to state_dir.
+STATE_PATHS = {"model_repository": "model_repository"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFSENTRY_", env_nested_delimiter="__", extra="ignore")
 
@@ -239,7 +247,18 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".diffsentry")
     # Public data sets (SKAB, Ped2) for the demo and tests; relative paths are taken from the repository root.
     data_dir: Path = Path("../shared/data")
-    model_repository: Path = Path(".diffsentry/model_repository")
+    # None (the default): <state_dir>/model_repository (STATE_PATHS); always a Path once the settings are built.
+    model_repository: Path = Field(default=None)  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_state_paths(cls, values: Any) -> Any:
+        """Path settings not set explicitly (absent, None or empty) lie under ``state_dir``."""
+        if not isinstance(values, dict):
+            return values
+        state_dir = Path(values.get("state_dir") or cls.model_fields["state_dir"].default)
+        unset = {name: state_dir / part for name, part in STATE_PATHS.items() if values.get(name) in (None, "")}
+        return {**values, **unset}
 
     @classmethod
     def settings_customise_sources(

@@ -68,6 +68,9 @@ class StackState:
     services: dict[str, ServiceRecord] = field(default_factory=dict)
     # The broker's storage mode; it outlives `stack down`, so a stack started durable restarts durable.
     durable: bool = False
+    # Processes that run against the stack and stop with it (`diffsentry demo --keep` leaves its worker here):
+    # `stack down` stops them first. They provide no settings.
+    attached: dict[str, ServiceRecord] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state_dir: Path) -> StackState:
@@ -79,13 +82,18 @@ class StackState:
         return cls(
             services={name: ServiceRecord(**record) for name, record in data.get("services", {}).items()},
             durable=data.get("durable", False),
+            attached={name: ServiceRecord(**record) for name, record in data.get("attached", {}).items()},
         )
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        payload = {"durable": self.durable, "services": {name: asdict(r) for name, r in self.services.items()}}
+        payload = {
+            "durable": self.durable,
+            "services": {name: asdict(r) for name, r in self.services.items()},
+            "attached": {name: asdict(r) for name, r in self.attached.items()},
+        }
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(path)  # atomic: a reader never sees half a file
 

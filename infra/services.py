@@ -174,7 +174,13 @@ def triton_python_env(state_dir: Path) -> Path:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     caller_site_packages = sysconfig.get_paths()["purelib"]
     pth = env_dir / "lib" / version / "site-packages" / "diffsentry-source.pth"
-    pth.write_text(f"{SOURCE_ROOT}\nimport site; site.addsitedir({caller_site_packages!r})\n")
+    # The stub's embedded interpreter ignores PYTHONPYCACHEPREFIX: without a prefix set here it writes the bytecode of
+    # the models' code into the source tree.
+    pycache = str(env_dir.resolve() / "pycache")
+    pth.write_text(
+        f"{SOURCE_ROOT}\nimport site; site.addsitedir({caller_site_packages!r})\n"
+        f"import sys; sys.pycache_prefix = sys.pycache_prefix or {pycache!r}\n"
+    )
     return env_dir
 
 

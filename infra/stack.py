@@ -31,6 +31,7 @@ from core.stack_state import (
     OBJECT_STORE,
     ServiceRecord,
     StackState,
+    process_runs,
     stack_services,
 )
 from infra.health import default_url, http_base, object_store_healthy, service_healthy, service_url
@@ -118,20 +119,33 @@ def up(settings: Settings, durable: bool | None = None) -> list[ServiceStatus]:
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop the services the state file records (by pid); returns the names of those that were running.
+    """Stop the processes attached to the stack, then its services (by pid); returns the names of those that were
+    running.
 
     The mode (durable or memory) stays in the state file for the next `up`.
     """
     state_dir = settings.state_dir.resolve()
     with _locked(state_dir):
         state = StackState.load(state_dir)
+        attached = [r.name for r in state.attached.values() if process_runs(r.pid, r.executable)]
+        for record in state.attached.values():
+            stop_service(record, settings.stack.stop_timeout_s)
         running = state.running()
         for name in STOP_ORDER:
             record = state.services.get(name)
             if record is not None:
                 stop_service(record, settings.stack.stop_timeout_s)
         StackState(durable=state.durable).save(state_dir)
-    return [name for name in stack_services(state.durable) if name in running]
+    return [*attached, *(name for name in stack_services(state.durable) if name in running)]
+
+
+def attach(settings: Settings, record: ServiceRecord) -> None:
+    """Record a process that runs against the stack (e.g. a worker left running) so that `down` stops it too."""
+    state_dir = settings.state_dir.resolve()
+    with _locked(state_dir):
+        state = StackState.load(state_dir)
+        state.attached[record.name] = record
+        state.save(state_dir)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:

@@ -3,15 +3,19 @@
 1. local stack up (``infra.stack``; the demo takes it down at the end only if it brought it up, and not with --keep);
 2. small ``ts_diffusion`` and ``video_diffusion`` models trained into the model repository, or taken from the cache
    (``pipeline.demo_models``), then loaded into Triton;
-3. ``diffsentry run`` started as a subprocess: the worker and its subscriptions API, exactly as in production, so the
-   demo watches it from outside like an operator (Prometheus ``/metrics``, ``/v1/deliveries``) and the replay, the
-   webhook receiver and the live summary in this process do not compete with the worker's event loop;
+3. ``diffsentry run`` started as a subprocess (``pipeline.worker_process``): the worker and its subscriptions API,
+   exactly as in production, so the demo watches it from outside like an operator (Prometheus ``/metrics``,
+   ``/v1/deliveries``) and the replay, the webhook receiver and the live summary in this process do not compete
+   with the worker's event loop;
 4. a local webhook receiver (``operators.webhook_receiver``) subscribed through the REST API with its own secret;
-5. a SKAB experiment replayed fast-forwarded (event time kept) and a Ped2 test clip (the ``ingest video`` path)
-   through Kafka, with a live summary every second;
-6. where the scores are (VictoriaMetrics export / PromQL, and the Flux query for real InfluxDB) and a final summary.
+5. a SKAB experiment replayed fast-forwarded (event time kept) and a Ped2 test clip at its frame rate (the
+   ``ingest video --realtime`` path, as a camera would send it) through Kafka, with live progress;
+6. a summary: per modality what was scored and stored and the produce-to-stored latency (p50/p99), the alerts the
+   subscriber received, what was stopped and what was kept; with ``--keep`` the stack and the worker stay up (until
+   ``diffsentry stack down``) and the demo prints where to query them, each URL checked to answer.
 
-Exit code 0 only if alerts reached the subscriber with a verified signature.
+Exit code 0 only if alerts reached the subscriber with a verified signature (and, with --keep, every printed URL
+answered).
 
 Each run gets its own topics, consumer group and worker state dir (``<state_dir>/demo/<run>``): a kept stack still
 holds the previous run's records, and the alert state deduplicates by event time, so a replay of the same file into
@@ -21,45 +25,41 @@ shared state would (rightly) emit nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import typer
-import yaml
-from tqdm import tqdm
 
-from core.private_files import write_private_text
+from core.contracts import Alert
 from core.settings import AlertingSettings, Settings
-from core.stack_state import StackState
+from core.stack_state import ServiceRecord, StackState
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
-from infra.processes import free_port
 from infra.victoria_metrics import export_series
-from operators.webhook_receiver import WebhookReceiver
-from pipeline.demo_models import REPO_ROOT, DemoModels, data_dir, ensure_models
+from operators.webhook_receiver import ReceiverCounts, WebhookReceiver
+from pipeline.demo_models import DemoModels, data_dir, ensure_models
 from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv, readings
-from pipeline.prometheus_text import histogram, parse_metrics, quantile, total
+from pipeline.prometheus_text import histogram, quantile, total
+from pipeline.worker_process import WorkerProcess
+from triton_models.progress import progress_bar
+from triton_models.progress import write as progress_write
 from triton_models.video.frames import frame_files
 
 # Event-time alerting for SKAB's 1 Hz readings and 10 fps video: fire after 5 s anomalous (at least 3 scores),
 # resolve after 30 s below the default hysteresis level, and no second alert on a stream within the replay.
 DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_for_s=30.0, cooldown_s=600.0)
+MODALITIES = ("sensor", "video")
 
 
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:
-    """The worker's settings for one demo run: own topics, group and state dir, free ports, demo alerting, and
-    webhooks allowed to the local receiver."""
+    """The worker's settings for one demo run: own topics, group and state dir, free ports (0: chosen when the
+    worker process is set up), a token of its own, demo alerting, and webhooks allowed to the local receiver."""
     topics = {
         name: f"{value}.{run}"
         for name, value in settings.topics.model_dump().items()
@@ -69,8 +69,8 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
         update={
             "topics": settings.topics.model_copy(update={**topics, "partitions": 1}),
             "kafka": settings.kafka.model_copy(update={"consumer_group": f"diffsentry-{run}"}),
-            "stream": settings.stream.model_copy(update={"metrics_port": free_port(), "session_timeout_ms": 3000}),
-            "api": settings.api.model_copy(update={"port": free_port(), "token": secrets.token_hex(16)}),
+            "stream": settings.stream.model_copy(update={"metrics_port": 0, "session_timeout_ms": 3000}),
+            "api": settings.api.model_copy(update={"port": 0, "token": secrets.token_hex(16)}),
             # The demo's webhook receiver listens on loopback, which the outbound policy refuses unless allowed.
             "delivery": settings.delivery.model_copy(update={"allowed_targets": ["127.0.0.1/32"]}),
             "alerting": alerting,
@@ -80,95 +80,81 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
     )
 
 
-class WorkerProcess:
-    """``diffsentry run`` in a subprocess configured by a YAML file (``DIFFSENTRY_CONFIG``)."""
+@dataclass
+class Latency:
+    """What the worker scored of one modality, and its produce-to-stored latency (``diffsentry_end_to_end_seconds``)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.config = settings.state_dir / "worker.yaml"
-        write_private_text(self.config, yaml.safe_dump(settings.model_dump(mode="json")))  # it holds the API token
-        self.log = settings.state_dir / "worker.log"
-        self.metrics_url = f"http://{settings.stream.metrics_host}:{settings.stream.metrics_port}"
-        self.api_url = f"http://{settings.api.host}:{settings.api.port}"
-        self.process: subprocess.Popen | None = None
+    scored: float = 0
+    p50_s: float = float("nan")
+    p99_s: float = float("nan")
 
-    def start(self) -> None:
-        env = {**os.environ, "DIFFSENTRY_CONFIG": str(self.config), "PYTHONPATH": str(REPO_ROOT)}
-        env = {k: v for k, v in env.items() if not k.startswith("DIFFSENTRY_") or k == "DIFFSENTRY_CONFIG"}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "run", "--log-level", "WARNING"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=1) as client:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.metrics_url}/healthz")).status_code == 200:
-                        return
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"the worker exited:\n{self.log.read_text()[-3000:]}")
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"the worker was not consuming after {timeout_s:.0f} s; see {self.log}")
-
-    async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
-        return parse_metrics((await client.get(f"{self.metrics_url}/metrics")).text)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    @classmethod
+    def read(cls, metrics: dict[str, float], modality: str) -> Latency:
+        label = f'modality="{modality}"'
+        buckets = histogram(metrics, "diffsentry_end_to_end_seconds", label)
+        scored = total(metrics, "diffsentry_scores_total", label)
+        return cls(scored, quantile(buckets, 0.5), quantile(buckets, 0.99))
 
 
 @dataclass
 class Snapshot:
     messages: float = 0
-    windows: float = 0
-    frames: float = 0
-    p50_s: float = float("nan")
-    p99_s: float = float("nan")
+    modalities: dict[str, Latency] = field(default_factory=lambda: {m: Latency() for m in MODALITIES})
     alerts: float = 0
     resolved: float = 0
     dead_letters: float = 0
-    deliveries: dict[str, int] | None = None
+    deliveries: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, metrics: dict[str, float], deliveries: dict[str, int]) -> Snapshot:
-        latency = histogram(metrics, "diffsentry_end_to_end_seconds")
         return cls(
             messages=total(metrics, "diffsentry_messages_total"),
-            windows=total(metrics, "diffsentry_scores_total", 'modality="sensor"'),
-            frames=total(metrics, "diffsentry_scores_total", 'modality="video"'),
-            p50_s=quantile(latency, 0.5),
-            p99_s=quantile(latency, 0.99),
+            modalities={m: Latency.read(metrics, m) for m in MODALITIES},
             alerts=total(metrics, "diffsentry_alerts_total", 'state="firing"'),
             resolved=total(metrics, "diffsentry_alerts_total", 'state="resolved"'),
             dead_letters=total(metrics, "diffsentry_dead_letters_total"),
             deliveries=deliveries,
         )
 
+    @property
+    def scored(self) -> float:
+        return sum(m.scored for m in self.modalities.values())
+
     def line(self) -> str:
-        d = self.deliveries or {}
+        """The live summary: one short line."""
+        d = self.deliveries
+        per_modality = " | ".join(f"{name} {m.scored:.0f} p99 {m.p99_s:.2f} s" for name, m in self.modalities.items())
         return (
-            f"in {self.messages:.0f} msg | scored {self.windows:.0f} windows, {self.frames:.0f} frames | "
-            f"latency p50 {self.p50_s:.2f}s p99 {self.p99_s:.2f}s | alerts {self.alerts:.0f} firing, "
-            f"{self.resolved:.0f} resolved | webhooks {d.get('delivered', 0)} delivered, {d.get('pending', 0)} pending"
-            f" | dead letters {self.dead_letters:.0f}"
+            f"{per_modality} | alerts {self.alerts:.0f} firing {self.resolved:.0f} resolved | webhooks "
+            f"{d.get('delivered', 0)} delivered {d.get('pending', 0)} pending | dead letters {self.dead_letters:.0f}"
         )
 
 
+@dataclass
+class DemoRun:
+    """What one replay produced; the worker may still run (``--keep``)."""
+
+    run: str
+    settings: Settings
+    worker: WorkerProcess
+    asset: str
+    camera: str
+    expected: dict[str, int]
+    snapshot: Snapshot
+    stored_windows: int
+    last_event_ms: int | None
+    alerts: list[Alert]
+    receiver_counts: ReceiverCounts
+    replay_seconds: float
+
+    @property
+    def delivered(self) -> bool:
+        return any(a.state == "firing" for a in self.alerts) and self.receiver_counts.bad_signatures == 0
+
+
 async def replay_video(settings: Settings, clip: Path, camera: str) -> int:
-    """The ``diffsentry ingest video`` path: folder of frames -> model-size grayscale -> video-frames topic."""
+    """The ``diffsentry ingest video --realtime`` path: folder of frames -> model-size grayscale -> video-frames
+    topic, paced at the folder's frame rate (``video.fps``) as a camera would send it."""
     from operators.video_source import SourceStats, sampled_model_frames
     from pipeline.video_ingest import open_frames, publish_frames
 
@@ -177,29 +163,36 @@ async def replay_video(settings: Settings, clip: Path, camera: str) -> int:
     frames = sampled_model_frames(
         iter(open_frames(str(clip), video.fps, False, stats)), video.fps, video.width, video.height, stats
     )
-    return await publish_frames(settings, frames, camera, video.encoding, live=False, progress=False)
+    return await publish_frames(settings, frames, camera, video.encoding, live=False, realtime=True, progress=False)
 
 
-async def orchestrate(settings: Settings, models: DemoModels, clip: str, speed: float, timeout_s: float) -> int:
+async def orchestrate(
+    settings: Settings, models: DemoModels, clip: str, speed: float, timeout_s: float, keep: bool
+) -> DemoRun:
+    """Worker, receiver and subscription up; both replays; watch until done. The worker is stopped unless ``keep``
+    (and the replay finished); the receiver always is, and with ``keep`` its subscription is deleted first."""
     root = data_dir(settings)
     run = f"demo-{int(time.time())}"
-    worker_settings = run_settings(settings, run)
+    worker = WorkerProcess(run_settings(settings, run))
+    worker_settings = worker.settings  # with the ports chosen
     table = read_sensor_csv(root / models.sensor_file)
     clip_dir = root / "ped2" / "testing" / clip
-    frame_count = len(frame_files(clip_dir))
-    expected_windows = expected_window_count(settings, table, models.asset)
-    expected_frames = frame_count - _video_context(settings)
+    expected = {
+        "sensor": expected_window_count(settings, table, models.asset),
+        "video": len(frame_files(clip_dir)) - _video_context(settings),
+    }
     camera = f"ped2-{clip}"
 
     await create_declared_topics(worker_settings)
-    worker = WorkerProcess(worker_settings)
     receiver = WebhookReceiver(secrets.token_hex(16))
     await receiver.start()
     worker.start()
-    try:
-        await worker.wait_ready()
-        headers = {"Authorization": f"Bearer {worker_settings.api.token}"}
-        async with httpx.AsyncClient(timeout=5, headers=headers) as client:
+    finished = False
+    headers = {"Authorization": f"Bearer {worker_settings.api.token}"}
+    async with httpx.AsyncClient(timeout=5, headers=headers) as client:
+        subscription_url = None
+        try:
+            await worker.wait_ready()
             subscription = {
                 "name": "demo receiver",
                 "selector": {"stream": "*", "min_severity": "warning"},
@@ -207,21 +200,43 @@ async def orchestrate(settings: Settings, models: DemoModels, clip: str, speed: 
                 "secret": receiver.secret,
             }
             created = (await client.post(f"{worker.api_url}/v1/subscriptions", json=subscription)).raise_for_status()
-            typer.echo(f"subscribed {receiver.url} through {worker.api_url}/v1/subscriptions ({created.json()['id']})")
+            subscription_url = f"{worker.api_url}/v1/subscriptions/{created.json()['id']}"
             typer.echo(
-                f"replaying {models.sensor_file} as asset {models.asset} at {speed:g}x and Ped2 clip {clip} as "
-                f"camera {camera} (worker log: {worker.log})"
+                f"replaying {models.sensor_file} as asset {models.asset} at {speed:g}x real time and Ped2 clip {clip} "
+                f"as camera {camera} at {worker_settings.video.fps:g} fps, alerts to a webhook receiver "
+                f"(worker log {worker.log})"
             )
-            sensors = asyncio.create_task(publish(worker_settings, table, models.asset, speed, loop=False))
-            video = asyncio.create_task(replay_video(worker_settings, clip_dir, camera))
-            snapshot = await _watch(worker, client, expected_windows + expected_frames, timeout_s, sensors, video)
-            await asyncio.gather(sensors, video)
-        _report(worker_settings, models, camera, snapshot, receiver, expected_windows, expected_frames)
-    finally:
-        worker.stop()
-        await receiver.stop()
-    delivered_firing = [a for a in receiver.alerts if a.state == "firing"]
-    return 0 if delivered_firing and receiver.counts.bad_signatures == 0 else 1
+            started = time.monotonic()
+            replays = {
+                "sensor": asyncio.create_task(
+                    publish(worker_settings, table, models.asset, speed, False, progress=False)
+                ),
+                "video": asyncio.create_task(replay_video(worker_settings, clip_dir, camera)),
+            }
+            snapshot = await _watch(worker, client, sum(expected.values()), timeout_s, replays)
+            replay_seconds = time.monotonic() - started
+            stored, last_event_ms = await asyncio.to_thread(_stored_windows, worker_settings, models.asset)
+            finished = True
+        finally:
+            if not (keep and finished):
+                worker.stop()
+            elif subscription_url is not None:  # the worker stays, the receiver does not: no deliveries into the void
+                await client.delete(subscription_url)
+            await receiver.stop()
+    return DemoRun(
+        run=run,
+        settings=worker_settings,
+        worker=worker,
+        asset=models.asset,
+        camera=camera,
+        expected=expected,
+        snapshot=snapshot,
+        stored_windows=stored,
+        last_event_ms=last_event_ms,
+        alerts=list(receiver.alerts),
+        receiver_counts=receiver.counts,
+        replay_seconds=replay_seconds,
+    )
 
 
 def expected_window_count(settings: Settings, table: ReplayTable, asset: str) -> int:
@@ -249,84 +264,163 @@ def _video_context(settings: Settings) -> int:
     return load_video_card(card_path(settings.model_repository, settings.triton.video_model)).context
 
 
+def _stored_windows(settings: Settings, asset: str) -> tuple[int, int | None]:
+    """Sensor scores of ``asset`` in the store (distinct window ends: a kept store may hold earlier runs too) and
+    the newest one's event time in ms."""
+    series = export_series(settings.influx.url, f'sensor_scores_score{{asset="{asset}"}}')
+    stamps = {t for s in series for t in s["timestamps"]}
+    return len(stamps), max(stamps, default=None)
+
+
 async def _watch(
     worker: WorkerProcess,
     client: httpx.AsyncClient,
     expected: int,
     timeout_s: float,
-    *replays: asyncio.Task,
+    replays: dict[str, asyncio.Task[int]],
 ) -> Snapshot:
-    """Live summary every second until everything is replayed and scored and no webhook is pending (or the timeout).
-    The alert engine sees each score as it is written, so by then every alert transition has been emitted."""
-    deadline = time.monotonic() + timeout_s
-    snapshot = Snapshot()
-    with tqdm(total=expected, desc="scored", unit="item", dynamic_ncols=True) as progress:
+    """Live progress until everything is replayed and scored and no webhook is pending (or the timeout). The alert
+    engine sees each score as it is written, so by then every alert transition has been emitted."""
+    started = deadline = time.monotonic()
+    deadline += timeout_s
+    announced: set[str] = set()
+    with progress_bar(total=expected, desc="scored", unit="item", dynamic_ncols=True) as bar:
         while True:
             metrics = await worker.metrics(client)
-            deliveries = (await client.get(f"{worker.api_url}/v1/deliveries")).json()
+            deliveries = (await client.get(f"{worker.api_url}/v1/deliveries")).raise_for_status().json()
             snapshot = Snapshot.read(metrics, deliveries)
-            progress.update(int(snapshot.windows + snapshot.frames) - progress.n)
-            progress.set_postfix_str(snapshot.line(), refresh=True)
-            replayed = all(task.done() for task in replays)
-            for task in replays:
-                if task.done() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            scored = snapshot.windows + snapshot.frames >= expected
-            if replayed and scored and deliveries.get("pending", 0) == 0:
+            bar.update(int(snapshot.scored) - bar.n)
+            bar.set_postfix_str(snapshot.line(), refresh=True)
+            for name, task in replays.items():
+                if task.done() and name not in announced:
+                    announced.add(name)
+                    sent = task.result()  # raises what the replay raised
+                    unit = "readings" if name == "sensor" else "frames"
+                    progress_write(f"{name} replay done: {sent} {unit} in {time.monotonic() - started:.0f} s")
+            replayed = len(announced) == len(replays)
+            if replayed and snapshot.scored >= expected and deliveries.get("pending", 0) == 0:
                 return snapshot
             if time.monotonic() > deadline:
-                tqdm.write(f"timeout after {timeout_s:.0f} s: reporting what arrived")
+                progress_write(f"timeout after {timeout_s:.0f} s: reporting what arrived")
                 return snapshot
             await asyncio.sleep(1.0)
 
 
-def _report(
-    settings: Settings,
-    models: DemoModels,
-    camera: str,
-    snapshot: Snapshot,
-    receiver: WebhookReceiver,
-    expected_windows: int,
-    expected_frames: int,
-) -> None:
-    influx = settings.influx.url
-    selector = f'sensor_scores_score{{asset="{models.asset}"}}'
-    stored = export_series(influx, selector)
-    points = len({t for series in stored for t in series["timestamps"]})  # a kept store may hold earlier runs too
+@dataclass(frozen=True)
+class Link:
+    """A URL the summary prints; ``owner`` is what serves it (``stack`` or ``worker``)."""
+
+    label: str
+    url: str
+    owner: str
+    token: str | None = None
+
+    def check(self, timeout_s: float = 10.0) -> str:
+        """``answers`` when a GET returns 2xx, else why not."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = httpx.get(self.url, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as error:
+            return f"NO ANSWER ({type(error).__name__})"
+        return "answers" if response.is_success else f"NO ANSWER (HTTP {response.status_code})"
+
+
+def links(run: DemoRun) -> list[Link]:
+    """Where the scores, the alerts, the API and the metrics are; the store's URLs as VictoriaMetrics takes them."""
+    store, settings = run.settings.influx.url, run.settings
+    sensor = f'sensor_scores_score{{asset="{run.asset}"}}'
+    query = {"query": sensor} | ({"time": f"{run.last_event_ms / 1000:.3f}"} if run.last_event_ms else {})
+    video, alerts = f'video_scores_score{{camera="{run.camera}"}}', '{__name__=~"alerts_.*"}'
+    triton = settings.triton.http_url if "://" in settings.triton.http_url else f"http://{settings.triton.http_url}"
+    return [
+        Link("sensor scores", f"{store}/api/v1/export?match[]={quote(sensor)}", "stack"),
+        Link("PromQL", f"{store}/api/v1/query?{urlencode(query)}", "stack"),
+        Link("video scores", f"{store}/api/v1/export?match[]={quote(video)}", "stack"),
+        Link("alerts", f"{store}/api/v1/export?match[]={quote(alerts)}", "stack"),
+        Link("Triton", f"{triton}/v2/models/{settings.triton.ts_model}/ready", "stack"),
+        Link("metrics", f"{run.worker.metrics_url}/metrics", "worker"),
+        Link("API", f"{run.worker.api_url}/v1/deliveries", "worker", settings.api.token),
+    ]
+
+
+def _event_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, state_dir: Path) -> bool:
+    """The summary, at the end of the output; True when every printed URL answered."""
+    s, settings = run.snapshot, run.settings
     flux = (
         f'from(bucket: "{settings.influx.bucket}") |> range(start: 0) |> filter(fn: (r) => '
-        f'r._measurement == "sensor_scores" and r.asset == "{models.asset}" and r._field == "score")'
+        f'r._measurement == "sensor_scores" and r.asset == "{run.asset}" and r._field == "score")'
     )
-    typer.echo("\nWhere the scores are")
-    typer.echo(f"  VictoriaMetrics export: {influx}/api/v1/export?match[]={quote(selector)}")
-    typer.echo(f"  PromQL:                 {influx}/api/v1/query?query={quote(selector)}")
-    video_selector = f'video_scores_score{{camera="{camera}"}}'
-    alerts_selector = '{__name__=~"alerts_.*"}'
-    typer.echo(f"  video:                  {influx}/api/v1/export?match[]={quote(video_selector)}")
-    typer.echo(f"  alerts:                 {influx}/api/v1/export?match[]={quote(alerts_selector)}")
-    typer.echo(f"  on real InfluxDB (Flux): {flux}")
-    typer.echo("\nSummary")
-    typer.echo(f"  sensor windows scored {snapshot.windows:.0f}/{expected_windows}, in the store {points}")
-    typer.echo(f"  video frames scored   {snapshot.frames:.0f}/{expected_frames}")
-    typer.echo(f"  end-to-end latency    p50 {snapshot.p50_s:.2f} s, p99 {snapshot.p99_s:.2f} s (produce -> stored)")
-    typer.echo(f"  alerts                {snapshot.alerts:.0f} firing, {snapshot.resolved:.0f} resolved")
-    typer.echo(f"  webhook deliveries    {json.dumps(snapshot.deliveries)}")
+    sensor, video = s.modalities["sensor"], s.modalities["video"]
+    d = s.deliveries
+    counts = run.receiver_counts
+    typer.echo(f"\nSummary ({run.run}, replay and scoring {run.replay_seconds:.0f} s)")
     typer.echo(
-        f"  subscriber received   {len(receiver.alerts)} alerts, signatures verified "
-        f"({receiver.counts.bad_signatures} bad, {receiver.counts.duplicates} duplicates):"
+        f"  sensor {run.asset}: {sensor.scored:.0f}/{run.expected['sensor']} windows scored, "
+        f"{run.stored_windows} in the store; produce -> stored p50 {sensor.p50_s:.2f} s, p99 {sensor.p99_s:.2f} s"
     )
-    for alert in receiver.alerts:
-        where = alert.top_channels or alert.location
+    typer.echo(
+        f"  video {run.camera}: {video.scored:.0f}/{run.expected['video']} frames scored (sent at "
+        f"{settings.video.fps:g} fps); produce -> stored p50 {video.p50_s:.2f} s, p99 {video.p99_s:.2f} s"
+    )
+    typer.echo(
+        f"  alerts {s.alerts:.0f} firing, {s.resolved:.0f} resolved; webhooks {d.get('delivered', 0)} delivered, "
+        f"{d.get('failed', 0)} failed; dead letters {s.dead_letters:.0f}"
+    )
+    typer.echo(
+        f"  the subscriber received {len(run.alerts)} alerts, signatures verified ({counts.bad_signatures} bad, "
+        f"{counts.duplicates} duplicates):"
+    )
+    for alert in run.alerts:
+        where = ", ".join(alert.top_channels) if alert.top_channels else ""
+        if alert.location is not None:
+            where = f"at x {alert.location[0]:.2f}, y {alert.location[1]:.2f} of the frame"
         typer.echo(
-            f"    {alert.state:8} {alert.severity:8} {alert.modality:6} {alert.stream:12} event time "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(alert.ts))} score {alert.score:.2f} "
-            f"(threshold {alert.threshold:.2f}) {where}"
+            f"    {alert.state} {alert.severity} {alert.stream} at {_event_time(alert.ts)} (event time): score "
+            f"{alert.score:.2f}, threshold {alert.threshold:.2f}; {where}"
         )
-    typer.echo(f"  dead letters          {snapshot.dead_letters:.0f}")
+
+    worker_kept = run.worker.running()
+    stopped = [] if worker_kept else [f"the worker (pid {run.worker.pid})"]
+    stopped.append("the webhook receiver" + (" (its subscription deleted)" if worker_kept else ""))
+    if not stack_kept:
+        stopped.append(f"the local stack (its data stays in {state_dir})")
+    typer.echo(f"  stopped: {', '.join(stopped)}")
+    kept = []
+    if stack_kept:
+        kept.append("the local stack" + ("" if stack_started else " (it ran before the demo)"))
+    if worker_kept:
+        kept.append(f"the worker (pid {run.worker.pid}, log {run.worker.log}; API token {settings.api.token})")
+    all_answer = True
+    if kept:
+        down = "diffsentry stack down"
+        if state_dir != Settings.model_fields["state_dir"].default.resolve():
+            down = f"DIFFSENTRY_STATE_DIR={state_dir} {down}"
+        typer.echo(f"  kept running: {', '.join(kept)}; `{down}` stops {'them' if len(kept) > 1 else 'it'}")
+        for link in links(run):
+            if (link.owner == "worker" and not worker_kept) or (link.owner == "stack" and not stack_kept):
+                continue
+            verdict = link.check()
+            all_answer &= verdict == "answers"
+            auth = " (bearer token)" if link.token else ""
+            typer.echo(f"    {link.label + ':':15}{link.url}{auth}  {verdict}")
+        if stack_kept:
+            typer.echo(f"    on real InfluxDB (Flux): {flux}")
+    if not keep:
+        typer.echo(
+            "  `diffsentry demo --keep` leaves the stack and the worker running and prints where to query the "
+            "scores, the alerts, the API and the metrics"
+        )
+    return all_answer
 
 
 def demo(
-    keep: Annotated[bool, typer.Option("--keep", help="Leave the local stack running afterwards.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the local stack and the worker running, and print their URLs.")
+    ] = False,
     speed: Annotated[float, typer.Option(help="Sensor replay speed (x real time; event time kept).")] = 50.0,
     clip: Annotated[str, typer.Option(help="Ped2 test clip to replay (04: anomalous from frame 30).")] = "04",
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even when cached models match.")] = False,
@@ -338,24 +432,38 @@ def demo(
     if not (root / "skab").is_dir() or not (root / "ped2").is_dir():
         typer.echo(f"no SKAB/Ped2 data under {root}: set DIFFSENTRY_DATA_DIR (settings.data_dir)", err=True)
         raise typer.Exit(2)
-    started_stack = not StackState.load(settings.state_dir.resolve()).running()
+    state_dir = settings.state_dir.resolve()
+    started_stack = not StackState.load(state_dir).running()
     wall = time.monotonic()
-    typer.echo("starting the local stack" if started_stack else "using the running local stack")
+    typer.echo(f"{'starting the' if started_stack else 'using the running'} local stack (state dir {state_dir})")
     local_stack.up(settings)
-    code = 1
+    run: DemoRun | None = None
     try:
         settings = Settings()  # now with the running stack's addresses
         outcome = ensure_models(settings, DemoModels(), force=retrain)
         for model, how in outcome.items():
             local_stack.load_model(settings, model)
             typer.echo(f"{model}: {how}, loaded into Triton at {settings.triton.http_url}")
-        code = asyncio.run(orchestrate(settings, DemoModels(), clip, speed, timeout_s))
+        run = asyncio.run(orchestrate(settings, DemoModels(), clip, speed, timeout_s, keep))
     finally:
-        if started_stack and not keep:
+        stack_kept = keep or not started_stack
+        if not stack_kept:
             local_stack.down(settings)
-            typer.echo("local stack stopped (the demo started it)")
-        elif keep:
-            typer.echo("local stack left running (`diffsentry stack down` stops it)")
-    verdict = "alerts reached the subscriber" if code == 0 else "NO alert reached the subscriber"
+    assert run is not None  # orchestrate returned (an exception would have left above)
+    if run.worker.running():
+        _attach_worker(settings, run)
+    answered = report(run, stack_kept, started_stack, keep, state_dir)
+    code = 0 if run.delivered and answered else 1
+    verdict = "alerts reached the subscriber" if run.delivered else "NO alert reached the subscriber"
+    if not answered:
+        verdict += "; a printed URL did not answer"
     typer.echo(f"\ndemo finished in {time.monotonic() - wall:.0f} s: {verdict}")
     raise typer.Exit(code)
+
+
+def _attach_worker(settings: Settings, run: DemoRun) -> None:
+    """The kept worker becomes part of the stack's state, so that ``diffsentry stack down`` stops it too."""
+    assert run.worker.pid is not None
+    ports = {"metrics": run.worker.settings.stream.metrics_port, "api": run.worker.settings.api.port}
+    record = ServiceRecord(f"demo-worker-{run.run}", run.worker.pid, sys.executable, ports, str(run.worker.log))
+    local_stack.attach(settings, record)

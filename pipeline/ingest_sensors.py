@@ -23,11 +23,11 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from tqdm import tqdm
 
 from core.contracts import SensorReading
 from core.settings import Settings, get_settings
 from infra import kafka
+from triton_models.progress import progress_bar
 from triton_models.timeseries.data import read_table
 
 
@@ -78,7 +78,13 @@ def readings(table: ReplayTable, asset: str, loop: bool) -> Iterator[SensorReadi
 
 
 async def publish(
-    settings: Settings, table: ReplayTable, asset: str, speed: float, loop: bool, limit: int | None = None
+    settings: Settings,
+    table: ReplayTable,
+    asset: str,
+    speed: float,
+    loop: bool,
+    limit: int | None = None,
+    progress: bool = True,
 ) -> int:
     producer = kafka.producer(settings.kafka, "ingest", linger_ms=5)
     await producer.start()
@@ -87,7 +93,8 @@ async def publish(
     try:
         wall_start, event_start = time.monotonic(), None
         total = None if loop else len(table.rows)
-        for reading in tqdm(readings(table, asset, loop), total=total, unit="reading", desc=f"ingest {asset}"):
+        replay = readings(table, asset, loop)
+        for reading in progress_bar(replay, total=total, unit="reading", desc=f"ingest {asset}", disable=not progress):
             if limit is not None and sent >= limit:
                 break
             if speed > 0:

@@ -22,11 +22,11 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
-from tqdm import tqdm
 
 from core.settings import get_settings
 from infra.services import triton_only
 from pipeline.video_triton import score_through_triton
+from triton_models.progress import progress_bar
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches, to_unit
 from triton_models.video.evaluation import detection_metrics, plot_clip_scores, plot_heatmaps, plot_roc
@@ -38,7 +38,7 @@ from triton_models.video.train import TrainSettings, calibrate_threshold, train_
 
 def _load_clips(root: Path, config: VideoModelConfig) -> dict[str, np.ndarray]:
     folders = clip_folders(root)
-    return {f.name: load_clip(f, config.width, config.height) for f in tqdm(folders, desc=f"load {root.name}")}
+    return {f.name: load_clip(f, config.width, config.height) for f in progress_bar(folders, desc=f"load {root.name}")}
 
 
 @dataclass
@@ -187,7 +187,9 @@ def _candidates_on_test(
                 noise_level=float(row["noise_level"] or chosen_config.noise_level),
                 copy_ratio_floor=float(row["copy_ratio_floor"]),
             )
-            scores = {clip: score_batches(model, windows[clip])[0] for clip in tqdm(labels, desc=str(row["name"]))}
+            scores = {
+                clip: score_batches(model, windows[clip])[0] for clip in progress_bar(labels, desc=str(row["name"]))
+            }
             rows.append({**row, "test_auroc_micro": detection_metrics(labels, scores)["auroc_micro"]})
     finally:
         model.config = chosen_config
@@ -238,7 +240,7 @@ def evaluate(
 
         model_scores, model_maps, baseline_scores = {}, {}, {}
         scoring_seconds = 0.0
-        for clip in tqdm(labels, desc="score test clips"):
+        for clip in progress_bar(labels, desc="score test clips"):
             clip_started = time.perf_counter()
             model_scores[clip], model_maps[clip] = score_batches(model, windows[clip])
             scoring_seconds += time.perf_counter() - clip_started

@@ -15,7 +15,6 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from tqdm import tqdm
 
 from core.contracts import FRAME_HEADER, VideoFrame
 from core.settings import Settings, get_settings
@@ -31,6 +30,7 @@ from operators.video_source import (
     iter_folder,
     sampled_model_frames,
 )
+from triton_models.progress import progress_bar
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -71,7 +71,7 @@ async def publish_frames(
     started = time.time()
     sent = 0
     pending = []
-    bar = tqdm(desc=f"ingest {camera}", unit="frame", disable=not progress, mininterval=1.0)
+    bar = progress_bar(desc=f"ingest {camera}", unit="frame", disable=not progress, mininterval=1.0)
     try:
         while (item := await asyncio.to_thread(next, frames, None)) is not None:
             pts, frame = item

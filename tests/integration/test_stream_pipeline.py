@@ -11,9 +11,6 @@ import asyncio
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +18,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from PIL import Image
 
@@ -49,10 +45,10 @@ from operators.windowing import SensorWindower
 from pipeline.demo_models import data_dir
 from pipeline.ingest_sensors import publish, read_sensor_csv, readings
 from pipeline.worker import Worker
+from pipeline.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = Path(__file__).parent / "models"
 SKAB_FILE = data_dir(Settings()) / "skab" / "valve1" / "0.csv"
 
@@ -381,49 +377,6 @@ async def test_store_outage_mid_stream_loses_no_point(stack: Stack, skab_table) 
     assert metric_total("diffsentry_sink_errors") > errors_before  # the outage did hit the worker
 
 
-class WorkerProcess:
-    """``diffsentry run`` as a separate process, configured through a YAML file, that a test can SIGKILL."""
-
-    def __init__(self, settings: Settings, work: Path) -> None:
-        self.port = free_port()
-        config = settings.model_dump(mode="json")
-        config["stream"]["metrics_port"] = self.port
-        self.config_path = work / f"worker-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = work / f"worker-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    async def start(self) -> None:
-        env = {**os.environ, "DIFFSENTRY_CONFIG": str(self.config_path), "PYTHONPATH": str(ROOT)}
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-        async def consuming() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                async with httpx.AsyncClient(timeout=1) as client:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/healthz")
-                return response.status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert await wait_for(consuming, timeout_s=60, interval_s=0.2), self.log_path.read_text()[-2000:]
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-
-
 async def committed_total(bootstrap: str, settings: Settings) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.kafka.consumer_group)
     await consumer.start()
@@ -442,9 +395,10 @@ async def test_killed_worker_resumes_from_committed_offsets_without_gap(
     asset = f"kill-{uuid.uuid4().hex[:6]}"
     expected = expected_window_ends(skab_table, asset)
     await create_declared_topics(settings)
-    first, second = WorkerProcess(settings, tmp_path), WorkerProcess(settings, tmp_path)
+    first, second = WorkerProcess(settings, tmp_path, "INFO"), WorkerProcess(settings, tmp_path, "INFO")
     try:
-        await first.start()
+        first.start()
+        await first.wait_ready(60)
         replay = asyncio.create_task(publish(settings, skab_table, asset, speed=250, loop=False))
         await asyncio.sleep(2.5)
         first.kill()  # SIGKILL: no graceful shutdown, no final commit
@@ -452,17 +406,18 @@ async def test_killed_worker_resumes_from_committed_offsets_without_gap(
         await replay
         stored_at_kill = set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset))
         assert 0 < committed_at_kill < len(skab_table.rows) and stored_at_kill < expected
-        await second.start()
+        second.start()
+        await second.wait_ready(60)
 
         async def all_scored() -> bool:
             return set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) >= expected
 
-        assert await wait_for(all_scored, timeout_s=120), second.log_path.read_text()[-3000:]
+        assert await wait_for(all_scored, timeout_s=120), second.log.read_text()[-3000:]
     finally:
-        first.terminate()
-        second.terminate()
+        first.stop()
+        second.stop()
     assert set(await stored_points(stack.store_url, "sensor_scores_score", asset=asset)) == expected
-    assert "dead letter" not in second.log_path.read_text()
+    assert "dead letter" not in second.log.read_text()
 
 
 def jpeg(image: np.ndarray) -> bytes:

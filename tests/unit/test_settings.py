@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from core.settings import STATE_PATHS, Settings
 from core.stack_state import KAFKA, TRITON, VICTORIA_METRICS, ServiceRecord, StackState
 
 
@@ -130,3 +130,37 @@ def test_the_stack_is_looked_up_in_the_configured_state_dir(tmp_path: Path) -> N
     _write_stack(elsewhere, os.getpid(), _own_executable())
     assert Settings().kafka.bootstrap_servers == "127.0.0.1:9092"
     assert Settings(state_dir=elsewhere).kafka.bootstrap_servers == "127.0.0.1:19092"
+
+
+def _path_fields() -> list[str]:
+    return [name for name, field in Settings.model_fields.items() if field.annotation in (Path, "Path")]
+
+
+def test_paths_not_set_explicitly_lie_under_the_state_dir(isolated_environment: Path, tmp_path: Path) -> None:
+    """One rule for where state goes: every path setting but the (read-only) data dir derives from state_dir."""
+    assert set(_path_fields()) == {"state_dir", "data_dir", *STATE_PATHS}
+    for settings in (Settings(), Settings(state_dir=tmp_path / "other")):
+        for name in STATE_PATHS:
+            assert getattr(settings, name) == settings.state_dir / STATE_PATHS[name]
+    assert Settings().model_repository == isolated_environment / "model_repository"  # DIFFSENTRY_STATE_DIR
+    assert Settings(state_dir=tmp_path).model_repository == tmp_path / "model_repository"
+
+
+def test_the_default_state_dir_holds_the_model_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIFFSENTRY_STATE_DIR")
+    assert Settings().state_dir == Path(".diffsentry")
+    assert Settings().model_repository == Path(".diffsentry/model_repository")
+
+
+def test_a_yaml_state_dir_moves_the_derived_paths_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIFFSENTRY_STATE_DIR")
+    _write_yaml(tmp_path, monkeypatch, f"state_dir: {tmp_path / 'from-yaml'}\n")
+    assert Settings().model_repository == tmp_path / "from-yaml" / "model_repository"
+
+
+def test_an_explicit_path_wins_and_an_empty_one_is_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(model_repository=tmp_path / "models").model_repository == tmp_path / "models"
+    monkeypatch.setenv("DIFFSENTRY_MODEL_REPOSITORY", "/srv/models")
+    assert Settings(state_dir=tmp_path).model_repository == Path("/srv/models")
+    monkeypatch.setenv("DIFFSENTRY_MODEL_REPOSITORY", "")
+    assert Settings(state_dir=tmp_path).model_repository == tmp_path / "model_repository"

@@ -28,3 +28,13 @@ def test_the_object_store_gives_settings_nothing_and_its_url_is_the_s3_api() -> 
     assert ServiceRecord(KAFKA, 1, "tansu", {"kafka": 19092}, "k.log").settings_values() == {
         "kafka": {"bootstrap_servers": "127.0.0.1:19092"}
     }
+
+
+def test_attached_processes_round_trip_and_give_settings_nothing(tmp_path: Path) -> None:
+    worker = ServiceRecord("demo-worker-1", 42, "/usr/bin/python3", {"metrics": 19464, "api": 18088}, "worker.log")
+    StackState(attached={worker.name: worker}).save(tmp_path)
+    loaded = StackState.load(tmp_path)
+    assert loaded.attached == {worker.name: worker}
+    assert loaded.services == {}
+    (tmp_path / "stack.json").write_text(json.dumps({"services": {}}))  # written before attached processes existed
+    assert StackState.load(tmp_path).attached == {}

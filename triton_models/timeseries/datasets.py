@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from triton_models.progress import progress_bar
 from triton_models.timeseries.data import read_table, write_table
 
 SKAB_TRAIN_ROWS = 400
@@ -15,7 +14,7 @@ def convert_skab(skab: Path, out: Path, train_rows: int = SKAB_TRAIN_ROWS) -> li
     """SKAB leaderboard protocol: each labelled file -> first ``train_rows`` rows train.csv, the rest test.csv;
     files without labels (anomaly-free) -> a train-only series. Series are named ``<folder>-<file stem>``."""
     names = []
-    for path in tqdm(sorted(Path(skab).rglob("*.csv")), desc="convert SKAB"):
+    for path in progress_bar(sorted(Path(skab).rglob("*.csv")), desc="convert SKAB"):
         table = read_table(path)
         name = f"{path.parent.name}-{path.stem}"
         target = Path(out) / name

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from triton_models import metrics
+from triton_models.progress import progress_bar
 from triton_models.timeseries.baselines import PcaDetector, level_scores, random_scores
 from triton_models.timeseries.calibration import pot_threshold, served_scale, stream_thresholds
 from triton_models.timeseries.data import Series, read_benchmark
@@ -167,7 +167,7 @@ def _served_scores(
         name: window_scores(
             detector.scaled_errors(batched_errors(detector, w, mode, progress), window_levels(w, slow), name, mode)
         )["SCORE"]
-        for name, w in tqdm(windows.items(), desc=description, disable=not progress)
+        for name, w in progress_bar(windows.items(), desc=description, disable=not progress)
     }
 
 
@@ -229,7 +229,7 @@ def plot_series(directory: Path, tested: list[Series], detectors: dict[str, Scor
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    for s in tqdm(tested, desc="plots", disable=not progress):
+    for s in progress_bar(tested, desc="plots", disable=not progress):
         fig, axes = plt.subplots(len(detectors), 1, figsize=(10, 1.8 * len(detectors)), sharex=True)
         for ax, (name, scored) in zip(axes, detectors.items(), strict=True):
             values = scored.scores[s.name]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from triton_models.diffusion import NoiseSchedule, ddpm_loss
+from triton_models.progress import progress_bar
 from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
 from triton_models.timeseries.detector import (
     ModeCalibration,
@@ -87,7 +87,7 @@ def train_denoiser(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps)
     network.train()
     losses = []
-    bar = tqdm(range(epochs), desc="train ts diffusion", unit="epoch", disable=not progress)
+    bar = progress_bar(range(epochs), desc="train ts diffusion", unit="epoch", disable=not progress)
     for _ in bar:
         order = torch.randperm(len(data), generator=generator)[:per_epoch]
         total, count = 0.0, 0
@@ -201,7 +201,7 @@ def fit_detector(
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
-    for mode in tqdm(MODES, desc="calibrate", disable=not progress):
+    for mode in progress_bar(MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
         detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, risk)
     held_out_count = sum(len(w) for w in held_out.values())
@@ -215,6 +215,6 @@ def batched_errors(
     """Absolute errors [windows, length, channels] of normalised windows, in batches."""
     parts = [
         detector.absolute_errors(normalised_windows[i : i + batch], mode)
-        for i in tqdm(range(0, len(normalised_windows), batch), desc=mode, leave=False, disable=not progress)
+        for i in progress_bar(range(0, len(normalised_windows), batch), desc=mode, leave=False, disable=not progress)
     ]
     return np.concatenate(parts) if parts else np.empty_like(normalised_windows)

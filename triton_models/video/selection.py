@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from triton_models.progress import progress_bar
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches
 from triton_models.video.evaluation import auroc
@@ -112,7 +113,7 @@ def select_scoring(
     table: list[dict[str, object]] = []
     configs = []
     try:
-        for candidate in candidates:
+        for candidate in progress_bar(candidates, desc="choose the video scoring", unit="candidate"):
             model.config = candidate.config(base, copy_errors)
             configs.append(model.config)
             table.append(

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from triton_models.progress import progress_bar
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches, to_unit
 
@@ -45,7 +45,7 @@ def train_model(
     data = torch.from_numpy(windows)
     losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(range(settings.steps), desc="train video", disable=not progress, mininterval=2.0)
+    bar = progress_bar(range(settings.steps), desc="train video", disable=not progress, mininterval=2.0)
     for _ in bar:
         index = torch.randint(0, len(data), (settings.batch_size,), generator=generator)
         clips = to_unit(data[index])

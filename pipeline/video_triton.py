@@ -9,6 +9,8 @@ import time
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
+from triton_models.names import FRAMES, MAP, SCORE, VIDEO_OUTPUTS
+
 
 async def score_through_triton(
     grpc_url: str, model: str, windows: np.ndarray, concurrency: int = 16, frames_per_request: int = 1
@@ -23,13 +25,13 @@ async def score_through_triton(
     async def worker(offset: int) -> None:
         for start in starts[offset::concurrency]:
             batch = windows[start : start + frames_per_request]
-            request = grpcclient.InferInput("FRAMES", list(batch.shape), "UINT8")
+            request = grpcclient.InferInput(FRAMES, list(batch.shape), "UINT8")
             request.set_data_from_numpy(np.ascontiguousarray(batch))
             result = await client.infer(
-                model, [request], outputs=[grpcclient.InferRequestedOutput(n) for n in ("SCORE", "MAP")]
+                model, [request], outputs=[grpcclient.InferRequestedOutput(n) for n in VIDEO_OUTPUTS]
             )
             for index, (score, anomaly_map) in enumerate(
-                zip(result.as_numpy("SCORE")[:, 0], result.as_numpy("MAP"), strict=True)
+                zip(result.as_numpy(SCORE)[:, 0], result.as_numpy(MAP), strict=True)
             ):
                 scores[start + index], maps[start + index] = score, anomaly_map
 

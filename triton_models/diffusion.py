@@ -130,7 +130,7 @@ def ddim_sample(
     clip_x0: float | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al., 2021) from ``x_start`` at ``timesteps[0]`` down through ``timesteps``; returns the x_0
-    predicted at the last of them.
+    predicted at the last of them (after ``project``).
 
     ``eta = 0`` is deterministic given ``x_start``; ``eta > 0`` needs one explicit noise tensor per transition in
     ``noises``. ``project(x, t)`` optionally rewrites the state after each step (e.g. to re-impose observed values).

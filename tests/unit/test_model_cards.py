@@ -133,3 +133,9 @@ def test_missing_or_broken_card(tmp_path: Path) -> None:
 def test_a_ts_card_is_no_video_card(tmp_path: Path) -> None:
     with pytest.raises(ModelCardError, match="context: Field required"):
         load_video_card(write(tmp_path, ts_card_data()))
+
+
+def test_the_stand_in_cards_of_the_integration_tests_follow_the_schema() -> None:
+    stand_ins = Path(__file__).resolve().parents[1] / "integration" / "models"
+    assert load_ts_card(card_path(stand_ins, "ts_diffusion")).window == 16
+    assert load_video_card(card_path(stand_ins, VIDEO_MODEL)).context == 2

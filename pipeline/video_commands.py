@@ -26,7 +26,7 @@ from pipeline.video_triton import score_through_triton
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.evaluation import evaluation_results, score_test_clips, write_plots
 from triton_models.video.repository import MODEL_NAME, load_card, load_model
-from triton_models.video.train import FitResult, TrainSettings, fit
+from triton_models.video.train import FitResult, TooFewClipsError, TrainSettings, fit
 
 
 def _config_options(context: int, ddim_steps: int, base_channels: int) -> VideoModelConfig:
@@ -41,7 +41,7 @@ def _fit(
 ) -> FitResult:
     try:
         return fit(frames, repository, config, settings, holdout, quantile)
-    except ValueError as error:
+    except TooFewClipsError as error:
         raise typer.BadParameter(str(error)) from error
 
 

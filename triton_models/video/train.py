@@ -74,6 +74,10 @@ def calibrate_threshold(model: FrameDiffusion, held_out_windows: np.ndarray, qua
     return float(np.quantile(scores, quantile))
 
 
+class TooFewClipsError(ValueError):
+    """Not enough clips to train on some and hold the others out."""
+
+
 @dataclass
 class FitResult:
     model: FrameDiffusion
@@ -92,7 +96,7 @@ def fit(
     clips = load_clips(frames, config.width, config.height)
     names = sorted(clips)
     if len(names) <= holdout:
-        raise ValueError(f"need more than {holdout} clips under {frames} to hold {holdout} out")
+        raise TooFewClipsError(f"need more than {holdout} clips under {frames} to hold {holdout} out")
     train_names, held_names = names[: len(names) - holdout], names[len(names) - holdout :]
     train_windows = np.concatenate([causal_windows(clips[n], config.context) for n in train_names])
     held_windows = np.concatenate([causal_windows(clips[n], config.context) for n in held_names])

@@ -24,19 +24,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from triton_models.names import MODE, POOLED_STREAM, SCORE, STREAM, TS_MODES, WINDOW  # noqa: E402
 from triton_models.timeseries.detector import TimeSeriesDetector  # noqa: E402
 from triton_models.timeseries.repository import MODEL_NAME  # noqa: E402
-from triton_models.timeseries.scoring import MODES  # noqa: E402
 
 
 def _inputs(grpcclient, windows: np.ndarray, mode: str) -> list:
     inputs = [
-        grpcclient.InferInput("WINDOW", list(windows.shape), "FP32"),
-        grpcclient.InferInput("STREAM", [len(windows), 1], "BYTES"),
-        grpcclient.InferInput("MODE", [len(windows), 1], "BYTES"),
+        grpcclient.InferInput(WINDOW, list(windows.shape), "FP32"),
+        grpcclient.InferInput(STREAM, [len(windows), 1], "BYTES"),
+        grpcclient.InferInput(MODE, [len(windows), 1], "BYTES"),
     ]
     inputs[0].set_data_from_numpy(windows)
-    inputs[1].set_data_from_numpy(np.array(["default"] * len(windows), dtype=object).reshape(-1, 1))
+    inputs[1].set_data_from_numpy(np.array([POOLED_STREAM] * len(windows), dtype=object).reshape(-1, 1))
     inputs[2].set_data_from_numpy(np.array([mode] * len(windows), dtype=object).reshape(-1, 1))
     return inputs
 
@@ -50,7 +50,7 @@ async def _triton(url: str, batches: list[np.ndarray], mode: str, concurrency: i
     async def one(windows: np.ndarray) -> np.ndarray:
         async with semaphore:
             result = await client.infer(MODEL_NAME, _inputs(grpcclient, windows, mode))
-            return result.as_numpy("SCORE")[:, 0]
+            return result.as_numpy(SCORE)[:, 0]
 
     try:
         await one(batches[0])  # warm-up
@@ -77,14 +77,14 @@ def main() -> None:
     detector = TimeSeriesDetector.load(args.model_repository / MODEL_NAME / "1", device="cpu")
     length, channels = detector.config.window, len(detector.config.channels)
     windows = np.random.default_rng(0).normal(size=(args.windows, length, channels)).astype(np.float32)
-    center, scale = detector.normalizer.params("default")
+    center, scale = detector.normalizer.params(POOLED_STREAM)
     windows = (windows * scale + center).astype(np.float32)  # plausible raw values
     results: dict = {"windows": args.windows, "window": length, "channels": channels, "runs": []}
-    for mode in MODES:
+    for mode in TS_MODES:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             batches = [windows[i : i + batch] for i in range(0, len(windows), batch)]
             started = time.perf_counter()
-            local = [detector.score(b, ["default"] * len(b), [mode] * len(b))["SCORE"] for b in batches]
+            local = [detector.score(b, [POOLED_STREAM] * len(b), [mode] * len(b))[SCORE] for b in batches]
             local_seconds = time.perf_counter() - started
             remote_seconds, remote = asyncio.run(_triton(args.grpc_url, batches, mode, args.concurrency))
             difference = float(np.max(np.abs(np.concatenate(local) - np.concatenate(remote))))
@@ -107,8 +107,8 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(MODES), figsize=(10, 3.5))
-    for ax, mode in zip(axes, MODES, strict=True):
+    fig, axes = plt.subplots(1, len(TS_MODES), figsize=(10, 3.5))
+    for ax, mode in zip(axes, TS_MODES, strict=True):
         runs = [r for r in results["runs"] if r["mode"] == mode]
         positions = np.arange(len(runs))
         ax.bar(positions - 0.2, [r["in_process_windows_per_s"] for r in runs], 0.4, label="in-process torch")

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.stack_state import running_stack_addresses
+from triton_models.names import TsMode
 
 
 class KafkaSettings(BaseModel):
@@ -87,7 +88,7 @@ class SensorSettings(BaseModel):
     asset when the card lists none."""
 
     assets: list[str] = Field(default_factory=list)
-    mode: Literal["imputation", "reconstruction"] | None = None  # None: the model card's default_mode
+    mode: TsMode | None = None  # None: the model card's default_mode
     allowed_lateness: int = Field(default=0, ge=0)  # slots a window waits for out-of-order readings
     min_observed_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     top_channels: int = Field(default=3, ge=0)  # per-channel contributions written with each score

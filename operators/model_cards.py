@@ -1,30 +1,35 @@
-"""Model cards: what the streaming operators need to know about a served model, read defensively.
+"""Model cards: what the streaming operators need to know about a served model.
 
-Each Triton model directory may hold ``model_card.json`` (``<model_repository>/<model>/model_card.json``).
-Expected keys (anything else is ignored; a missing or malformed required key is a :class:`ModelCardError`):
+Each Triton model directory holds ``model_card.json`` (``<model_repository>/<model>/model_card.json``), written by
+the model's repository writer in the one versioned layout of :mod:`triton_models.model_card` (``TsCard``,
+``VideoCard``). This module reads it into the few values the pipeline uses; a missing card, a card of another
+``schema_version`` or one that breaks the schema is a :class:`ModelCardError` that says why.
 
-- time series (``ts_diffusion``): ``window`` (int L > 0), ``stride`` (int, 0 < stride <= L), ``channels`` (list of
-  channel names in the order of the ``WINDOW`` input's last axis), the thresholds per mode as ``thresholds``
-  (mode -> number), or ``modes`` (mode -> ``{"threshold": number or {"value": number, ...}}``), or one number
-  ``threshold`` for every mode; ``default_mode`` (``imputation`` or ``reconstruction``; default:
-  ``reconstruction`` if it has a threshold, else the first mode). Optional: ``sample_period_s`` (expected seconds
-  between readings, default 1.0), ``streams`` (asset ids seen in training, the default asset registry; the pooled
-  fallback ``default`` is not an asset), ``version`` (string shown with every score).
-- video (``video_diffusion``): ``context`` or ``context_frames`` (int K > 0: frames of context before the scored
-  frame), ``height`` and ``width`` (top level or under ``resolution``: the frame size the model takes),
-  ``threshold`` (number or ``{"value": number}``). Optional: ``version``.
+- time series (``ts_diffusion``): ``window``, ``stride``, ``channels`` (the order of the ``WINDOW`` input's last
+  axis), one threshold per mode (``modes.<mode>.threshold.value``), ``default_mode``, ``sample_period_s``,
+  ``streams`` (asset ids seen in training: the default asset registry), ``version`` (shown with every score).
+- video (``video_diffusion``): ``context`` (K frames before the scored one), ``height``, ``width``,
+  ``threshold.value``, ``version``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-TS_MODES = ("imputation", "reconstruction")
-POOLED_STREAM = "default"  # a model's pooled fallback for streams it has not seen: not an asset id
+from triton_models.model_card import CARD_FILE, ModelCardSchemaError, TsCard, VideoCard
+from triton_models.names import POOLED_STREAM, TsMode
+
+__all__ = [
+    "POOLED_STREAM",
+    "ModelCardError",
+    "TsModelCard",
+    "VideoModelCard",
+    "card_path",
+    "load_ts_card",
+    "load_video_card",
+]
 
 
 class ModelCardError(ValueError):
@@ -36,8 +41,8 @@ class TsModelCard:
     window: int
     stride: int
     channels: tuple[str, ...]
-    thresholds: dict[str, float]
-    default_mode: str
+    thresholds: dict[TsMode, float]
+    default_mode: TsMode
     sample_period_s: float = 1.0
     streams: tuple[str, ...] = ()
     version: str = ""
@@ -57,96 +62,36 @@ class VideoModelCard:
     version: str = ""
 
 
-def _load(path: Path) -> dict[str, Any]:
+Card = TypeVar("Card", TsCard, VideoCard)
+
+
+def _read(schema: type[Card], path: Path) -> Card:
     try:
-        data = json.loads(path.read_text())
+        return schema.from_json(path.read_text())
     except FileNotFoundError as error:
         raise ModelCardError(f"no model card at {path}") from error
-    except json.JSONDecodeError as error:
-        raise ModelCardError(f"model card {path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ModelCardError(f"model card {path} must hold a JSON object")
-    return data
-
-
-def _positive_int(data: dict[str, Any], key: str, path: Path) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ModelCardError(f"model card {path}: {key!r} must be a positive integer, got {value!r}")
-    return value
-
-
-def _finite_float(value: Any, what: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ModelCardError(f"model card {path}: {what} must be a finite number, got {value!r}")
-    return float(value)
+    except ModelCardSchemaError as error:
+        raise ModelCardError(f"model card {path}: {error}") from error
 
 
 def load_ts_card(path: Path) -> TsModelCard:
-    data = _load(path)
-    window = _positive_int(data, "window", path)
-    stride = _positive_int(data, "stride", path)
-    if stride > window:
-        raise ModelCardError(f"model card {path}: stride {stride} exceeds window {window}")
-    channels = data.get("channels")
-    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) and c for c in channels):
-        raise ModelCardError(f"model card {path}: 'channels' must be a non-empty list of names, got {channels!r}")
-    if len(set(channels)) != len(channels):
-        raise ModelCardError(f"model card {path}: 'channels' has duplicates")
-    raw_thresholds = data.get("thresholds")
-    if raw_thresholds is None and "threshold" in data:
-        raw_thresholds = dict.fromkeys(TS_MODES, data["threshold"])
-    if raw_thresholds is None and isinstance(data.get("modes"), dict):
-        raw_thresholds = {
-            mode: _threshold_value(entry.get("threshold") if isinstance(entry, dict) else None)
-            for mode, entry in data["modes"].items()
-        }
-    if not isinstance(raw_thresholds, dict) or not raw_thresholds:
-        raise ModelCardError(f"model card {path}: 'thresholds' must map modes {TS_MODES} to numbers")
-    thresholds = {}
-    for mode, value in raw_thresholds.items():
-        if mode not in TS_MODES:
-            raise ModelCardError(f"model card {path}: unknown mode {mode!r} in 'thresholds'")
-        thresholds[mode] = _finite_float(value, f"thresholds[{mode!r}]", path)
-    fallback_mode = "reconstruction" if "reconstruction" in thresholds else next(iter(thresholds))
-    default_mode = data.get("default_mode", fallback_mode)
-    if default_mode not in thresholds:
-        raise ModelCardError(f"model card {path}: default_mode {default_mode!r} has no threshold")
-    period = _finite_float(data.get("sample_period_s", 1.0), "'sample_period_s'", path)
-    if period <= 0:
-        raise ModelCardError(f"model card {path}: 'sample_period_s' must be positive")
-    streams = data.get("streams", [])
-    if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
-        raise ModelCardError(f"model card {path}: 'streams' must be a list of asset ids")
-    streams = [s for s in streams if s != POOLED_STREAM]
+    card = _read(TsCard, path)
     return TsModelCard(
-        window=window,
-        stride=stride,
-        channels=tuple(channels),
-        thresholds=thresholds,
-        default_mode=default_mode,
-        sample_period_s=period,
-        streams=tuple(streams),
-        version=str(data.get("version", "")),
+        window=card.window,
+        stride=card.stride,
+        channels=tuple(card.channels),
+        thresholds={mode: record.threshold.value for mode, record in card.modes.items()},
+        default_mode=card.default_mode,
+        sample_period_s=card.sample_period_s,
+        streams=tuple(card.streams),
+        version=card.version,
     )
 
 
 def load_video_card(path: Path) -> VideoModelCard:
-    data = _load(path)
-    size = data.get("resolution") if isinstance(data.get("resolution"), dict) else data
-    return VideoModelCard(
-        context=_positive_int(data, "context" if "context" in data else "context_frames", path),
-        height=_positive_int(size, "height", path),
-        width=_positive_int(size, "width", path),
-        threshold=_finite_float(_threshold_value(data.get("threshold")), "'threshold'", path),
-        version=str(data.get("version", "")),
-    )
-
-
-def _threshold_value(entry: Any) -> Any:
-    """A threshold is a number, or an object holding it as ``value`` (a calibration record)."""
-    return entry.get("value") if isinstance(entry, dict) else entry
+    card = _read(VideoCard, path)
+    return VideoModelCard(card.context, card.height, card.width, card.threshold.value, card.version)
 
 
 def card_path(model_repository: Path, model: str) -> Path:
-    return model_repository / model / "model_card.json"
+    return model_repository / model / CARD_FILE

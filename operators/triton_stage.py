@@ -25,8 +25,8 @@ from tritonclient.utils import InferenceServerException
 
 from core import metrics
 from operators.resilience import Backoff, CircuitBreaker, PermanentError, breaker_gauge, call_with_retry
+from triton_models.names import FRAMES, MAP, MODE, SCORE, STREAM, TS_OUTPUTS, VIDEO_OUTPUTS, WINDOW
 
-TS_OUTPUTS = ("SCORE", "STEP_SCORES", "CHANNEL_SCORES")
 PERMANENT_STATUSES = frozenset({"StatusCode.INVALID_ARGUMENT"})
 
 
@@ -141,9 +141,9 @@ class TritonStage:
         streams = np.array([[item.stream.encode()] for item in items], dtype=np.object_)
         modes = np.array([[item.mode.encode()] for item in items], dtype=np.object_)
         inputs = [
-            grpcclient.InferInput("WINDOW", list(windows.shape), "FP32"),
-            grpcclient.InferInput("STREAM", list(streams.shape), "BYTES"),
-            grpcclient.InferInput("MODE", list(modes.shape), "BYTES"),
+            grpcclient.InferInput(WINDOW, list(windows.shape), "FP32"),
+            grpcclient.InferInput(STREAM, list(streams.shape), "BYTES"),
+            grpcclient.InferInput(MODE, list(modes.shape), "BYTES"),
         ]
         for tensor, array in zip(inputs, (windows, streams, modes), strict=True):
             tensor.set_data_from_numpy(array)
@@ -177,15 +177,15 @@ class TritonStage:
             frames = np.stack(stacks).astype(np.uint8, copy=False)
         except ValueError as error:
             raise PermanentScoringError(f"frame stacks of different shapes in one batch: {error}") from error
-        tensor = grpcclient.InferInput("FRAMES", list(frames.shape), "UINT8")
+        tensor = grpcclient.InferInput(FRAMES, list(frames.shape), "UINT8")
         tensor.set_data_from_numpy(frames)
         try:
-            result = await self._infer(self.video_model, self.video_version, [tensor], ["SCORE", "MAP"])
+            result = await self._infer(self.video_model, self.video_version, [tensor], list(VIDEO_OUTPUTS))
         except InferenceServerException as error:
             raise PermanentScoringError(f"{self.video_model} rejected the input: {error}") from error
         metrics.BATCH_SIZE.labels(self.video_model).observe(len(stacks))
         n = frames.shape[0]
-        score, heat = _per_item(result.as_numpy("SCORE"), n), result.as_numpy("MAP")
+        score, heat = _per_item(result.as_numpy(SCORE), n), result.as_numpy(MAP)
         if score is None or heat is None or score.shape != (n,) or heat.ndim != 3 or heat.shape[0] != n:
             raise PermanentScoringError(f"{self.video_model} returned outputs of unexpected shapes for {n} stacks")
         return [VideoResult(float(score[i]), heat[i]) for i in range(n)]

@@ -24,6 +24,8 @@ from pathlib import Path
 import typer
 
 from core.settings import Settings
+from triton_models.model_card import CARD_FILE
+from triton_models.model_card import SCHEMA_VERSION as CARD_SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TS_CALIBRATION_ROWS = 400  # SKAB protocol: the first 400 rows of each experiment are normal (training)
@@ -50,12 +52,18 @@ class DemoModels:
         return f"{path.parent.name}-{path.stem}"
 
     def key(self, part: str, data_dir: Path, frames: dict) -> str:
-        """Settings, data location, frame settings (video) and the model code (a changed model package retrains)."""
+        """Settings, data location, frame settings (video), the model card schema and the model code: the family's
+        package and the modules it shares with the other (a changed model package or card layout retrains)."""
         fields = {k: v for k, v in asdict(self).items() if k.startswith(part) or k in ("seed", "sensor_file")}
-        package = REPO_ROOT / "triton_models" / {"ts": "timeseries", "video": "video"}[part]
-        code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()
+        models = REPO_ROOT / "triton_models"
+        package = models / {"ts": "timeseries", "video": "video"}[part]
+        sources = sorted(package.glob("*.py")) + sorted(models.glob("*.py"))
+        code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
         frames = frames if part == "video" else {}
-        payload = json.dumps({**fields, "data": str(data_dir), "code": code, "frames": frames}, sort_keys=True)
+        payload = json.dumps(
+            {**fields, "data": str(data_dir), "code": code, "frames": frames, "card_schema": CARD_SCHEMA_VERSION},
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -73,8 +81,8 @@ def _one_torch_thread() -> None:
 
 
 def train_ts(settings: Settings, models: DemoModels) -> Path:
-    from pipeline.ts_commands import _model_config, model_card
     from triton_models.timeseries.data import read_table
+    from triton_models.timeseries.detector import ModelConfig
     from triton_models.timeseries.repository import write_model_repository
     from triton_models.timeseries.training import fit_detector
 
@@ -83,19 +91,17 @@ def train_ts(settings: Settings, models: DemoModels) -> Path:
     normal = read_table(root / "skab" / "anomaly-free" / "anomaly-free.csv")
     replayed = read_table(root / models.sensor_file, normal.channels)
     tables = {"anomaly-free": normal.values, models.asset: replayed.values[:TS_CALIBRATION_ROWS]}
-    config = _model_config(models.ts_window, models.seed, 0.4, "time")
-    config.channels = normal.channels
+    config = ModelConfig(channels=normal.channels, window=models.ts_window, seed=models.seed)
     started = time.perf_counter()
     detector, report = fit_detector(tables, config, models.ts_epochs)
-    card = model_card(detector, report, root / "skab", models.ts_epochs, time.perf_counter() - started)
-    card["sample_period_s"] = 1.0  # SKAB samples once a second
-    return write_model_repository(detector, settings.model_repository, card)
+    seconds = time.perf_counter() - started
+    # SKAB samples once a second.
+    return write_model_repository(detector, report, settings.model_repository, "skab", seconds, sample_period_s=1.0)
 
 
 def train_video(settings: Settings, models: DemoModels) -> Path:
-    from pipeline.video_commands import fit
     from triton_models.video.config import VideoModelConfig
-    from triton_models.video.train import TrainSettings
+    from triton_models.video.train import TrainSettings, fit
 
     _one_torch_thread()
     root = data_dir(settings) / "ped2" / "training"
@@ -128,7 +134,7 @@ def ensure_models(settings: Settings, models: DemoModels, force: bool = False) -
     outcome = {}
     for model, part, trainer in (("ts_diffusion", "ts", train_ts), ("video_diffusion", "video", train_video)):
         key = models.key(part, root, settings.video.model_dump())
-        present = (settings.model_repository / model / "model_card.json").exists()
+        present = (settings.model_repository / model / CARD_FILE).exists()
         if not force and present and cache.get(model) == key:
             outcome[model] = "cached"
             continue

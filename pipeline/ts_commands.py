@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 if TYPE_CHECKING:
@@ -64,60 +63,9 @@ def train(
     config.channels = first.channels
     started = time.perf_counter()
     detector, report = fit_detector({name: t.values for name, t in tables.items()}, config, epochs, risk=risk)
-    card = model_card(detector, report, data, epochs, time.perf_counter() - started)
-    directory = write_model_repository(detector, out, card)
+    directory = write_model_repository(detector, report, out, data.name, time.perf_counter() - started)
     plot_losses(directory / "loss.png", report.losses)
     typer.echo(f"wrote {directory} (loss curve {directory / 'loss.png'})")
-
-
-def model_card(detector, report, data: Path, epochs: int, seconds: float) -> dict:
-    from triton_models.timeseries.normalization import DEFAULT_STREAM
-
-    config = detector.config
-    return {
-        "model": "ts_diffusion",
-        "description": "Conditional DDPM over sensor windows; anomaly score = imputation or reconstruction error",
-        "channels": config.channels,
-        "window": config.window,
-        "stride": config.stride,
-        # Judged by their shape within a window, not their level (triton_models.timeseries.normalization).
-        "slow_channels": [config.channels[i] for i in config.slow_channels],
-        "default_mode": detector.default_mode,
-        "modes": {
-            mode: {
-                "threshold": c.served_threshold(),
-                "channel_error_scale": c.stream(DEFAULT_STREAM).channel_scale,
-                "held_out_score_quantiles": {
-                    str(q): float(np.quantile(report.calibration_scores[mode], q)) for q in (0.5, 0.9, 0.99)
-                },
-            }
-            for mode, c in detector.calibration.items()
-        },
-        "io": {
-            "inputs": {
-                "WINDOW": ["FP32", [-1, config.window, len(config.channels)]],
-                "STREAM": ["BYTES", [-1, 1]],
-                "MODE": ["BYTES", [-1, 1]],
-            },
-            "outputs": {
-                "SCORE": ["FP32", [-1]],
-                "STEP_SCORES": ["FP32", [-1, config.window]],
-                "CHANNEL_SCORES": ["FP32", [-1, len(config.channels)]],
-            },
-            "score_semantics": "window score of the window ENDING at its last row, on the stream's own calibrated "
-            "scale: 0 = its median normal window, 1.0 = its alarm level; alarm when SCORE > threshold (1.0)",
-        },
-        "streams": sorted(detector.normalizer.stats),
-        "data": {
-            "source": Path(data).name,
-            "rows": report.rows,
-            "train_windows": report.train_windows,
-            "calibration_windows": report.calibration_windows,
-        },
-        "training": {"epochs": epochs, "seconds": seconds, "final_loss": report.losses[-1]},
-        "config": config.to_json(),
-        "metrics": {"final_train_loss": report.losses[-1]},
-    }
 
 
 def evaluate(
@@ -152,9 +100,8 @@ def evaluate(
         summary_png=summary_png,
     )
     if model_out is not None:
-        card = model_card(detector, report, bench, epochs, results["training"]["seconds"])
-        card["metrics"]["evaluation"] = results["best"]
-        write_model_repository(detector, model_out, card)
+        seconds = results["training"]["seconds"]
+        write_model_repository(detector, report, model_out, bench.name, seconds, evaluation=results["best"])
     results["wall_seconds"] = time.perf_counter() - started
     results["command"] = "diffsentry evaluate ts " + " ".join(sys.argv[3:])
     out.parent.mkdir(parents=True, exist_ok=True)

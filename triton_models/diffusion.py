@@ -1,8 +1,9 @@
-"""Generic Gaussian diffusion pieces shared by every model: noise schedule, DDPM loss, DDIM sampler.
+"""Gaussian diffusion shared by every model: noise schedule, DDPM loss, DDIM sampler.
 
-Nothing here knows about data shapes beyond "a batch of tensors"; the denoiser is any callable
-``denoiser(x_t, t) -> predicted noise`` with ``t`` an integer tensor of diffusion steps, shape [batch].
-Noise is always passed in explicitly (or drawn from an explicit ``torch.Generator``) so that callers can make
+Nothing here knows about data shapes beyond "a batch of tensors", nor about the networks: the denoiser is any
+callable ``denoiser(x_t, t)`` with ``t`` an integer tensor of diffusion steps, shape [batch], that predicts either the
+noise (``prediction="epsilon"``, the time-series model) or the clean sample (``prediction="sample"``, the video
+model). Noise is always passed in explicitly (or drawn from an explicit ``torch.Generator``) so that callers can make
 sampling deterministic per item, independent of how items are batched.
 """
 
@@ -10,18 +11,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
+from torch.nn import functional as F
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Prediction = Literal["epsilon", "sample"]
+Spacing = Literal["linspace", "trailing"]
 
 
 class NoiseSchedule:
     """Discrete variance-preserving schedule: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``, t in [0, T)."""
 
-    def __init__(self, num_steps: int = 200, kind: str = "cosine", beta_start: float = 1e-4, beta_end: float = 0.02):
+    def __init__(
+        self,
+        num_steps: int = 200,
+        kind: str = "cosine",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        alpha_bar_bounds: tuple[float, float] | None = None,
+    ):
+        """``alpha_bar_bounds`` (cosine only): clip alpha_bar into [low, high] instead of lifting the curve to end at
+        1e-3. A noise-predicting model divides by sqrt(alpha_bar), which the lift keeps off 0 at T; a model that
+        predicts x0 divides by sqrt(1 - alpha_bar), which the upper bound keeps off 0 at t = 0."""
         if num_steps < 2:
             raise ValueError("a schedule needs at least two steps")
+        if alpha_bar_bounds is not None and kind != "cosine":
+            raise ValueError("alpha_bar_bounds applies to the cosine schedule only")
         self.num_steps = num_steps
         self.kind = kind
         if kind == "linear":
@@ -29,13 +46,16 @@ class NoiseSchedule:
             scale = 1000 / num_steps
             betas = torch.linspace(beta_start * scale, min(beta_end * scale, 0.999), num_steps, dtype=torch.float64)
         elif kind == "cosine":
-            # Nichol & Dhariwal (2021): abar follows a squared cosine; betas clipped to keep the last steps stable.
+            # Nichol & Dhariwal (2021): abar follows a squared cosine.
             s = 0.008
             steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
             f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-            # The terminal alpha_bar is lifted to 1e-3: at ~0 (f(T) = 0) the first DDIM step divides the
-            # predicted noise by sqrt(alpha_bar) ~ 1e-3 and blew a learned toy distribution up by 20 sigma.
-            alpha_bars = 1e-3 + (1 - 1e-3) * f[1:] / f[0]
+            if alpha_bar_bounds is None:
+                # The terminal alpha_bar is lifted to 1e-3: at ~0 (f(T) = 0) the first DDIM step divides the
+                # predicted noise by sqrt(alpha_bar) ~ 1e-3 and blew a learned toy distribution up by 20 sigma.
+                alpha_bars = 1e-3 + (1 - 1e-3) * f[1:] / f[0]
+            else:
+                alpha_bars = (f[1:] / f[0]).clamp(*alpha_bar_bounds)
             betas = 1 - alpha_bars / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
         else:
             raise ValueError(f"unknown schedule kind {kind!r} (linear | cosine)")
@@ -54,13 +74,27 @@ class NoiseSchedule:
         abar = self._abar(t, x_t.ndim)
         return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
-    def ddim_timesteps(self, num_sampling_steps: int, start_step: int | None = None) -> list[int]:
-        """Evenly spaced, strictly decreasing steps from ``start_step`` (default T-1) down to 0."""
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        abar = self._abar(t, x_t.ndim)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    def ddim_timesteps(
+        self, num_sampling_steps: int, start_step: int | None = None, spacing: Spacing = "linspace"
+    ) -> list[int]:
+        """Evenly spaced, strictly decreasing steps from ``start_step`` (default T-1) down.
+
+        ``linspace`` ends at step 0. ``trailing`` (diffusers' name) divides [0, start + 1) into equal strides and
+        takes the last step of each, so it ends one stride above 0: the video model, predicting x0, stops there."""
         start = self.num_steps - 1 if start_step is None else start_step
         if not 0 <= start < self.num_steps:
             raise ValueError(f"start step {start} outside [0, {self.num_steps})")
         count = max(1, min(num_sampling_steps, start + 1))
-        steps = torch.linspace(start, 0, count).round().long().tolist()
+        if spacing == "linspace":
+            steps = torch.linspace(start, 0, count).round().long().tolist()
+        elif spacing == "trailing":
+            steps = [max(0, round((start + 1) * (count - i) / count) - 1) for i in range(count)]
+        else:
+            raise ValueError(f"unknown timestep spacing {spacing!r} (linspace | trailing)")
         return sorted(set(steps), reverse=True)
 
 
@@ -70,15 +104,17 @@ def ddpm_loss(
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     weight: torch.Tensor | None = None,
+    prediction: Prediction = "epsilon",
 ) -> torch.Tensor:
-    """Epsilon-prediction loss (Ho et al., 2020) at uniformly drawn steps; ``weight`` masks which entries count."""
+    """Mean squared error of the predicted noise (Ho et al., 2020) or clean sample at uniformly drawn steps;
+    ``weight`` masks which entries count."""
     t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     predicted = denoiser(schedule.q_sample(x0, t, noise), t)
-    squared = (predicted - noise) ** 2
+    target = noise if prediction == "epsilon" else x0
     if weight is None:
-        return squared.mean()
-    return (squared * weight).sum() / weight.sum().clamp(min=1.0)
+        return F.mse_loss(predicted, target)
+    return ((predicted - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 @torch.no_grad()
@@ -90,11 +126,16 @@ def ddim_sample(
     eta: float = 0.0,
     noises: list[torch.Tensor] | None = None,
     project: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    prediction: Prediction = "epsilon",
+    clip_x0: float | None = None,
 ) -> torch.Tensor:
-    """DDIM (Song et al., 2021) from ``x_start`` at ``timesteps[0]`` down through ``timesteps``; returns x_0.
+    """DDIM (Song et al., 2021) from ``x_start`` at ``timesteps[0]`` down through ``timesteps``; returns the x_0
+    predicted at the last of them (after ``project``).
 
     ``eta = 0`` is deterministic given ``x_start``; ``eta > 0`` needs one explicit noise tensor per transition in
     ``noises``. ``project(x, t)`` optionally rewrites the state after each step (e.g. to re-impose observed values).
+    ``clip_x0`` clamps the predicted x_0 into [-clip_x0, clip_x0]; the noise estimate is then derived from the
+    clamped x_0, so that each step moves towards the x_0 it reports.
     """
     if eta > 0 and (noises is None or len(noises) < len(timesteps)):
         raise ValueError("eta > 0 needs one noise tensor per sampling step")
@@ -103,8 +144,11 @@ def ddim_sample(
     abars = schedule.alpha_bars.to(x.device)
     for index, step in enumerate(timesteps):
         t = torch.full((batch,), step, dtype=torch.long, device=x.device)
-        eps = denoiser(x, t)
-        x0 = schedule.predict_x0(x, t, eps)
+        output = denoiser(x, t)
+        x0 = output if prediction == "sample" else schedule.predict_x0(x, t, output)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        eps = output if prediction == "epsilon" and clip_x0 is None else schedule.predict_eps(x, t, x0)
         previous = timesteps[index + 1] if index + 1 < len(timesteps) else -1
         abar_t = abars[step]
         abar_prev = abars[previous] if previous >= 0 else torch.ones((), device=x.device)
@@ -119,14 +163,3 @@ def ddim_sample(
         if project is not None:
             x = project(x, previous)
     return x
-
-
-def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer-style embedding of integer diffusion steps, shape [batch, dim]."""
-    half = dim // 2
-    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * frequencies[None]
-    embedding = torch.cat([angles.sin(), angles.cos()], dim=1)
-    if dim % 2:
-        embedding = torch.nn.functional.pad(embedding, (0, 1))
-    return embedding

@@ -13,17 +13,28 @@ stack = pytest.importorskip(
 
 import tritonclient.grpc.aio as grpcclient  # noqa: E402
 
+from triton_models.names import (  # noqa: E402
+    CHANNEL_SCORES,
+    IMPUTATION,
+    MODE,
+    SCORE,
+    STEP_SCORES,
+    STREAM,
+    TS_MODES,
+    TS_OUTPUTS,
+    WINDOW,
+)
 from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector  # noqa: E402
 from triton_models.timeseries.repository import MODEL_NAME, write_model_repository  # noqa: E402
 from triton_models.timeseries.scoring import ScoringConfig  # noqa: E402
-from triton_models.timeseries.training import fit_detector  # noqa: E402
+from triton_models.timeseries.training import FitReport, fit_detector  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 LENGTH, CHANNELS = 8, 3
 
 
-def _tiny_detector() -> TimeSeriesDetector:
+def _tiny_detector() -> tuple[TimeSeriesDetector, FitReport]:
     rng = np.random.default_rng(0)
     steps = np.arange(200)[:, None]
     tables = {
@@ -34,15 +45,14 @@ def _tiny_detector() -> TimeSeriesDetector:
     config = ModelConfig(
         ["x", "y", "z"], window=LENGTH, hidden=8, dilations=(1, 2), diffusion_steps=20, scoring=scoring
     )
-    detector, _ = fit_detector({k: v.astype(np.float32) for k, v in tables.items()}, config, epochs=2, progress=False)
-    return detector
+    return fit_detector({k: v.astype(np.float32) for k, v in tables.items()}, config, epochs=2, progress=False)
 
 
 def _request(windows: np.ndarray, streams: list[str], modes: list[str]) -> list[grpcclient.InferInput]:
     inputs = [
-        grpcclient.InferInput("WINDOW", list(windows.shape), "FP32"),
-        grpcclient.InferInput("STREAM", [len(streams), 1], "BYTES"),
-        grpcclient.InferInput("MODE", [len(modes), 1], "BYTES"),
+        grpcclient.InferInput(WINDOW, list(windows.shape), "FP32"),
+        grpcclient.InferInput(STREAM, [len(streams), 1], "BYTES"),
+        grpcclient.InferInput(MODE, [len(modes), 1], "BYTES"),
     ]
     inputs[0].set_data_from_numpy(windows)
     inputs[1].set_data_from_numpy(np.array(streams, dtype=object).reshape(-1, 1))
@@ -51,8 +61,8 @@ def _request(windows: np.ndarray, streams: list[str], modes: list[str]) -> list[
 
 
 async def test_triton_scores_equal_in_process_scores(local_stack) -> None:
-    detector = _tiny_detector()
-    write_model_repository(detector, local_stack.model_repository, card={"channels": detector.config.channels})
+    detector, report = _tiny_detector()
+    write_model_repository(detector, report, local_stack.model_repository, "synthetic pumps", seconds=0.0)
     stack.load_model(local_stack, MODEL_NAME)
 
     rng = np.random.default_rng(1)
@@ -61,7 +71,7 @@ async def test_triton_scores_equal_in_process_scores(local_stack) -> None:
         size = 1 + i % 3
         windows = rng.normal(size=(size, LENGTH, CHANNELS)).astype(np.float32)
         streams = [("pump-a", "pump-b", "never-seen")[(i + j) % 3] for j in range(size)]
-        modes = [("imputation", "reconstruction")[(i // 2 + j) % 2] for j in range(size)]
+        modes = [TS_MODES[(i // 2 + j) % 2] for j in range(size)]
         requests.append((windows, streams, modes))
 
     client = grpcclient.InferenceServerClient(local_stack.triton.grpc_url)
@@ -73,12 +83,10 @@ async def test_triton_scores_equal_in_process_scores(local_stack) -> None:
 
     for (windows, streams, modes), result in zip(requests, results, strict=True):
         expected = detector.score(windows, streams, modes)
-        assert result.as_numpy("SCORE").shape == (len(windows), 1)
-        assert result.as_numpy("STEP_SCORES").shape == (len(windows), LENGTH)
-        assert result.as_numpy("CHANNEL_SCORES").shape == (len(windows), CHANNELS)
-        served = {"SCORE": result.as_numpy("SCORE")[:, 0]} | {
-            name: result.as_numpy(name) for name in ("STEP_SCORES", "CHANNEL_SCORES")
-        }
+        assert result.as_numpy(SCORE).shape == (len(windows), 1)
+        assert result.as_numpy(STEP_SCORES).shape == (len(windows), LENGTH)
+        assert result.as_numpy(CHANNEL_SCORES).shape == (len(windows), CHANNELS)
+        served = {name: result.as_numpy(name) for name in TS_OUTPUTS} | {SCORE: result.as_numpy(SCORE)[:, 0]}
         for i, (stream, mode) in enumerate(zip(streams, modes, strict=True)):
             tolerance = 1e-4 * _amplification(detector, stream, mode)  # 1e-4 on the scale the model computes on
             for name, values in served.items():
@@ -96,18 +104,18 @@ def _amplification(detector: TimeSeriesDetector, stream: str, mode: str) -> floa
 
 
 async def test_unknown_mode_is_an_error_for_that_request_only(local_stack) -> None:
-    detector = _tiny_detector()
-    write_model_repository(detector, local_stack.model_repository, card={"channels": detector.config.channels})
+    detector, report = _tiny_detector()
+    write_model_repository(detector, report, local_stack.model_repository, "synthetic pumps", seconds=0.0)
     stack.load_model(local_stack, MODEL_NAME)
     windows = np.zeros((1, LENGTH, CHANNELS), dtype=np.float32)
     client = grpcclient.InferenceServerClient(local_stack.triton.grpc_url)
     try:
         good, bad = await asyncio.gather(
-            client.infer(MODEL_NAME, _request(windows, ["pump-a"], ["imputation"])),
+            client.infer(MODEL_NAME, _request(windows, ["pump-a"], [IMPUTATION])),
             client.infer(MODEL_NAME, _request(windows, ["pump-a"], ["forecast"])),
             return_exceptions=True,
         )
     finally:
         await client.close()
-    assert good.as_numpy("SCORE").shape == (1, 1)
+    assert good.as_numpy(SCORE).shape == (1, 1)
     assert "unknown mode" in str(bad)

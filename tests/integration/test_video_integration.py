@@ -19,6 +19,8 @@ from infra.services import triton_only
 from operators.frames import decode_frame
 from operators.video_source import write_synthetic_clip
 from pipeline.video_triton import score_through_triton
+from triton_models.model_card import ServedThreshold, Training
+from triton_models.names import FRAMES, MAP, RECONSTRUCT, SCORE
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches
 from triton_models.video.frames import causal_windows
@@ -27,6 +29,8 @@ from triton_models.video.repository import MODEL_NAME, export_model
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+THRESHOLD = ServedThreshold(value=0.01, method="fixed", rule="untrained test model")
+TRAINING = Training(settings={}, seconds=0.0, final_loss=1.0, data={"synthetic": True})
 
 
 def test_triton_scores_equal_in_process_scores(local_stack) -> None:
@@ -34,7 +38,7 @@ def test_triton_scores_equal_in_process_scores(local_stack) -> None:
     config = VideoModelConfig(height=32, width=48, context=4, base_channels=8, ddim_steps=3)
     torch.manual_seed(3)
     model = FrameDiffusion(config).eval()
-    export_model(model, settings.model_repository, 0.01, {"data": {"synthetic": True}}, [1.0, 0.5], instances=1)
+    export_model(model, settings.model_repository, THRESHOLD, TRAINING, {}, [1.0, 0.5], instances=1)
     rng = np.random.default_rng(0)
     windows = causal_windows(rng.integers(0, 256, (10, 32, 48), dtype=np.uint8), config.context)
     expected_scores, expected_maps = score_batches(model, windows)
@@ -44,19 +48,19 @@ def test_triton_scores_equal_in_process_scores(local_stack) -> None:
     try:
         scores, maps = [], []
         for batch in (windows[:1], windows[1:4], windows[4:]):  # different batch compositions
-            request = httpclient.InferInput("FRAMES", list(batch.shape), "UINT8")
+            request = httpclient.InferInput(FRAMES, list(batch.shape), "UINT8")
             request.set_data_from_numpy(batch)
             result = client.infer(MODEL_NAME, [request])
-            assert result.as_numpy("SCORE").shape == (len(batch), 1)
-            scores.append(result.as_numpy("SCORE")[:, 0])
-            maps.append(result.as_numpy("MAP"))
+            assert result.as_numpy(SCORE).shape == (len(batch), 1)
+            scores.append(result.as_numpy(SCORE)[:, 0])
+            maps.append(result.as_numpy(MAP))
         np.testing.assert_allclose(np.concatenate(scores), expected_scores, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(np.concatenate(maps), expected_maps, rtol=1e-5, atol=1e-7)
         assert np.concatenate(maps).shape == (10, *config.map_shape)
 
-        wrong = httpclient.InferInput("FRAMES", [1, 3, 32, 48], "UINT8")
+        wrong = httpclient.InferInput(FRAMES, [1, 3, 32, 48], "UINT8")
         wrong.set_data_from_numpy(windows[:1, :3].copy())
-        with pytest.raises(Exception, match="FRAMES"):
+        with pytest.raises(Exception, match=FRAMES):
             client.infer(MODEL_NAME, [wrong])
     finally:
         client.unload_model(MODEL_NAME)
@@ -68,11 +72,11 @@ def test_evaluation_triton_serves_a_fresh_repository_with_the_chosen_scoring(tmp
     repository it just wrote; a model saved with reconstruct scoring and the copy ratio gives the in-process scores
     there too."""
     config = VideoModelConfig(
-        height=32, width=48, context=2, base_channels=8, ddim_steps=2, scoring="reconstruct", copy_ratio_floor=0.01
+        height=32, width=48, context=2, base_channels=8, ddim_steps=2, scoring=RECONSTRUCT, copy_ratio_floor=0.01
     )
     torch.manual_seed(4)
     model = FrameDiffusion(config).eval()
-    export_model(model, tmp_path, 0.01, {"data": {"synthetic": True}}, [1.0], instances=1)
+    export_model(model, tmp_path, THRESHOLD, TRAINING, {}, [1.0], instances=1)
     rng = np.random.default_rng(1)
     windows = causal_windows(rng.integers(0, 256, (12, 32, 48), dtype=np.uint8), config.context)
     expected_scores, expected_maps = score_batches(model, windows)

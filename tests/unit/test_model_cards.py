@@ -1,9 +1,49 @@
+"""The model card: both families' writers produce the one schema that the pipeline's reader takes, and nothing else."""
+
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from operators.model_cards import ModelCardError, load_ts_card, load_video_card
+from operators.model_cards import ModelCardError, card_path, load_ts_card, load_video_card
+from triton_models.model_card import SCHEMA_VERSION, ServedThreshold, TensorSpec, Training, TritonIo, TsCard
+from triton_models.names import IMPUTATION, POOLED_STREAM, RECONSTRUCTION, SCORE, WINDOW
+from triton_models.timeseries.detector import ModelConfig
+from triton_models.timeseries.repository import write_model_repository
+from triton_models.timeseries.scoring import ScoringConfig
+from triton_models.timeseries.training import fit_detector
+from triton_models.video.config import VideoModelConfig
+from triton_models.video.diffusion import FrameDiffusion
+from triton_models.video.repository import MODEL_NAME as VIDEO_MODEL
+from triton_models.video.repository import export_model
+
+TRAINING = Training(settings={"epochs": 1}, seconds=1.5, final_loss=0.25, data={"source": "test"})
+
+
+def ts_card_data(**changes: object) -> dict:
+    """A valid time-series card as JSON data, with top-level ``changes``."""
+    threshold = ServedThreshold(value=1.0, method="per_stream", rule="test")
+    modes = {
+        mode: {"threshold": threshold, "channel_error_scale": [1.0, 1.0], "held_out_score_quantiles": {}}
+        for mode in (IMPUTATION, RECONSTRUCTION)
+    }
+    card = TsCard(
+        model="ts_diffusion",
+        description="test",
+        io=TritonIo(inputs={WINDOW: TensorSpec(dtype="FP32", dims=[-1, 8, 2])}, outputs={}, score_semantics="test"),
+        training=TRAINING,
+        config={},
+        window=8,
+        stride=4,
+        channels=["a", "b"],
+        slow_channels=[],
+        default_mode=RECONSTRUCTION,
+        modes=modes,
+        streams=["pump-a"],
+    )
+    return {**json.loads(card.model_dump_json()), **changes}
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -12,37 +52,70 @@ def write(tmp_path: Path, data: object) -> Path:
     return path
 
 
-def test_ts_card_is_read_with_defaults(tmp_path: Path) -> None:
-    card = load_ts_card(
-        write(tmp_path, {"window": 8, "stride": 4, "channels": ["a", "b"], "thresholds": {"imputation": 1.5}})
-    )
-    assert card.window == 8 and card.stride == 4 and card.channels == ("a", "b")
-    assert card.default_mode == "imputation" and card.threshold("imputation") == 1.5
-    assert card.sample_period_s == 1.0 and card.streams == ()
-    with pytest.raises(ModelCardError, match="no threshold for mode 'reconstruction'"):
-        card.threshold("reconstruction")
+def test_the_ts_writer_and_the_reader_share_one_card(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    tables = {name: rng.normal(size=(120, 2)).astype(np.float32) for name in ("pump-a", "pump-b")}
+    scoring = ScoringConfig(imputation_steps=2, reconstruction_steps=2, reconstruction_samples=1)
+    config = ModelConfig(["x", "y"], window=8, hidden=8, dilations=(1,), diffusion_steps=10, scoring=scoring)
+    detector, report = fit_detector(tables, config, epochs=1, progress=False)
+    write_model_repository(detector, report, tmp_path, "pumps", seconds=2.0, sample_period_s=0.5)
+
+    card = load_ts_card(card_path(tmp_path, "ts_diffusion"))
+    assert (card.window, card.stride, card.channels, card.sample_period_s) == (8, 1, ("x", "y"), 0.5)
+    assert card.thresholds == {IMPUTATION: 1.0, RECONSTRUCTION: 1.0}  # served scores are calibrated per stream
+    assert card.default_mode == RECONSTRUCTION and card.threshold(IMPUTATION) == 1.0
+    assert card.streams == ("pump-a", "pump-b")  # the pooled fallback is no asset
+    written = TsCard.from_json(card_path(tmp_path, "ts_diffusion").read_text())
+    assert written.schema_version == SCHEMA_VERSION and written.training.data["source"] == "pumps"
+    assert written.io.outputs[SCORE].dims == [-1, 1]
 
 
-def test_single_threshold_applies_to_every_mode(tmp_path: Path) -> None:
-    card = load_ts_card(write(tmp_path, {"window": 8, "stride": 8, "channels": ["a"], "threshold": 2}))
-    assert card.thresholds == {"imputation": 2.0, "reconstruction": 2.0}
-    assert card.default_mode == "reconstruction"
+def test_the_video_writer_and_the_reader_share_one_card(tmp_path: Path) -> None:
+    config = VideoModelConfig(height=16, width=24, context=2, base_channels=8, ddim_steps=2, patch=4, patch_stride=2)
+    torch.manual_seed(0)
+    threshold = ServedThreshold(value=0.02, method="quantile", rule="test")
+    export_model(FrameDiffusion(config), tmp_path, threshold, TRAINING, {"candidates": []}, [1.0, 0.5], instances=1)
+
+    card = load_video_card(card_path(tmp_path, VIDEO_MODEL))
+    assert (card.context, card.height, card.width, card.threshold, card.version) == (2, 16, 24, 0.02, "")
+
+
+def test_a_card_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelCardError, match=r"unknown schema_version 2; this reader knows schema 1: retrain"):
+        load_ts_card(write(tmp_path, ts_card_data(schema_version=2)))
+    old_layout = {"window": 8, "stride": 4, "channels": ["a"], "thresholds": {"imputation": 1.5}}
+    with pytest.raises(ModelCardError, match="no schema_version"):
+        load_ts_card(write(tmp_path, old_layout))
+    with pytest.raises(ModelCardError, match="no schema_version"):
+        load_video_card(write(tmp_path, {"context": 4, "height": 64, "width": 96, "threshold": 0.2}))
 
 
 @pytest.mark.parametrize(
-    ("data", "reason"),
+    ("changes", "reason"),
     [
-        ({"stride": 1, "channels": ["a"], "threshold": 1}, "'window' must be a positive integer"),
-        ({"window": 4, "stride": 8, "channels": ["a"], "threshold": 1}, "exceeds window"),
-        ({"window": 4, "stride": 2, "channels": [], "threshold": 1}, "channels"),
-        ({"window": 4, "stride": 2, "channels": ["a", "a"], "threshold": 1}, "duplicates"),
-        ({"window": 4, "stride": 2, "channels": ["a"]}, "thresholds"),
-        ({"window": 4, "stride": 2, "channels": ["a"], "thresholds": {"magic": 1}}, "unknown mode"),
-        ({"window": 4, "stride": 2, "channels": ["a"], "thresholds": {"imputation": "x"}}, "finite number"),
+        ({"window": 0}, "window: Input should be greater than 0"),
+        ({"window": "8"}, "window: Input should be a valid integer"),
+        ({"stride": 16}, "stride 16 exceeds window 8"),
+        ({"channels": []}, "channels: List should have at least 1 item"),
+        ({"channels": ["a", "a"]}, "duplicates"),
+        ({"slow_channels": ["c"]}, "slow_channels must be channels"),
+        ({"default_mode": "forecast"}, "default_mode: Input should be 'imputation' or 'reconstruction'"),
+        ({"streams": [POOLED_STREAM]}, "pooled fallback"),
+        ({"thresholds": {"imputation": 1.5}}, "thresholds: Extra inputs are not permitted"),
     ],
 )
-def test_bad_ts_cards_say_why(tmp_path: Path, data: dict, reason: str) -> None:
+def test_bad_ts_cards_say_why(tmp_path: Path, changes: dict, reason: str) -> None:
     with pytest.raises(ModelCardError, match=reason):
+        load_ts_card(write(tmp_path, ts_card_data(**changes)))
+
+
+def test_a_threshold_must_be_a_finite_number(tmp_path: Path) -> None:
+    data = ts_card_data()
+    data["modes"][IMPUTATION]["threshold"]["value"] = float("inf")
+    with pytest.raises(ModelCardError, match=r"modes\.imputation\.threshold\.value: Input should be a finite number"):
+        load_ts_card(write(tmp_path, data))
+    del data["modes"][IMPUTATION], data["modes"][RECONSTRUCTION]
+    with pytest.raises(ModelCardError, match="modes: Dictionary should have at least 1 item"):
         load_ts_card(write(tmp_path, data))
 
 
@@ -53,39 +126,16 @@ def test_missing_or_broken_card(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(ModelCardError, match="not valid JSON"):
         load_video_card(path)
+    with pytest.raises(ModelCardError, match="a model card is a JSON object"):
+        load_video_card(write(tmp_path, [1]))
 
 
-def test_video_card(tmp_path: Path) -> None:
-    card = load_video_card(write(tmp_path, {"context": 4, "height": 64, "width": 96, "threshold": 0.2}))
-    assert (card.context, card.height, card.width, card.threshold) == (4, 64, 96, 0.2)
+def test_a_ts_card_is_no_video_card(tmp_path: Path) -> None:
+    with pytest.raises(ModelCardError, match="context: Field required"):
+        load_video_card(write(tmp_path, ts_card_data()))
 
 
-def test_ts_card_with_per_mode_calibration_records(tmp_path: Path) -> None:
-    card = load_ts_card(
-        write(
-            tmp_path,
-            {
-                "window": 32,
-                "stride": 8,
-                "channels": ["a", "b"],
-                "default_mode": "imputation",
-                "modes": {
-                    "imputation": {"threshold": {"value": 1.25, "method": "pot"}, "channel_error_scale": [1, 1]},
-                    "reconstruction": {"threshold": 2.5},
-                },
-                "streams": ["default", "valve1_0"],
-            },
-        )
-    )
-    assert card.thresholds == {"imputation": 1.25, "reconstruction": 2.5}
-    assert card.default_mode == "imputation" and card.streams == ("valve1_0",)
-
-
-def test_video_card_with_context_frames_and_resolution(tmp_path: Path) -> None:
-    card = load_video_card(
-        write(
-            tmp_path,
-            {"context_frames": 3, "resolution": {"width": 96, "height": 64}, "threshold": {"value": 0.4}},
-        )
-    )
-    assert (card.context, card.height, card.width, card.threshold) == (3, 64, 96, 0.4)
+def test_the_stand_in_cards_of_the_integration_tests_follow_the_schema() -> None:
+    stand_ins = Path(__file__).resolve().parents[1] / "integration" / "models"
+    assert load_ts_card(card_path(stand_ins, "ts_diffusion")).window == 16
+    assert load_video_card(card_path(stand_ins, VIDEO_MODEL)).context == 2

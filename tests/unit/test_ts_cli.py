@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from triton_models.model_card import TsCard
+from triton_models.names import IMPUTATION, TS_MODES
 from triton_models.timeseries.data import read_table, write_table
 
 CHANNELS = ["Accelerometer1RMS", "Current", "Pressure"]
@@ -62,11 +64,12 @@ def test_train_ts_writes_a_triton_model(skab_dir: Path, tmp_path: Path) -> None:
     model = repo / "ts_diffusion"
     for name in ("config.pbtxt", "model_card.json", "loss.png", "1/model.py", "1/weights.pt", "1/detector.json"):
         assert (model / name).is_file(), name
-    card = json.loads((model / "model_card.json").read_text())
-    assert card["channels"] == ["Current", "Pressure"] and card["window"] == 8
-    assert set(card["slow_channels"]) <= set(card["channels"])
-    assert set(card["modes"]) == {"imputation", "reconstruction"}
-    assert card["modes"]["imputation"]["threshold"]["value"] == 1.0  # scores are served per-stream calibrated
+    card = TsCard.from_json((model / "model_card.json").read_text())
+    assert card.channels == ["Current", "Pressure"] and card.window == 8
+    assert set(card.slow_channels) <= set(card.channels)
+    assert set(card.modes) == set(TS_MODES)
+    assert card.modes[IMPUTATION].threshold.value == 1.0  # scores are served per-stream calibrated
+    assert card.training.data["source"] == "anomaly-free.csv" and card.training.settings == {"epochs": 2}
     config = (model / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "dims: [ 8, 2 ]" in config and "dynamic_batching" in config
 

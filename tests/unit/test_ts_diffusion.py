@@ -226,7 +226,7 @@ def test_saved_detector_reloads_with_identical_scores(tiny_detector: TimeSeriesD
     assert restored.calibration.keys() == {"imputation", "reconstruction"}
     calibration = restored.calibration["imputation"]
     assert calibration.streams.keys() == {"default", "pump-a", "pump-b"}
-    assert calibration.served_threshold()["value"] == 1.0 and calibration.stream("nobody").threshold > 0
+    assert calibration.served_threshold().value == 1.0 and calibration.stream("nobody").threshold > 0
 
 
 def test_served_scores_alarm_above_one_on_each_streams_own_scale(tiny_detector: TimeSeriesDetector) -> None:

@@ -64,7 +64,7 @@ def test_calibration_survives_json() -> None:
     calibration, _ = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
     restored = ModeCalibration.from_json(calibration.to_json())
     assert restored.to_json() == calibration.to_json()
-    assert restored.served_threshold()["value"] == 1.0
+    assert restored.served_threshold().value == 1.0
 
 
 def test_stream_thresholds_share_one_tail_across_score_levels() -> None:

@@ -1,15 +1,20 @@
-import json
+import math
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from triton_models import diffusion
+from triton_models.model_card import ServedThreshold, Training
+from triton_models.names import FRAMES, MAP, RECONSTRUCT, SCORE
+from triton_models.video import diffusion as video_diffusion
 from triton_models.video.config import VideoModelConfig
-from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches
+from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches, to_unit
 from triton_models.video.evaluation import auprc, auroc, detection_metrics, eer
 from triton_models.video.frames import causal_windows
-from triton_models.video.repository import config_pbtxt, export_model, load_model, load_threshold
+from triton_models.video.repository import config_pbtxt, export_model, load_card, load_model
 from triton_models.video.train import TrainSettings, calibrate_threshold, train_model
 
 TINY = VideoModelConfig(height=16, width=24, context=2, base_channels=8, ddim_steps=2, patch=4, patch_stride=2)
@@ -69,22 +74,77 @@ def test_tiny_training_learns_motion_and_flags_a_fast_object(tmp_path: Path) -> 
     slow_scores, _ = score_batches(result.model, slow)
     assert np.median(fast_scores) > 2 * np.median(slow_scores)
 
-    threshold = calibrate_threshold(result.model, slow, 0.99)
-    model_dir = export_model(result.model, tmp_path, threshold, {"data": {"clips": 3}}, result.losses, instances=1)
+    threshold = ServedThreshold(value=calibrate_threshold(result.model, slow, 0.99), method="quantile", rule="q0.99")
+    training = Training(settings={}, seconds=result.seconds, final_loss=result.losses[-1], data={"clips": 3})
+    model_dir = export_model(
+        result.model, tmp_path, threshold, training, {"candidates": []}, result.losses, instances=1
+    )
     loaded = load_model(model_dir / "1")
-    assert load_threshold(model_dir / "1") == threshold
     np.testing.assert_allclose(score_batches(loaded, fast)[0], fast_scores, rtol=1e-6)
-    card = json.loads((model_dir / "model_card.json").read_text())
-    assert card["context_frames"] == 2 and card["threshold"] == threshold and card["data"] == {"clips": 3}
+    card = load_card(model_dir)
+    assert (card.context, card.height, card.width, card.map_shape) == (2, 16, 24, TINY.map_shape)
+    assert card.threshold == threshold and card.training.data == {"clips": 3} and card.config == asdict(TINY)
+    assert set(card.io.inputs) == {FRAMES} and set(card.io.outputs) == {SCORE, MAP}
     assert (model_dir / "loss.png").stat().st_size > 0
     assert "dims: [ 3, 16, 24 ]" in (model_dir / "config.pbtxt").read_text()
 
 
+def test_schedule_loss_and_sampler_are_the_shared_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The video model keeps no diffusion math of its own: what it calls is triton_models.diffusion."""
+    calls = []
+    for name in ("ddpm_loss", "ddim_sample"):
+        shared = getattr(diffusion, name)
+        monkeypatch.setattr(video_diffusion, name, lambda *a, _f=shared, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    model = FrameDiffusion(TINY)
+    assert type(model.schedule) is diffusion.NoiseSchedule
+    clips = to_unit(torch.from_numpy(causal_windows(moving_square_clip(4, TINY), TINY.context)))
+    model.loss(clips)
+    model.prediction(clips)
+    assert calls == ["ddpm_loss", "ddim_sample"]
+
+
+def _reference_alpha_bar(timesteps: int) -> torch.Tensor:
+    """The clipped cosine the video model was trained with, written out."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
+    return (f / f[0])[1:].clamp(min=1e-5, max=0.9999).float()
+
+
+@torch.no_grad()
+def _reference_predict(model: FrameDiffusion, past: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
+    """Few-step DDIM with x0-prediction clamped to [-1, 1] and trailing timesteps, written out."""
+    config, alpha_bar = model.config, _reference_alpha_bar(model.config.timesteps)
+    top = config.timesteps if current is None else round(config.noise_level * config.timesteps)
+    timesteps = [max(0, round(top * (config.ddim_steps - i) / config.ddim_steps) - 1) for i in range(config.ddim_steps)]
+    x = model.start_noise.expand(past.shape[0], -1, -1, -1)
+    if current is not None:
+        a = alpha_bar[timesteps[0]]
+        x = a.sqrt() * current + (1 - a).sqrt() * x
+    for index, t in enumerate(timesteps):
+        a = alpha_bar[t]
+        x0 = model.net(past, x, torch.full((past.shape[0],), t)).clamp(-1, 1)
+        if index + 1 < len(timesteps):
+            eps, a_next = (x - a.sqrt() * x0) / (1 - a).sqrt(), alpha_bar[timesteps[index + 1]]
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    return x0
+
+
+@pytest.mark.parametrize("scoring", ["forecast", RECONSTRUCT])
+def test_shared_schedule_and_sampler_give_the_video_models_numbers_bit_for_bit(scoring: str) -> None:
+    config = replace(TINY, timesteps=1000, ddim_steps=4, scoring=scoring, noise_level=0.3)
+    torch.manual_seed(0)
+    model = FrameDiffusion(config).eval()
+    assert torch.equal(model.schedule.alpha_bars, _reference_alpha_bar(1000))
+    clips = to_unit(torch.from_numpy(causal_windows(moving_square_clip(6, config), config.context)))
+    current = clips[:, -1:] if scoring == RECONSTRUCT else None
+    assert torch.equal(model.prediction(clips), _reference_predict(model, clips[:, :-1], current))
+
+
 def test_config_pbtxt_declares_the_stream_contract() -> None:
     text = config_pbtxt(VideoModelConfig())
-    assert 'name: "FRAMES" data_type: TYPE_UINT8 dims: [ 5, 96, 144 ]' in text
-    assert 'name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] }' in text
-    assert 'name: "MAP" data_type: TYPE_FP32 dims: [ 15, 23 ]' in text
+    assert f'name: "{FRAMES}" data_type: TYPE_UINT8 dims: [ 5, 96, 144 ]' in text
+    assert f'name: "{SCORE}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }}' in text
+    assert f'name: "{MAP}" data_type: TYPE_FP32 dims: [ 15, 23 ]' in text
     assert "dynamic_batching" in text and "KIND_CPU" in text
 
 

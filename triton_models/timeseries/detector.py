@@ -25,10 +25,12 @@ import numpy as np
 import torch
 
 from triton_models.diffusion import NoiseSchedule
+from triton_models.model_card import ServedThreshold
+from triton_models.names import CHANNEL_SCORES, POOLED_STREAM, RECONSTRUCTION, SCORE, STEP_SCORES, TS_MODES, TsMode
 from triton_models.timeseries.calibration import Threshold, served_scale
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import DEFAULT_STREAM, StreamNormalizer, centre_slow_channels
-from triton_models.timeseries.scoring import MODES, DiffusionScorer, ScoringConfig
+from triton_models.timeseries.normalization import StreamNormalizer, centre_slow_channels
+from triton_models.timeseries.scoring import DiffusionScorer, ScoringConfig
 
 WEIGHTS_FILE = "weights.pt"
 DETECTOR_FILE = "detector.json"
@@ -73,9 +75,9 @@ def window_scores(scaled_errors: np.ndarray) -> dict[str, np.ndarray]:
     channel = scaled_errors.mean(axis=1)
     worst = channel.argmax(axis=1)
     return {
-        "SCORE": channel.max(axis=1).astype(np.float32),
-        "STEP_SCORES": np.take_along_axis(scaled_errors, worst[:, None, None], axis=2)[:, :, 0].astype(np.float32),
-        "CHANNEL_SCORES": channel.astype(np.float32),
+        SCORE: channel.max(axis=1).astype(np.float32),
+        STEP_SCORES: np.take_along_axis(scaled_errors, worst[:, None, None], axis=2)[:, :, 0].astype(np.float32),
+        CHANNEL_SCORES: channel.astype(np.float32),
     }
 
 
@@ -125,20 +127,22 @@ class ModeCalibration:
     tail: Threshold | None  # POT fit on the pooled robust z-scores (value = z); None if no stream had enough windows
 
     def stream(self, name: str) -> StreamCalibration:
-        return self.streams.get(name, self.streams[DEFAULT_STREAM])
+        return self.streams.get(name, self.streams[POOLED_STREAM])
 
-    def served_threshold(self) -> dict:
+    def served_threshold(self) -> ServedThreshold:
         """The threshold on the served SCORE (model card ``modes.<mode>.threshold``) and how it came about."""
-        return {
-            "value": CALIBRATED_THRESHOLD,
-            "method": "per_stream",
-            "rule": "SCORE = (score - stream median) / (stream threshold - stream median); stream threshold = median "
+        return ServedThreshold(
+            value=CALIBRATED_THRESHOLD,
+            method="per_stream",
+            rule="SCORE = (score - stream median) / (stream threshold - stream median); stream threshold = median "
             "+ z x MAD of the stream's held-out normal scores, z = POT on the pooled robust z-scores; unknown streams: "
             "POT on the pooled held-out scores",
-            "streams": len(self.streams) - 1,
-            "z": self.tail.to_json() if self.tail else None,
-            "default_stream": self.default_threshold.to_json(),
-        }
+            details={
+                "streams": len(self.streams) - 1,
+                "z": self.tail.to_json() if self.tail else None,
+                "default_stream": self.default_threshold.to_json(),
+            },
+        )
 
     def to_json(self) -> dict:
         return {
@@ -163,7 +167,7 @@ class TimeSeriesDetector:
         network: ConvDenoiser,
         normalizer: StreamNormalizer,
         calibration: dict[str, ModeCalibration] | None = None,
-        default_mode: str = "reconstruction",
+        default_mode: TsMode = RECONSTRUCTION,
     ):
         self.config = config
         self.network = network
@@ -211,8 +215,8 @@ class TimeSeriesDetector:
         levels = window_levels(normalised, self.config.slow_channels)
         errors = np.zeros(windows.shape, dtype=np.float32)
         for mode in set(modes):
-            if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r} ({' | '.join(MODES)})")
+            if mode not in TS_MODES:
+                raise ValueError(f"unknown mode {mode!r} ({' | '.join(TS_MODES)})")
             rows = [i for i, m in enumerate(modes) if m == mode]
             errors[rows] = self.absolute_errors(normalised[rows], mode)
             for stream in {streams[i] for i in rows}:

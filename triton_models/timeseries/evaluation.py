@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from triton_models import metrics
+from triton_models.names import SCORE, TS_MODES
 from triton_models.progress import progress_bar
 from triton_models.timeseries.baselines import PcaDetector, level_scores, random_scores
 from triton_models.timeseries.calibration import pot_threshold, served_scale, stream_thresholds
 from triton_models.timeseries.data import Series, read_benchmark
 from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector, window_levels, window_scores
-from triton_models.timeseries.scoring import MODES
 from triton_models.timeseries.training import FitReport, batched_errors, fit_detector, sliding_windows, split_holdout
 
 
@@ -110,14 +110,14 @@ def evaluate_benchmark(
     windows = {name: causal_windows(normalised[name], rows, config.window) for name, rows in normalised_test.items()}
     results: dict = {"modes": {}, "baselines": {}, "throughput": {}}
     scored_modes = {}
-    for mode in MODES:
+    for mode in TS_MODES:
         begin = time.perf_counter()
         scores = _served_scores(detector, windows, mode, f"score test ({mode})", progress)
         elapsed = time.perf_counter() - begin
         count = sum(len(w) for w in windows.values())
         results["throughput"][mode] = {"windows": count, "seconds": elapsed, "windows_per_s": count / elapsed}
         threshold = detector.calibration[mode].served_threshold()
-        scored_modes[mode] = Scored(scores, threshold["value"], threshold)
+        scored_modes[mode] = Scored(scores, threshold.value, threshold.model_dump())
         results["modes"][mode] = evaluate_metrics(labels, scored_modes[mode])
     baselines = _baselines(normalised, normalised_test, windows, detector.config, risk, holdout_fraction)
     for name, scored in baselines.items():
@@ -166,7 +166,7 @@ def _served_scores(
     return {
         name: window_scores(
             detector.scaled_errors(batched_errors(detector, w, mode, progress), window_levels(w, slow), name, mode)
-        )["SCORE"]
+        )[SCORE]
         for name, w in progress_bar(windows.items(), desc=description, disable=not progress)
     }
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from triton_models.diffusion import sinusoidal_embedding
+from triton_models.embeddings import sinusoidal_embedding
 
 
 class _ResidualBlock(nn.Module):

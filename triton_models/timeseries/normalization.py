@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_STREAM = "default"
+from triton_models.names import POOLED_STREAM
 
 
 def _robust_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -20,18 +20,18 @@ class StreamNormalizer:
     """``normalise(x, stream) = (x - center[stream]) / scale[stream]``; unknown streams use ``default``."""
 
     def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
-        if DEFAULT_STREAM not in stats:
+        if POOLED_STREAM not in stats:
             raise ValueError("normaliser needs a pooled 'default' entry")
         self.stats = stats
 
     @classmethod
     def fit(cls, tables: dict[str, np.ndarray]) -> StreamNormalizer:
         stats = {name: _robust_stats(values) for name, values in tables.items()}
-        stats[DEFAULT_STREAM] = _robust_stats(np.concatenate(list(tables.values()), axis=0))
+        stats[POOLED_STREAM] = _robust_stats(np.concatenate(list(tables.values()), axis=0))
         return cls(stats)
 
     def params(self, stream: str) -> tuple[np.ndarray, np.ndarray]:
-        return self.stats.get(stream, self.stats[DEFAULT_STREAM])
+        return self.stats.get(stream, self.stats[POOLED_STREAM])
 
     def normalise(self, values: np.ndarray, stream: str) -> np.ndarray:
         center, scale = self.params(stream)

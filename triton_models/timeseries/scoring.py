@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from triton_models.diffusion import NoiseSchedule, ddim_sample
+from triton_models.names import IMPUTATION, TS_MODES
 from triton_models.timeseries.networks import ConvDenoiser
-
-MODES = ("imputation", "reconstruction")
 
 
 @dataclass
@@ -85,10 +84,10 @@ class DiffusionScorer:
 
     @torch.no_grad()
     def squared_errors(self, windows: torch.Tensor, mode: str) -> torch.Tensor:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r} ({' | '.join(MODES)})")
+        if mode not in TS_MODES:
+            raise ValueError(f"unknown mode {mode!r} ({' | '.join(TS_MODES)})")
         parts = [
-            self._imputation(chunk) if mode == "imputation" else self._reconstruction(chunk)
+            self._imputation(chunk) if mode == IMPUTATION else self._reconstruction(chunk)
             for chunk in windows.split(self.config.chunk)
         ]
         return torch.cat(parts) if parts else windows.new_zeros(windows.shape)

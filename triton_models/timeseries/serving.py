@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from triton_models.names import MODE, SCORE, STREAM, TS_OUTPUTS, WINDOW
 from triton_models.timeseries.detector import TimeSeriesDetector
-
-OUTPUTS = ("SCORE", "STEP_SCORES", "CHANNEL_SCORES")
 
 
 def _strings(array: np.ndarray) -> list[str]:
@@ -44,10 +43,10 @@ class TritonPythonModel:
         pb_utils = self.pb_utils
         windows, streams, modes, sizes = [], [], [], []
         for request in requests:
-            window = pb_utils.get_input_tensor_by_name(request, "WINDOW").as_numpy()
+            window = pb_utils.get_input_tensor_by_name(request, WINDOW).as_numpy()
             windows.append(window.astype(np.float32, copy=False))
-            streams += _strings(pb_utils.get_input_tensor_by_name(request, "STREAM").as_numpy())
-            modes += _strings(pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy())
+            streams += _strings(pb_utils.get_input_tensor_by_name(request, STREAM).as_numpy())
+            modes += _strings(pb_utils.get_input_tensor_by_name(request, MODE).as_numpy())
             sizes.append(len(window))
         try:
             scores = self.detector.score(np.concatenate(windows), streams, modes)
@@ -58,8 +57,8 @@ class TritonPythonModel:
             return [response for request in requests for response in self.execute([request])]
         responses, offset = [], 0
         for size in sizes:
-            scores_of_request = {name: scores[name][offset : offset + size] for name in OUTPUTS}
-            scores_of_request["SCORE"] = scores_of_request["SCORE"][:, None]
+            scores_of_request = {name: scores[name][offset : offset + size] for name in TS_OUTPUTS}
+            scores_of_request[SCORE] = scores_of_request[SCORE][:, None]
             tensors = [pb_utils.Tensor(name, values) for name, values in scores_of_request.items()]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             offset += size

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from triton_models.diffusion import NoiseSchedule, ddpm_loss
+from triton_models.names import POOLED_STREAM, SCORE, TS_MODES
 from triton_models.progress import progress_bar
 from triton_models.timeseries.calibration import pot_threshold, stream_thresholds
 from triton_models.timeseries.detector import (
@@ -20,13 +21,7 @@ from triton_models.timeseries.detector import (
     window_scores,
 )
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import (
-    DEFAULT_STREAM,
-    StreamNormalizer,
-    centre_slow_channels,
-    slow_channels,
-)
-from triton_models.timeseries.scoring import MODES
+from triton_models.timeseries.normalization import StreamNormalizer, centre_slow_channels, slow_channels
 
 
 def sliding_windows(values: np.ndarray, length: int, stride: int = 1, first_end: int | None = None) -> np.ndarray:
@@ -143,7 +138,7 @@ def calibrate_mode(
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    pooled_scores = window_scores(guard_levels(pooled_errors / pooled_scale, pooled_levels))["SCORE"]
+    pooled_scores = window_scores(guard_levels(pooled_errors / pooled_scale, pooled_levels))[SCORE]
     default_threshold = pot_threshold(pooled_scores, risk)
     scales, scores = {}, {}
     for name, errors in held_out_errors.items():
@@ -151,9 +146,9 @@ def calibrate_mode(
             continue
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        scores[name] = window_scores(guard_levels(errors / scales[name], held_out_levels[name]))["SCORE"]
+        scores[name] = window_scores(guard_levels(errors / scales[name], held_out_levels[name]))[SCORE]
     default = StreamCalibration(pooled_scale.tolist(), float(np.median(pooled_scores)), default_threshold.value)
-    streams = {DEFAULT_STREAM: default}
+    streams = {POOLED_STREAM: default}
     tail = None
     if scores:
         fitted = stream_thresholds(scores, risk)
@@ -164,7 +159,7 @@ def calibrate_mode(
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
     served = [
-        window_scores(calibration.stream(name).serve(errors, held_out_levels[name]))["SCORE"]
+        window_scores(calibration.stream(name).serve(errors, held_out_levels[name]))[SCORE]
         for name, errors in held_out_errors.items()
     ]
     return calibration, np.concatenate(served)
@@ -201,7 +196,7 @@ def fit_detector(
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
-    for mode in progress_bar(MODES, desc="calibrate", disable=not progress):
+    for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
         detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, risk)
     held_out_count = sum(len(w) for w in held_out.values())

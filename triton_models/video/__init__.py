@@ -2,10 +2,13 @@
 
 - ``frames``: one grayscale/resize conversion shared by training, evaluation and ingestion; causal windows.
 - ``network``: a small conditional U-Net (half-resolution grid via pixel unshuffle; residual on the last frame).
-- ``diffusion``: cosine schedule, x0-prediction training loss, few-step DDIM forecast from seeded noise, patch
-  scores; the identity-shortcut guard and the batch-independent noise are explained there.
-- ``train``: the training loop and the label-free threshold; ``repository``: the Triton model directory;
-  ``triton_model``: the python-backend adapter; ``evaluation``: AUROC/AUPRC/EER and plots.
+- ``diffusion``: the network wired to the shared schedule, loss and DDIM sampler (``triton_models.diffusion``:
+  clipped cosine, x0-prediction, few-step DDIM forecast from seeded noise), and patch scores; the identity-shortcut
+  guard and the batch-independent noise are explained there.
+- ``train``: the training loop, the label-free threshold and ``fit`` (train, select the scoring, calibrate, export;
+  used by ``diffsentry train/evaluate video`` and the demo); ``repository``: the Triton model directory and its
+  card (``triton_models.model_card.VideoCard``); ``triton_model``: the python-backend adapter; ``evaluation``:
+  AUROC/AUPRC/EER, causal scoring of labelled test clips, and plots.
 
 Resolution: 144x96 keeps Ped2's 3:2 aspect (a walker is ~18 pixels tall). Measured on one core: a training step
 costs ~0.4 s at batch 16 (0.42 s at 96x64 and batch 32), a scored frame ~39 ms (4 DDIM steps; 16 ms at 96x64).

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from triton_models.names import FORECAST, VideoScoring
+
 
 @dataclass(frozen=True)
 class VideoModelConfig:
@@ -19,7 +21,7 @@ class VideoModelConfig:
     patch_stride: int = 6  # ... every patch_stride pixels; the score is the map's maximum
     noise_seed: int = 1234
     # Scoring setting, chosen label-free at training (triton_models.video.selection):
-    scoring: str = "forecast"  # "forecast": DDIM from pure noise; "reconstruct": from the noised current frame
+    scoring: VideoScoring = FORECAST  # forecast: DDIM from pure noise; reconstruct: from the noised current frame
     noise_level: float = 0.5  # reconstruct: the current frame is noised to this fraction of T
     copy_ratio_floor: float = 0.0  # > 0: map = model error / (copy-last-frame error + floor), per patch
 

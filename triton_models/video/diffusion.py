@@ -15,27 +15,24 @@ frame, so a frame's score does not depend on which other frames share its batch:
 the same scores as in-process scoring.
 
 Parameterisation: the network predicts the clean frame x0 (as a residual on the last past frame); DDIM (eta=0)
-derives the noise estimate from it. x0-prediction suits few steps and a nearly deterministic target.
+derives the noise estimate from it. x0-prediction suits few steps and a nearly deterministic target. Schedule,
+loss and sampler are the shared ones (triton_models.diffusion); this module only wires the network to them.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from triton_models.diffusion import NoiseSchedule, ddim_sample, ddpm_loss
+from triton_models.names import RECONSTRUCT
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.network import ConditionalUNet
 
-
-def cosine_alpha_bar(timesteps: int) -> torch.Tensor:
-    """Cumulative signal fraction of the cosine schedule (Nichol & Dhariwal 2021), clipped away from 0."""
-    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
-    f = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
-    alpha_bar = (f / f[0])[1:]
-    return alpha_bar.clamp(min=1e-5, max=0.9999).float()
+# The cosine schedule clipped (not lifted) at both ends, and x0 clamped to the pixel range: as trained.
+ALPHA_BAR_BOUNDS = (1e-5, 0.9999)
+PIXEL_RANGE = 1.0
 
 
 def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
@@ -47,7 +44,7 @@ class FrameDiffusion(torch.nn.Module):
         super().__init__()
         self.config = config
         self.net = ConditionalUNet(config.context, config.base_channels)
-        self.register_buffer("alpha_bar", cosine_alpha_bar(config.timesteps), persistent=False)
+        self.schedule = NoiseSchedule(config.timesteps, "cosine", alpha_bar_bounds=ALPHA_BAR_BOUNDS)
         generator = torch.Generator().manual_seed(config.noise_seed)
         self.register_buffer(
             "start_noise", torch.randn(1, 1, config.height, config.width, generator=generator), persistent=False
@@ -56,17 +53,7 @@ class FrameDiffusion(torch.nn.Module):
     def loss(self, clips: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """clips [B, K+1, H, W] in [-1, 1]; MSE between the predicted and the true current frame."""
         past, current = clips[:, :-1], clips[:, -1:]
-        t = torch.randint(0, self.config.timesteps, (clips.shape[0],), generator=generator)
-        noise = torch.randn(current.shape, generator=generator)
-        a = self.alpha_bar[t][:, None, None, None]
-        noisy = a.sqrt() * current + (1 - a).sqrt() * noise
-        return F.mse_loss(self.net(past, noisy, t), current)
-
-    def ddim_timesteps(self, start: int | None = None) -> list[int]:
-        """``ddim_steps`` timesteps from ``start`` (default: the last one, T-1) down, evenly spaced."""
-        steps = self.config.ddim_steps
-        top = self.config.timesteps if start is None else start + 1
-        return [max(0, round(top * (steps - i) / steps) - 1) for i in range(steps)]
+        return ddpm_loss(lambda x_t, t: self.net(past, x_t, t), self.schedule, current, generator, prediction="sample")
 
     @torch.no_grad()
     def predict(self, past: torch.Tensor, current: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,27 +64,25 @@ class FrameDiffusion(torch.nn.Module):
         model redraws it as normal motion would have it (and cannot copy an anomaly through)."""
         noise = self.start_noise.expand(past.shape[0], -1, -1, -1)
         if current is None:
-            x, timesteps = noise, self.ddim_timesteps()
+            x_start, start = noise, None
         else:
             start = max(0, round(self.config.noise_level * self.config.timesteps) - 1)
-            a_start = self.alpha_bar[start]
-            x, timesteps = a_start.sqrt() * current + (1 - a_start).sqrt() * noise, self.ddim_timesteps(start)
-        x0 = x
-        for index, t in enumerate(timesteps):
-            a = self.alpha_bar[t]
-            x0 = self.net(past, x, torch.full((past.shape[0],), t, dtype=torch.long)).clamp(-1, 1)
-            if index + 1 == len(timesteps):
-                break
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-            a_next = self.alpha_bar[timesteps[index + 1]]
-            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-        return x0
+            x_start = self.schedule.q_sample(current, torch.full((past.shape[0],), start, device=past.device), noise)
+        timesteps = self.schedule.ddim_timesteps(self.config.ddim_steps, start, spacing="trailing")
+        return ddim_sample(
+            lambda x_t, t: self.net(past, x_t, t),
+            self.schedule,
+            x_start,
+            timesteps,
+            prediction="sample",
+            clip_x0=PIXEL_RANGE,
+        )
 
     @torch.no_grad()
     def prediction(self, clips: torch.Tensor) -> torch.Tensor:
         """clips [B, K+1, H, W] in [-1, 1] -> the model's current frame for the configured scoring mode."""
         past, current = clips[:, :-1], clips[:, -1:]
-        return self.predict(past, current if self.config.scoring == "reconstruct" else None)
+        return self.predict(past, current if self.config.scoring == RECONSTRUCT else None)
 
     @torch.no_grad()
     def score(self, frames_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from triton_models.progress import progress_bar
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -34,6 +36,15 @@ def load_clip(folder: Path, width: int, height: int) -> np.ndarray:
         with Image.open(path) as image:
             frames.append(to_model_frame(image, width, height))
     return np.stack(frames)
+
+
+def load_clips(root: Path, width: int, height: int, progress: bool = True) -> dict[str, np.ndarray]:
+    """Every clip folder under ``root`` (:func:`clip_folders`) by name."""
+    folders = clip_folders(root)
+    return {
+        f.name: load_clip(f, width, height)
+        for f in progress_bar(folders, desc=f"load {root.name}", disable=not progress)
+    }
 
 
 def causal_windows(clip: np.ndarray, context: int) -> np.ndarray:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
+from triton_models.embeddings import sinusoidal_embedding
 
 
 class ResBlock(nn.Module):
@@ -61,7 +54,7 @@ class ConditionalUNet(nn.Module):
 
     def forward(self, past: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """past [B, K, H, W] and noisy [B, 1, H, W] in [-1, 1]; returns the predicted clean frame [B, 1, H, W]."""
-        embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
+        embedding = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
         h0 = self.enc1(self.stem(torch.cat([past, noisy], dim=1)), embedding)
         h1 = self.enc2(self.down1(h0), embedding)
         h = self.mid(self.down2(h1), embedding)

@@ -6,14 +6,14 @@ Layout written by :func:`export_model`::
     <repo>/video_diffusion/1/model.py         thin adapter (triton_models/video/triton_model.py)
     <repo>/video_diffusion/1/weights.pt       network weights
     <repo>/video_diffusion/1/config.json      VideoModelConfig
-    <repo>/video_diffusion/model_card.json    size, context, threshold, settings, data summary
+    <repo>/video_diffusion/model_card.json    triton_models.model_card.VideoCard: size, context, threshold, ...
     <repo>/video_diffusion/loss.png           training loss
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import matplotlib
 import numpy as np
 import torch
 
+from triton_models.model_card import CARD_FILE, ServedThreshold, TensorSpec, Training, TritonIo, VideoCard
+from triton_models.names import FRAMES, MAP, SCORE
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion
 
@@ -29,6 +31,14 @@ from matplotlib import pyplot as plt
 
 MODEL_NAME = "video_diffusion"
 ADAPTER_SOURCE = Path(__file__).with_name("triton_model.py")
+DESCRIPTION = (
+    "Conditional frame diffusion: the current frame predicted from the K past ones by few-step DDIM; anomaly score = "
+    "the largest patch error of that prediction. Identity-shortcut guard: forecast scoring never shows the network "
+    "the current frame (DDIM from seeded noise); reconstruct scoring shows it only noised to noise_level x T"
+)
+SCORE_SEMANTICS = (
+    "the largest mean squared error over the patches of the scored (last) frame; alarm when SCORE > threshold"
+)
 
 
 def config_pbtxt(config: VideoModelConfig, max_batch_size: int = 64, instances: int = 2) -> str:
@@ -43,11 +53,11 @@ def config_pbtxt(config: VideoModelConfig, max_batch_size: int = 64, instances: 
 backend: "python"
 max_batch_size: {max_batch_size}
 input [
-  {{ name: "FRAMES" data_type: TYPE_UINT8 dims: [ {config.context + 1}, {config.height}, {config.width} ] }}
+  {{ name: "{FRAMES}" data_type: TYPE_UINT8 dims: [ {config.context + 1}, {config.height}, {config.width} ] }}
 ]
 output [
-  {{ name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
-  {{ name: "MAP" data_type: TYPE_FP32 dims: [ {map_h}, {map_w} ] }}
+  {{ name: "{SCORE}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "{MAP}" data_type: TYPE_FP32 dims: [ {map_h}, {map_w} ] }}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
@@ -76,32 +86,44 @@ def save_loss_plot(losses: list[float], path: Path) -> None:
 def export_model(
     model: FrameDiffusion,
     repository: Path,
-    threshold: float,
-    card: dict[str, Any],
+    threshold: ServedThreshold,
+    training: Training,
+    scoring_selection: dict[str, Any],
     losses: list[float],
     instances: int = 2,
 ) -> Path:
     """Write the model directory into ``repository``; returns it."""
+    config = model.config
     model_dir = repository / MODEL_NAME
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(model.config, instances=instances))
+    (model_dir / "config.pbtxt").write_text(config_pbtxt(config, instances=instances))
     shutil.copyfile(ADAPTER_SOURCE, version_dir / "model.py")
     torch.save(model.net.state_dict(), version_dir / "weights.pt")
-    (version_dir / "config.json").write_text(model.config.to_json())
-    (version_dir / "threshold.json").write_text(json.dumps({"threshold": threshold}))
-    card = {
-        "name": MODEL_NAME,
-        "parameters": sum(p.numel() for p in model.net.parameters()),
-        "weights_bytes": (version_dir / "weights.pt").stat().st_size,
-        "context_frames": model.config.context,
-        "resolution": {"width": model.config.width, "height": model.config.height},
-        "map_shape": list(model.config.map_shape),
-        "threshold": threshold,
-        "config": json.loads(model.config.to_json()),
-        **card,
-    }
-    (model_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+    (version_dir / "config.json").write_text(config.to_json())
+    io = TritonIo(
+        inputs={FRAMES: TensorSpec(dtype="UINT8", dims=[-1, config.context + 1, config.height, config.width])},
+        outputs={
+            SCORE: TensorSpec(dtype="FP32", dims=[-1, 1]),
+            MAP: TensorSpec(dtype="FP32", dims=[-1, *config.map_shape]),
+        },
+        score_semantics=SCORE_SEMANTICS,
+    )
+    VideoCard(
+        model=MODEL_NAME,
+        description=DESCRIPTION,
+        io=io,
+        training=training,
+        config=asdict(config),
+        context=config.context,
+        height=config.height,
+        width=config.width,
+        map_shape=config.map_shape,
+        threshold=threshold,
+        parameters=sum(p.numel() for p in model.net.parameters()),
+        weights_bytes=(version_dir / "weights.pt").stat().st_size,
+        scoring_selection=scoring_selection,
+    ).write(model_dir)
     save_loss_plot(losses, model_dir / "loss.png")
     return model_dir
 
@@ -114,5 +136,6 @@ def load_model(version_dir: Path) -> FrameDiffusion:
     return model
 
 
-def load_threshold(version_dir: Path) -> float:
-    return float(json.loads((version_dir / "threshold.json").read_text())["threshold"])
+def load_card(model_dir: Path) -> VideoCard:
+    """The card of ``<repo>/video_diffusion``."""
+    return VideoCard.from_json((model_dir / CARD_FILE).read_text())

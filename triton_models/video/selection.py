@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from triton_models.names import FORECAST, RECONSTRUCT, VideoScoring
 from triton_models.progress import progress_bar
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches
@@ -27,7 +28,7 @@ TIE_TOLERANCE = 1e-3
 @dataclass(frozen=True)
 class Candidate:
     name: str
-    scoring: str = "forecast"
+    scoring: VideoScoring = FORECAST
     noise_level: float = 0.5
     copy_ratio_quantile: float | None = None  # the floor of the copy ratio: this quantile of normal copy errors
 
@@ -38,8 +39,8 @@ class Candidate:
 
 CANDIDATES = (
     Candidate("forecast"),
-    Candidate("reconstruct t0=0.3T", scoring="reconstruct", noise_level=0.3),
-    Candidate("reconstruct t0=0.5T", scoring="reconstruct", noise_level=0.5),
+    Candidate("reconstruct t0=0.3T", scoring=RECONSTRUCT, noise_level=0.3),
+    Candidate("reconstruct t0=0.5T", scoring=RECONSTRUCT, noise_level=0.5),
     Candidate("forecast / copy error (floor q0.9)", copy_ratio_quantile=0.9),
     Candidate("forecast / copy error (floor q0.99)", copy_ratio_quantile=0.99),
 )
@@ -120,7 +121,7 @@ def select_scoring(
                 {
                     "name": candidate.name,
                     "scoring": model.config.scoring,
-                    "noise_level": model.config.noise_level if model.config.scoring == "reconstruct" else None,
+                    "noise_level": model.config.noise_level if model.config.scoring == RECONSTRUCT else None,
                     "copy_ratio_floor": model.config.copy_ratio_floor,
                     "synthetic_auroc": synthetic.auroc(lambda windows: score_batches(model, windows)[0]),
                 }

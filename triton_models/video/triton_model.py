@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from triton_models.names import FRAMES, MAP, SCORE
 from triton_models.video.repository import load_model
 
 
@@ -25,7 +26,7 @@ class TritonPythonModel:
         self.expected = (cfg.context + 1, cfg.height, cfg.width)
 
     def execute(self, requests: list) -> list:
-        batches = [pb_utils.get_input_tensor_by_name(r, "FRAMES").as_numpy() for r in requests]
+        batches = [pb_utils.get_input_tensor_by_name(r, FRAMES).as_numpy() for r in requests]
         valid = [b.shape[1:] == self.expected for b in batches]
         good = [b for b, ok in zip(batches, valid, strict=True) if ok]
         if good:
@@ -35,7 +36,7 @@ class TritonPythonModel:
         for batch, ok in zip(batches, valid, strict=True):
             if not ok:
                 error = pb_utils.TritonError(
-                    f"FRAMES must be [B, {', '.join(map(str, self.expected))}], got {batch.shape}"
+                    f"{FRAMES} must be [B, {', '.join(map(str, self.expected))}], got {batch.shape}"
                 )
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
@@ -43,8 +44,8 @@ class TritonPythonModel:
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor("SCORE", scores[start:end]),
-                        pb_utils.Tensor("MAP", maps[start:end]),
+                        pb_utils.Tensor(SCORE, scores[start:end]),
+                        pb_utils.Tensor(MAP, maps[start:end]),
                     ]
                 )
             )

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from PIL import Image
 
 from core.contracts import FRAME_HEADER, Alert, DeadLetter, SensorReading, VideoFrame, decode
@@ -537,16 +538,18 @@ def jpeg_claiming(height: int, width: int) -> bytes:
     return bytes(data)
 
 
-async def read_dead_letters(bootstrap: str, topic: str, count: int) -> list[DeadLetter]:
+async def read_dead_letters(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list[DeadLetter]:
+    """The topic's dead letters once ``count`` arrived (or the timeout passed), and a second more."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     letters: list[DeadLetter] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        while len(letters) < count:
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
+        while len(letters) < count and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
             letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
-        await asyncio.sleep(1.0)  # and nothing more arrives
-        letters += [decode(DeadLetter, r.value) for rs in (await consumer.getmany(timeout_ms=500)).values() for r in rs]
+        batch = await consumer.getmany(timeout_ms=1000)  # and nothing more arrives
+        letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
     finally:
         await consumer.stop()
     return letters
@@ -613,3 +616,64 @@ async def test_a_mixed_hostile_replay_is_fully_accounted_for_and_the_worker_stay
     assert all(letter.reason for letter in by_offset)
     assert any(letter.payload_truncated and letter.payload_bytes > 2_000_000 for letter in letters)
     assert any(letter.source_topic == settings.topics.video_frames for letter in letters)
+
+
+def same_partition_name(prefix: str, other: str, partitions: int) -> str:
+    """A stream id whose records land in the same partition as ``other``'s (the producer's default partitioner)."""
+    partitioner = DefaultPartitioner()
+    everything = list(range(partitions))
+    target = partitioner(other.encode(), everything, everything)
+    for n in range(1000):
+        if partitioner(f"{prefix}-{n}".encode(), everything, everything) == target:
+            return f"{prefix}-{n}"
+    raise AssertionError("no name found")
+
+
+async def test_a_quiet_stream_does_not_pin_its_partition_across_a_kill(stack: Stack, tmp_path: Path) -> None:
+    """One asset sends five readings (a third of a window) and goes quiet while another asset of the same partition
+    goes on. After SIGKILL the restarted worker re-reads at most the documented bound (2 windows per active stream
+    of the partition), not the partition's history, and the store holds exactly one point per window."""
+    settings = stack.settings()
+    card = load_ts_card(card_path(MODELS, "ts_diffusion"))
+    good = dict.fromkeys(card.channels, 1.0)
+    busy = f"busy-{uuid.uuid4().hex[:6]}"
+    quiet = same_partition_name(f"quiet-{uuid.uuid4().hex[:6]}", busy, settings.topics.partitions)
+    base = 1_600_000_000.0
+    messages = [(quiet, SensorReading(asset=quiet, ts=base + t, values=good)) for t in range(5)]
+    messages += [(busy, SensorReading(asset=busy, ts=base + t, values=good)) for t in range(300)]
+    windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
+    expected = sum(len(windower.add(reading)) for name, reading in messages if name == busy)
+    await create_declared_topics(settings)
+    first, second = WorkerProcess(settings, tmp_path, "INFO"), WorkerProcess(settings, tmp_path, "INFO")
+    try:
+        first.start()
+        await first.wait_ready(60)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            for key, reading in messages:
+                await producer.send(settings.topics.sensor_readings, reading.to_json(), key=key.encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+        async def all_scored() -> bool:
+            return await count_points(stack.store_url, "sensor_scores_score", asset=busy) >= expected
+
+        assert await wait_for(all_scored), first.log_tail()
+        await asyncio.sleep(3 * settings.stream.commit_interval_s + 1.0)  # the idle flush and a commit after it
+        committed = await committed_total(stack.bootstrap, settings)
+        first.kill()
+        bound = 2 * card.window * 1  # one active stream in the partition
+        assert len(messages) - committed <= bound, f"a restart would re-read {len(messages) - committed} records"
+        second.start()
+        await second.wait_ready(60)
+        await asyncio.sleep(2.0)
+        samples = await second.metrics()
+        reread = sum(v for k, v in samples.items() if k.startswith("diffsentry_messages_total"))
+        assert reread <= bound
+    finally:
+        first.stop()
+        second.stop()
+    assert await count_points(stack.store_url, "sensor_scores_score", asset=busy) == expected
+    assert await count_points(stack.store_url, "sensor_scores_score", asset=quiet) == 0  # too few readings: skipped

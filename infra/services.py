@@ -103,9 +103,8 @@ def _start_object_store(settings: Settings, state: StackState, state_dir: Path) 
         servers = ("s3", "master", "volume", "filer")
         ports = allocate_ports(
             {f"{s}.port{grpc}": 0 for s in servers for grpc in ("", ".grpc")}
-            | {"s3.port": settings.stack.object_store_port},
-            _remembered(state, OBJECT_STORE),
-        )
+            | {"s3.port": settings.stack.object_store_port}
+        )  # new ports each start: the broker, which alone talks to it, restarts with it
     ports |= {"admin.port": admin_http, "admin.port.grpc": admin_grpc}
     command = [
         str(weed_binary()),

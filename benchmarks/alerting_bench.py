@@ -45,7 +45,7 @@ def scores() -> list[Score]:
                 Score(
                     modality="sensor",
                     stream=f"pump-{s}",
-                    ts=float(t),
+                    event_time=float(t),
                     score=value,
                     threshold=1.0,
                     is_anomaly=value >= 1.0,
@@ -104,7 +104,7 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
             state="firing",
             severity="warning",
             started_at=0.0,
-            ts=1.0,
+            event_time=1.0,
             score=1.5,
             threshold=1.0,
             model="m",

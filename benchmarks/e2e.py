@@ -69,7 +69,7 @@ def scored(metrics: dict[str, float]) -> float:
 def reading(asset: str, t: float, channels: tuple[str, ...], rng: np.random.Generator) -> bytes:
     """The JSON of a SensorReading, built without pydantic so that the load generator stays cheap."""
     values = dict(zip(channels, rng.normal(size=len(channels)).tolist(), strict=True))
-    payload = {"asset": asset, "ts": t, "values": values, "version": 1, "schema": SensorReading.schema_name}
+    payload = {"asset": asset, "event_time": t, "values": values, "version": 1, "schema": SensorReading.schema_name}
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -342,7 +342,12 @@ async def video_capacity(addresses: dict, models: Path, work: Path, clip: Path, 
             name = f"cam-{camera}"
             for seq, frame in enumerate(frames):
                 meta = VideoFrame(
-                    camera=name, seq=seq, ts=1e9 + seq / 10, width=card.width, height=card.height, encoding="raw"
+                    camera=name,
+                    seq=seq,
+                    event_time=1e9 + seq / 10,
+                    width=card.width,
+                    height=card.height,
+                    encoding="raw",
                 )
                 pending.append(
                     await producer.send(

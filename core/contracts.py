@@ -79,7 +79,7 @@ class SensorReading(Message):
 
     schema_name: ClassVar[str] = "sensor_reading"
     asset: StreamId
-    ts: EventTime
+    event_time: EventTime
     values: dict[str, Finite] = Field(min_length=1)
 
 
@@ -88,8 +88,8 @@ class SensorWindow(Message):
 
     schema_name: ClassVar[str] = "sensor_window"
     asset: StreamId
-    start_ts: EventTime
-    end_ts: EventTime
+    start_time: EventTime
+    end_time: EventTime
     channels: list[str]
     values: list[list[Finite]]
     observed: list[list[bool]]
@@ -111,7 +111,7 @@ class VideoFrame(Message):
     schema_name: ClassVar[str] = "video_frame"
     camera: StreamId
     seq: int = Field(ge=0, lt=2**63)
-    ts: EventTime
+    event_time: EventTime
     width: int = Field(gt=0, le=MAX_FRAME_SIDE)
     height: int = Field(gt=0, le=MAX_FRAME_SIDE)
     channels: Annotated[Literal[1, 3], BeforeValidator(_integer_not_bool)] = 1
@@ -130,7 +130,7 @@ class Score(Message):
     schema_name: ClassVar[str] = "score"
     modality: Modality
     stream: StreamId
-    ts: EventTime
+    event_time: EventTime
     score: Finite
     threshold: Finite
     is_anomaly: bool
@@ -151,7 +151,7 @@ class Alert(Message):
     state: Literal["firing", "resolved"]
     severity: Severity
     started_at: EventTime
-    ts: EventTime
+    event_time: EventTime
     score: Finite
     threshold: Finite
     model: str
@@ -175,7 +175,7 @@ class DeadLetter(Message):
     payload_truncated: bool = False
     payload_bytes: int | None = None
     payload_sha256: str | None = None
-    ts: EventTime
+    created_at: EventTime  # when the dead letter was made (wall clock)
 
 
 M = TypeVar("M", bound=Message)

@@ -106,7 +106,7 @@ class SensorSettings(BaseModel):
 class ThresholdSettings(BaseModel):
     """See operators/thresholding.py: ``fixed`` uses the model card's threshold; ``spot``/``dspot`` adapt it."""
 
-    mode: Literal["fixed", "spot", "dspot"] = "fixed"
+    adaptation: Literal["fixed", "spot", "dspot"] = "fixed"
     risk: float = Field(default=1e-3, gt=0.0, lt=1.0)
     calibration_count: int = Field(default=500, ge=10)
     initial_quantile: float = Field(default=0.98, gt=0.0, lt=1.0)

@@ -184,12 +184,12 @@ class AlertEngine:
 
     def observe(self, score: Score) -> list[Alert]:
         state = self.state(score.modality, score.stream)
-        if state.last_ts is not None and score.ts <= state.last_ts:
+        if state.last_ts is not None and score.event_time <= state.last_ts:
             self.stats["late"] += 1
             return []
         self.stats["observed"] += 1
-        gap = state.last_ts is not None and score.ts - state.last_ts > self.settings.max_gap_s
-        state.last_ts = score.ts
+        gap = state.last_ts is not None and score.event_time - state.last_ts > self.settings.max_gap_s
+        state.last_ts = score.event_time
         alerts = self._step(stream_key(score.modality, score.stream), state, score, gap)
         self._store.save(stream_key(score.modality, score.stream), state, alerts)
         return alerts
@@ -205,22 +205,22 @@ class AlertEngine:
 
     def _step(self, key: str, state: StreamState, score: Score, gap: bool) -> list[Alert]:
         cfg = self.settings
-        if state.phase == "resolved" and score.ts >= (state.cooldown_until or -math.inf):
+        if state.phase == "resolved" and score.event_time >= (state.cooldown_until or -math.inf):
             state.phase = "ok"
         if state.phase == "firing":
             return self._step_firing(state, score, gap)
         if not score.is_anomaly:
             if state.phase == "pending":
-                self._clear_pending(state, score.ts)
+                self._clear_pending(state, score.event_time)
             return []
         if state.phase in ("ok", "resolved") or gap:
             state.phase = "pending"
-            state.pending_since, state.pending_points, state.peak_ratio = score.ts, 0, 0.0
+            state.pending_since, state.pending_points, state.peak_ratio = score.event_time, 0, 0.0
         state.pending_points += 1
         self._track_peak(state, score)
         assert state.pending_since is not None
-        held = score.ts - state.pending_since >= cfg.for_s and state.pending_points >= cfg.for_points
-        if not held or score.ts < (state.cooldown_until or -math.inf):
+        held = score.event_time - state.pending_since >= cfg.for_s and state.pending_points >= cfg.for_points
+        if not held or score.event_time < (state.cooldown_until or -math.inf):
             return []
         state.phase = "firing"
         state.alert_id = alert_id_for(key, state.pending_since)
@@ -245,18 +245,18 @@ class AlertEngine:
             self.stats["escalated"] += 1
             return [self._alert(state, score, "firing")]
         if state.below_since is None or gap:
-            state.below_since = score.ts
-        if score.ts - state.below_since < cfg.resolve_for_s:
+            state.below_since = score.event_time
+        if score.event_time - state.below_since < cfg.resolve_for_s:
             return []
         resolved = self._alert(state, score, "resolved")
         self.stats["resolved"] += 1
-        state.cooldown_until = score.ts + cfg.cooldown_s
+        state.cooldown_until = score.event_time + cfg.cooldown_s
         state.alert_id, state.severity, state.below_since = None, None, None
-        self._clear_pending(state, score.ts)
+        self._clear_pending(state, score.event_time)
         return [resolved]
 
-    def _clear_pending(self, state: StreamState, ts: float) -> None:
-        state.phase = "resolved" if ts < (state.cooldown_until or -math.inf) else "ok"
+    def _clear_pending(self, state: StreamState, event_time: float) -> None:
+        state.phase = "resolved" if event_time < (state.cooldown_until or -math.inf) else "ok"
         state.pending_since, state.pending_points, state.peak_ratio = None, 0, 0.0
         state.top_channels, state.location = [], None
 
@@ -282,7 +282,7 @@ class AlertEngine:
             state=transition,
             severity=state.severity,
             started_at=state.pending_since,
-            ts=score.ts,
+            event_time=score.event_time,
             score=score.score,
             threshold=score.threshold,
             model=score.model,

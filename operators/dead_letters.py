@@ -46,7 +46,7 @@ def record_dead_letter(record: ConsumerRecord, error: Exception, max_payload: in
         reason=str(error)[:max_payload],
         error_type=type(error).__name__,
         payload_encoding=encoding,
-        ts=time.time(),
+        created_at=time.time(),
         **_payload(value, text, max_payload),
     )
 
@@ -62,6 +62,6 @@ def item_dead_letter(
         key=stream,
         reason=f"{modality} {stream}: {error}"[:max_payload],
         error_type=type(error).__name__,
-        ts=time.time(),
+        created_at=time.time(),
         **_payload(description.encode(), description, max_payload),
     )

@@ -143,10 +143,6 @@ class AlertHub:
     def unsubscribe(self, queue: asyncio.Queue[Alert | None]) -> None:
         self._listeners.pop(queue, None)
 
-    @property
-    def listeners(self) -> int:
-        return len(self._listeners)
-
     def publish(self, alert: Alert) -> int:
         """Hands the alert to every matching listener without waiting; returns how many took it."""
         delivered = 0
@@ -366,7 +362,7 @@ class AlertDispatcher:
             reason=f"subscription {subscription_id}: {reason}",
             error_type="WebhookDeliveryFailed",
             payload=alert.to_json().decode(),
-            ts=time.time(),
+            created_at=time.time(),
         )
         try:
             await self._dead_letter(letter)

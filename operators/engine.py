@@ -171,7 +171,7 @@ class StreamEngine:
             score = Score(
                 modality=lane.modality,
                 stream=item.stream,
-                ts=item.event_time,
+                event_time=item.event_time,
                 score=measured.value,
                 threshold=decision.threshold,
                 is_anomaly=decision.is_anomaly,

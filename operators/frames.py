@@ -66,7 +66,7 @@ def decode_frame(frame: VideoFrame, payload: bytes, height: int, width: int) -> 
 class FrameStack:
     camera: str
     seq: int
-    ts: float
+    event_time: float
     frames: np.ndarray  # uint8 [K + 1, H, W], the scored frame last
     oldest_ref: int | None
 
@@ -100,7 +100,7 @@ class FrameBuffer:
         return FrameStack(
             camera=frame.camera,
             seq=frame.seq,
-            ts=frame.ts,
+            event_time=frame.event_time,
             frames=np.stack([image for _, image, _ in camera.frames]),
             oldest_ref=min(refs) if refs else None,
         )

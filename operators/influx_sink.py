@@ -41,8 +41,8 @@ ALERTS_MEASUREMENT = "alerts"
 _FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
-def event_time_ms(ts: float) -> int:
-    return round(ts * 1000)
+def event_time_ms(event_time: float) -> int:
+    return round(event_time * 1000)
 
 
 def contribution_field(channel: str) -> str:
@@ -58,7 +58,7 @@ def score_point(score: Score, top_n: int = 3) -> Point:
         .field("score", float(score.score))
         .field("threshold", float(score.threshold))
         .field("is_anomaly", bool(score.is_anomaly))
-        .time(event_time_ms(score.ts), WritePrecision.MS)
+        .time(event_time_ms(score.event_time), WritePrecision.MS)
     )
     top = sorted(score.contributions.items(), key=lambda item: item[1], reverse=True)[:top_n]
     for channel, value in top:
@@ -82,7 +82,7 @@ def alert_point(alert: Alert) -> Point:
         .field("threshold", float(alert.threshold))
         .field("started_at", float(alert.started_at))
         .field("top_channels", ",".join(alert.top_channels))
-        .time(event_time_ms(alert.ts), WritePrecision.MS)
+        .time(event_time_ms(alert.event_time), WritePrecision.MS)
     )
 
 

@@ -200,11 +200,11 @@ class SensorLane:
                 f"unknown asset {reading.asset!r}: not in the asset registry {self.assets.patterns} (sensors.assets)"
             )
         newest = self.partitions.newest.get(reading.asset)
-        check_clock(reading.asset, reading.ts, newest, self.sensors.max_clock_jump_s, self.max_future_s)
+        check_clock(reading.asset, reading.event_time, newest, self.sensors.max_clock_jump_s, self.max_future_s)
         windows = self.windower.add(reading, ref=record.offset)
-        self.partitions.seen(reading.asset, tp, record, reading.ts)
+        self.partitions.seen(reading.asset, tp, record, reading.event_time)
         self._count_drops()
-        return [WorkItem(w.asset, w.end_ts, _hold(record, w.oldest_ref), w) for w in windows]
+        return [WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w) for w in windows]
 
     def _count_drops(self) -> None:
         if self.windower.late_readings:
@@ -236,7 +236,7 @@ class SensorLane:
             windows = self.windower.flush(asset)
             tp, record = self.partitions.release(asset)
             metrics.RELEASED.labels(self.modality).inc()
-            released += [(tp, record, WorkItem(w.asset, w.end_ts, _hold(record, w.oldest_ref), w)) for w in windows]
+            released += [(tp, record, WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w)) for w in windows]
         self._count_drops()
         return released
 
@@ -260,16 +260,16 @@ class VideoLane:
             raise ContractError(f"frame without the {FRAME_HEADER!r} header")
         frame = decode(VideoFrame, header)
         check_key(record, frame.camera)
-        check_clock(frame.camera, frame.ts, None, math.inf, self.max_future_s)
+        check_clock(frame.camera, frame.event_time, None, math.inf, self.max_future_s)
         image = decode_frame(frame, record.value or b"", self.card.height, self.card.width)
         stale = self.frames.stale_frames
         stack = self.frames.add(frame, image, ref=record.offset)
-        self.partitions.seen(frame.camera, tp, record, frame.ts)
+        self.partitions.seen(frame.camera, tp, record, frame.event_time)
         if self.frames.stale_frames > stale:
             metrics.LATE.labels(self.modality).inc()
         if stack is None:
             return []
-        return [WorkItem(stack.camera, stack.ts, _hold(record, stack.oldest_ref), stack)]
+        return [WorkItem(stack.camera, stack.event_time, _hold(record, stack.oldest_ref), stack)]
 
     def request(self, item: WorkItem[FrameStack]) -> np.ndarray:
         return item.payload.frames
@@ -281,7 +281,14 @@ class VideoLane:
 
     def describe(self, item: WorkItem[FrameStack]) -> str:
         stack = item.payload
-        return json.dumps({"camera": stack.camera, "seq": stack.seq, "ts": stack.ts, "shape": list(stack.frames.shape)})
+        return json.dumps(
+            {
+                "camera": stack.camera,
+                "seq": stack.seq,
+                "event_time": stack.event_time,
+                "shape": list(stack.frames.shape),
+            }
+        )
 
     def buffered_offsets(self, tp: TopicPartition) -> list[int]:
         return self.partitions.buffered_offsets(tp)

@@ -1,6 +1,6 @@
 """Score -> anomaly decision, with the model's calibrated threshold, optionally adapted online per stream.
 
-Modes (``stream.threshold.mode``, :class:`core.settings.ThresholdSettings`):
+Adaptations (``stream.threshold.adaptation``, :class:`core.settings.ThresholdSettings`):
 
 - ``fixed``: the model card's calibrated threshold, always.
 - ``spot``: SPOT (Siffer et al., KDD 2017, "Anomaly detection in streams with extreme value theory"). Per stream,
@@ -89,10 +89,10 @@ class Thresholder:
             return Decision(self.calibrated, False, learning=True)
         calibrated = self._calibrated(stream)
         cfg = self.config
-        if cfg.mode == "fixed":
+        if cfg.adaptation == "fixed":
             return Decision(calibrated, score > calibrated)
         state = self._streams.setdefault(stream, _StreamState(recent=deque(), drift=deque(maxlen=cfg.drift_depth)))
-        baseline = float(np.mean(state.drift)) if cfg.mode == "dspot" and state.drift else 0.0
+        baseline = float(np.mean(state.drift)) if cfg.adaptation == "dspot" and state.drift else 0.0
         value = score - baseline
         if state.initial is None:
             # Calibration: judged by the calibrated threshold; every score is kept (as in the paper) so that the
@@ -117,14 +117,14 @@ class Thresholder:
         """The stream's current threshold (without judging a score)."""
         state = self._streams.get(stream)
         calibrated = self._calibrated(stream)
-        if self.config.mode == "fixed" or state is None or state.z is None:
+        if self.config.adaptation == "fixed" or state is None or state.z is None:
             return calibrated
-        baseline = float(np.mean(state.drift)) if self.config.mode == "dspot" and state.drift else 0.0
+        baseline = float(np.mean(state.drift)) if self.config.adaptation == "dspot" and state.drift else 0.0
         adapted = state.z + baseline
         return max(adapted, calibrated) if self.config.floor_at_calibrated else adapted
 
     def _remember_normal(self, state: _StreamState, score: float) -> None:
-        if self.config.mode == "dspot":
+        if self.config.adaptation == "dspot":
             state.drift.append(score)
 
     def _initialise(self, state: _StreamState) -> None:

@@ -2,7 +2,7 @@
 
 Policy (what happens to time, gaps and late data):
 
-- Time is discretised on an absolute grid: a reading at event time ``ts`` fills slot ``round(ts / period)``, where
+- Time is discretised on an absolute grid: a reading at event time ``t`` fills slot ``round(t / period)``, where
   ``period`` is the model card's ``sample_period_s``. Windows cover ``window`` consecutive slots and start on slots
   that are multiples of ``stride``. Because the grid is absolute, the same readings always give the same windows,
   whichever offset a restarted worker resumes from; scores of re-delivered windows therefore land on the same
@@ -46,8 +46,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 @dataclass(frozen=True)
 class EmittedWindow:
     asset: str
-    start_ts: float
-    end_ts: float  # event time of the last slot: the timestamp of the window's score
+    start_time: float
+    end_time: float  # event time of the last slot: the timestamp of the window's score
     channels: tuple[str, ...]
     values: np.ndarray  # float32 [L, C], channels in model-card order, gaps filled
     observed: np.ndarray  # bool [L, C]
@@ -58,8 +58,8 @@ class EmittedWindow:
         """The window as its wire contract (built only when needed, e.g. for a dead letter)."""
         return SensorWindow(
             asset=self.asset,
-            start_ts=self.start_ts,
-            end_ts=self.end_ts,
+            start_time=self.start_time,
+            end_time=self.end_time,
             channels=list(self.channels),
             values=self.values.tolist(),
             observed=self.observed.tolist(),
@@ -116,10 +116,12 @@ class SensorWindower:
     def add(self, reading: SensorReading, ref: int | None = None) -> list[EmittedWindow]:
         """Add one reading; returns the windows it completed (usually zero or one)."""
         row = self._row(reading)
-        slot = round(reading.ts / self.period)
+        slot = round(reading.event_time / self.period)
         if (slot + self.stride + self.window) * self.period > MAX_EVENT_TIME:
             # Its window would end past the latest event time a SensorWindow (and the store) takes.
-            raise ContractError(f"asset {reading.asset!r}: ts {reading.ts} leaves no room for a window before 2200")
+            raise ContractError(
+                f"asset {reading.asset!r}: event time {reading.event_time} leaves no room for a window before 2200"
+            )
         state = self._assets.get(reading.asset)
         if state is None:
             state = self._assets[reading.asset] = _AssetState(start=-(-slot // self.stride) * self.stride)
@@ -156,8 +158,8 @@ class SensorWindower:
             values, observed = self._fill_gaps(state, in_window)
         return EmittedWindow(
             asset=asset,
-            start_ts=state.start * self.period,
-            end_ts=(state.start + length - 1) * self.period,
+            start_time=state.start * self.period,
+            end_time=(state.start + length - 1) * self.period,
             channels=self.channels,
             values=values,
             observed=observed,

@@ -343,8 +343,8 @@ def links(run: DemoRun) -> list[Link]:
     ]
 
 
-def _event_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+def _event_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
 def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, state_dir: Path) -> bool:
@@ -379,7 +379,7 @@ def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, stat
         if alert.location is not None:
             where = f"at x {alert.location[0]:.2f}, y {alert.location[1]:.2f} of the frame"
         typer.echo(
-            f"    {alert.state} {alert.severity} {alert.stream} at {_event_time(alert.ts)} (event time): score "
+            f"    {alert.state} {alert.severity} {alert.stream} at {_event_time(alert.event_time)} (event time): score "
             f"{alert.score:.2f}, threshold {alert.threshold:.2f}; {where}"
         )
 

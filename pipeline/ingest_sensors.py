@@ -71,7 +71,7 @@ def readings(table: ReplayTable, asset: str, loop: bool) -> Iterator[SensorReadi
     shift = 0.0
     while True:
         for t, row in zip(table.times, table.rows, strict=True):
-            yield SensorReading(asset=asset, ts=t + shift, values=dict(zip(table.channels, row, strict=True)))
+            yield SensorReading(asset=asset, event_time=t + shift, values=dict(zip(table.channels, row, strict=True)))
         if not loop:
             return
         shift += span
@@ -98,8 +98,8 @@ async def publish(
             if limit is not None and sent >= limit:
                 break
             if speed > 0:
-                event_start = reading.ts if event_start is None else event_start
-                delay = (reading.ts - event_start) / speed - (time.monotonic() - wall_start)
+                event_start = reading.event_time if event_start is None else event_start
+                delay = (reading.event_time - event_start) / speed - (time.monotonic() - wall_start)
                 if delay > 0:
                     await asyncio.sleep(delay)
             pending.append(await producer.send(settings.topics.sensor_readings, reading.to_json(), key=asset.encode()))

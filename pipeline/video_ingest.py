@@ -75,11 +75,16 @@ async def publish_frames(
     try:
         while (item := await asyncio.to_thread(next, frames, None)) is not None:
             pts, frame = item
-            ts = time.time() if live else started + pts
-            if realtime and not live and ts > time.time():
-                await asyncio.sleep(ts - time.time())
+            event_time = time.time() if live else started + pts
+            if realtime and not live and event_time > time.time():
+                await asyncio.sleep(event_time - time.time())
             meta = VideoFrame(
-                camera=camera, seq=sent, ts=ts, width=frame.shape[1], height=frame.shape[0], encoding=encoding
+                camera=camera,
+                seq=sent,
+                event_time=event_time,
+                width=frame.shape[1],
+                height=frame.shape[0],
+                encoding=encoding,
             )
             value = encode_frame(frame, encoding, settings.video.jpeg_quality)
             pending.append(

@@ -120,7 +120,7 @@ def alert(stream: str = "pump-1", severity: Severity = "warning", state: str = "
         state=state,  # type: ignore[arg-type]
         severity=severity,
         started_at=100.0,
-        ts=110.0,
+        event_time=110.0,
         score=1.7,
         threshold=1.0,
         model="ts_diffusion",
@@ -343,7 +343,7 @@ async def test_scores_become_signed_webhook_deliveries_end_to_end(tmp_path: Path
             score = Score(
                 modality="sensor",
                 stream="pump-7",
-                ts=1000.0 + t,
+                event_time=1000.0 + t,
                 score=value,
                 threshold=1.0,
                 is_anomaly=value >= 1.0,
@@ -354,7 +354,7 @@ async def test_scores_become_signed_webhook_deliveries_end_to_end(tmp_path: Path
             for transition in engine.observe(score):
                 svc.dispatcher.submit(transition)
         await svc.dispatcher.drain()
-        assert [(a.state, a.severity, a.ts) for a in hook.alerts] == [
+        assert [(a.state, a.severity, a.event_time) for a in hook.alerts] == [
             ("firing", "warning", 1003.0),
             ("firing", "critical", 1004.0),
             ("resolved", "critical", 1007.0),
@@ -405,7 +405,7 @@ async def test_the_alerting_service_recovers_alerts_a_crashed_worker_never_publi
         Score(
             modality="video",
             stream="cam-3",
-            ts=50.0 + t,
+            event_time=50.0 + t,
             score=3.0,
             threshold=1.0,
             is_anomaly=True,

@@ -135,8 +135,8 @@ async def test_skab_anomaly_is_scored_alerted_delivered_and_resolved(trained_sta
     resolved = [a for a in on_topic if a.state == "resolved"]
     assert firing and resolved, [a.state for a in on_topic]
     assert {a.alert_id for a in on_topic} == {firing[0].alert_id}, "one episode: the anomaly"
-    assert anomaly_start <= firing[0].started_at <= firing[0].ts <= anomaly_end, "fires within the anomaly"
-    assert resolved[-1].ts > anomaly_end, "resolves after the anomaly ends"
+    assert anomaly_start <= firing[0].started_at <= firing[0].event_time <= anomaly_end, "fires within the anomaly"
+    assert resolved[-1].event_time > anomaly_end, "resolves after the anomaly ends"
     # Delivered once per transition, signature verified by the receiver (a bad one is answered 401 and counted).
     assert receiver.counts.bad_signatures == 0 and receiver.counts.duplicates == 0
     assert receiver.counts.requests == len(on_topic)

@@ -175,7 +175,7 @@ def expected_window_ends(table, asset: str) -> set[int]:
     windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
     ends = set()
     for reading in readings(table, asset, loop=False):
-        ends.update(round(w.end_ts * 1000) for w in windower.add(reading))
+        ends.update(round(w.end_time * 1000) for w in windower.add(reading))
     return ends
 
 
@@ -231,9 +231,9 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
     good = {name: 1.0 for name in card.channels}
     bad_messages = [
         b"{not json",
-        json.dumps({"asset": "pump-1", "ts": 1.0, "values": {"Current": 1.0}}).encode(),
-        json.dumps({"asset": "pump-1", "ts": 2.0, "values": {**good, "Current": math.nan}}).encode(),
-        SensorReading(asset="boiler-9", ts=3.0, values=good).to_json(),
+        json.dumps({"asset": "pump-1", "event_time": 1.0, "values": {"Current": 1.0}}).encode(),
+        json.dumps({"asset": "pump-1", "event_time": 2.0, "values": {**good, "Current": math.nan}}).encode(),
+        SensorReading(asset="boiler-9", event_time=3.0, values=good).to_json(),
     ]
     async with worker_factory(settings):
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
@@ -242,12 +242,12 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
             for raw in bad_messages:
                 key = b"boiler-9" if b"boiler-9" in raw else b"pump-1"
                 await producer.send_and_wait(settings.topics.sensor_readings, raw, key=key)
-            unkeyed = SensorReading(asset="pump-1", ts=4.0, values=good).to_json()
+            unkeyed = SensorReading(asset="pump-1", event_time=4.0, values=good).to_json()
             await producer.send_and_wait(settings.topics.sensor_readings, unkeyed, key=b"pump-2")
             rng = np.random.default_rng(0)
             for t in range(40):
                 values = {name: float(rng.normal()) for name in card.channels}
-                reading = SensorReading(asset="pump-1", ts=1000.0 + t, values=values)
+                reading = SensorReading(asset="pump-1", event_time=1000.0 + t, values=values)
                 await producer.send_and_wait(settings.topics.sensor_readings, reading.to_json(), key=b"pump-1")
         finally:
             await producer.stop()
@@ -441,12 +441,12 @@ async def test_video_frames_are_scored_per_camera_and_corrupt_jpeg_is_dead_lette
                 image = np.full((96, 128), 40, dtype=np.uint8)
                 if seq == 8:
                     image[20:70, 80:120] = 250  # something appears in the right half
-                frame = VideoFrame(camera=camera, seq=seq, ts=100.0 + seq / 10, width=128, height=96)
+                frame = VideoFrame(camera=camera, seq=seq, event_time=100.0 + seq / 10, width=128, height=96)
                 headers = [(FRAME_HEADER, frame.to_json())]
                 await producer.send_and_wait(
                     settings.topics.video_frames, jpeg(image), key=camera.encode(), headers=headers
                 )
-            broken = VideoFrame(camera="cam-broken", seq=0, ts=1.0, width=128, height=96)
+            broken = VideoFrame(camera="cam-broken", seq=0, event_time=1.0, width=128, height=96)
             await producer.send_and_wait(
                 settings.topics.video_frames,
                 b"\xff\xd8\xff\xe0not a jpeg at all",
@@ -496,7 +496,7 @@ async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(sta
                 values = {name: float(rng.normal()) for name in card.channels}
                 if 40 <= t < 43:
                     values["Current"] = 500.0  # a 3-sample spike: every window holding it scores high
-                reading = SensorReading(asset=asset, ts=2000.0 + t, values=values)
+                reading = SensorReading(asset=asset, event_time=2000.0 + t, values=values)
                 await producer.send_and_wait(settings.topics.sensor_readings, reading.to_json(), key=asset.encode())
         finally:
             await producer.stop()
@@ -567,7 +567,7 @@ async def test_a_mixed_hostile_replay_is_fully_accounted_for_and_the_worker_stay
     base = 1_600_000_000.0
 
     def raw(ts: str, values: dict = good) -> bytes:
-        return f'{{"asset": "{asset}", "ts": {ts}, "values": {json.dumps(values)}}}'.encode()
+        return f'{{"asset": "{asset}", "event_time": {ts}, "values": {json.dumps(values)}}}'.encode()
 
     hostile = [
         raw("NaN"),
@@ -581,10 +581,10 @@ async def test_a_mixed_hostile_replay_is_fully_accounted_for_and_the_worker_stay
         raw("1e16"),
         raw(str(base + 13)) + b" " * 10 + json.dumps({"padding": "x" * 2_000_000}).encode(),  # 2 MB, trailing data
     ]
-    normal = [SensorReading(asset=asset, ts=base + t, values=good).to_json() for t in range(60)]
+    normal = [SensorReading(asset=asset, event_time=base + t, values=good).to_json() for t in range(60)]
     windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
-    expected = sum(len(windower.add(SensorReading(asset=asset, ts=base + t, values=good))) for t in range(60))
-    frame_header = VideoFrame(camera=camera, seq=0, ts=base, height=96, width=128).to_json()
+    expected = sum(len(windower.add(SensorReading(asset=asset, event_time=base + t, values=good))) for t in range(60))
+    frame_header = VideoFrame(camera=camera, seq=0, event_time=base, height=96, width=128).to_json()
     async with worker_factory(settings) as worker:
         producer = AIOKafkaProducer(
             bootstrap_servers=stack.bootstrap, enable_idempotence=False, max_request_size=4_000_000
@@ -639,8 +639,8 @@ async def test_a_quiet_stream_does_not_pin_its_partition_across_a_kill(stack: St
     busy = f"busy-{uuid.uuid4().hex[:6]}"
     quiet = same_partition_name(f"quiet-{uuid.uuid4().hex[:6]}", busy, settings.topics.partitions)
     base = 1_600_000_000.0
-    messages = [(quiet, SensorReading(asset=quiet, ts=base + t, values=good)) for t in range(5)]
-    messages += [(busy, SensorReading(asset=busy, ts=base + t, values=good)) for t in range(300)]
+    messages = [(quiet, SensorReading(asset=quiet, event_time=base + t, values=good)) for t in range(5)]
+    messages += [(busy, SensorReading(asset=busy, event_time=base + t, values=good)) for t in range(300)]
     windower = SensorWindower(card.channels, card.window, card.stride, card.sample_period_s)
     expected = sum(len(windower.add(reading)) for name, reading in messages if name == busy)
     await create_declared_topics(settings)

@@ -128,7 +128,7 @@ def test_ingest_video_cli_puts_every_sampled_frame_on_the_topic(local_stack, tmp
     metas = sorted((decode(VideoFrame, dict(r.headers)[FRAME_HEADER]) for r in records), key=lambda m: m.seq)
     assert [m.seq for m in metas] == list(range(20))
     assert all(m.camera == "cam1" and (m.width, m.height) == (96, 64) for m in metas)
-    assert np.diff([m.ts for m in metas]) == pytest.approx([0.1] * 19, abs=1e-4)
+    assert np.diff([m.event_time for m in metas]) == pytest.approx([0.1] * 19, abs=1e-4)
     frame = decode_frame(metas[0], records[0].value, height=64, width=96)
     assert frame.shape == (64, 96) and frame.std() > 0
     assert json.loads(dict(records[0].headers)[FRAME_HEADER])["schema"] == "video_frame"

@@ -24,7 +24,7 @@ def score(
     return Score(
         modality=modality,
         stream=stream,
-        ts=ts,
+        event_time=ts,
         score=value,
         threshold=threshold,
         is_anomaly=value >= threshold,
@@ -37,7 +37,7 @@ def score(
 
 def run(engine: AlertEngine, scores: list[Score]) -> list[tuple[float, Alert]]:
     """Feeds scores in order; returns (score ts, alert) for every transition emitted."""
-    return [(s.ts, alert) for s in scores for alert in engine.observe(s)]
+    return [(s.event_time, alert) for s in scores for alert in engine.observe(s)]
 
 
 def series(start: float, values: list[float], **kwargs: object) -> list[Score]:

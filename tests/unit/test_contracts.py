@@ -24,7 +24,7 @@ from core.contracts import (
 
 
 def test_reading_round_trips_through_json() -> None:
-    reading = SensorReading(asset="pump-1", ts=1.5, values={"Current": 1.0, "Pressure": 0.2})
+    reading = SensorReading(asset="pump-1", event_time=1.5, values={"Current": 1.0, "Pressure": 0.2})
     assert decode(SensorReading, reading.to_json()) == reading
 
 
@@ -33,9 +33,9 @@ def test_reading_round_trips_through_json() -> None:
     [
         (b"{not json", "malformed JSON"),
         (b"[1, 2]", "expected a JSON object"),
-        (b'{"schema": "alert", "asset": "a", "ts": 1, "values": {"x": 1}}', "expected schema"),
-        (b'{"asset": "a", "ts": 1, "values": {}}', "values"),
-        (b'{"asset": "a", "ts": 1, "values": {"x": 1}, "version": 2}', "unsupported"),
+        (b'{"schema": "alert", "asset": "a", "event_time": 1, "values": {"x": 1}}', "expected schema"),
+        (b'{"asset": "a", "event_time": 1, "values": {}}', "values"),
+        (b'{"asset": "a", "event_time": 1, "values": {"x": 1}, "version": 2}', "unsupported"),
     ],
 )
 def test_invalid_readings_say_why(raw: bytes, reason: str) -> None:
@@ -45,26 +45,26 @@ def test_invalid_readings_say_why(raw: bytes, reason: str) -> None:
 
 def test_non_finite_values_are_rejected_with_the_channel_name() -> None:
     with pytest.raises(ContractError, match="Current"):
-        decode(SensorReading, {"asset": "a", "ts": 1.0, "values": {"Current": math.nan}})
+        decode(SensorReading, {"asset": "a", "event_time": 1.0, "values": {"Current": math.nan}})
 
 
 # --- every contract ---------------------------------------------------------------------------------------------
 
 EXAMPLES: list[Message] = [
-    SensorReading(asset="pump-1", ts=1_600_000_000.25, values={"Accelerometer1RMS": 0.21, "Pressure": -0.01}),
+    SensorReading(asset="pump-1", event_time=1_600_000_000.25, values={"Accelerometer1RMS": 0.21, "Pressure": -0.01}),
     SensorWindow(
         asset="pump-1",
-        start_ts=10.0,
-        end_ts=12.0,
+        start_time=10.0,
+        end_time=12.0,
         channels=["Current", "Pressure"],
         values=[[1.0, 0.5], [1.1, 0.0], [0.9, 0.4]],
         observed=[[True, True], [True, False], [True, True]],
     ),
-    VideoFrame(camera="ped2-cam", seq=17, ts=3.5, width=360, height=240, channels=1, encoding="jpeg"),
+    VideoFrame(camera="ped2-cam", seq=17, event_time=3.5, width=360, height=240, channels=1, encoding="jpeg"),
     Score(
         modality="sensor",
         stream="pump-1",
-        ts=12.0,
+        event_time=12.0,
         score=3.25,
         threshold=2.0,
         is_anomaly=True,
@@ -76,7 +76,7 @@ EXAMPLES: list[Message] = [
     Score(
         modality="video",
         stream="ped2-cam",
-        ts=3.5,
+        event_time=3.5,
         score=0.1,
         threshold=0.4,
         is_anomaly=False,
@@ -91,7 +91,7 @@ EXAMPLES: list[Message] = [
         state="firing",
         severity="critical",
         started_at=12.0,
-        ts=12.0,
+        event_time=12.0,
         score=3.25,
         threshold=2.0,
         model="ts_diffusion",
@@ -105,7 +105,7 @@ EXAMPLES: list[Message] = [
         reason="invalid sensor_reading: values: Field required",
         error_type="ContractError",
         payload='{"asset": "pump-1"}',
-        ts=13.0,
+        created_at=13.0,
     ),
 ]
 
@@ -128,11 +128,11 @@ def test_a_message_is_not_accepted_as_another_contract(message: Message) -> None
 
 def test_unknown_fields_are_rejected() -> None:
     with pytest.raises(ContractError, match="colour: Extra inputs"):
-        decode(SensorReading, {"asset": "a", "ts": 1.0, "values": {"x": 1.0}, "colour": "red"})
+        decode(SensorReading, {"asset": "a", "event_time": 1.0, "values": {"x": 1.0}, "colour": "red"})
 
 
 def test_video_frame_metadata_travels_as_a_header_beside_the_image_bytes() -> None:
-    frame = VideoFrame(camera="cam-1", seq=0, ts=1.0, width=4, height=2, channels=1, encoding="raw")
+    frame = VideoFrame(camera="cam-1", seq=0, event_time=1.0, width=4, height=2, channels=1, encoding="raw")
     image = bytes(range(8))
     headers = [(FRAME_HEADER, frame.to_json())]
     received = decode(VideoFrame, dict(headers)[FRAME_HEADER])
@@ -151,7 +151,7 @@ def test_video_frame_metadata_travels_as_a_header_beside_the_image_bytes() -> No
     ],
 )
 def test_invalid_video_frames_say_why(change: dict, reason: str) -> None:
-    metadata = {"camera": "cam-1", "seq": 0, "ts": 1.0, "width": 4, "height": 2} | change
+    metadata = {"camera": "cam-1", "seq": 0, "event_time": 1.0, "width": 4, "height": 2} | change
     with pytest.raises(ContractError, match=reason):
         decode(VideoFrame, metadata)
 
@@ -162,8 +162,8 @@ def test_sensor_window_shape_is_checked() -> None:
             SensorWindow,
             {
                 "asset": "a",
-                "start_ts": 0.0,
-                "end_ts": 1.0,
+                "start_time": 0.0,
+                "end_time": 1.0,
                 "channels": ["x", "y"],
                 "values": [[1.0, 2.0], [3.0]],
                 "observed": [[True, True], [True]],
@@ -179,7 +179,7 @@ def test_dead_letter_carries_binary_payloads_as_base64() -> None:
         error_type="ContractError",
         payload=base64.b64encode(raw).decode(),
         payload_encoding="base64",
-        ts=2.0,
+        created_at=2.0,
     )
     received = decode(DeadLetter, letter.to_json())
     assert base64.b64decode(received.payload) == raw
@@ -191,7 +191,7 @@ def test_scores_must_be_finite() -> None:
         Score(
             modality="sensor",
             stream="s",
-            ts=1.0,
+            event_time=1.0,
             score=math.inf,
             threshold=1.0,
             is_anomaly=True,
@@ -202,14 +202,14 @@ def test_scores_must_be_finite() -> None:
 
 # --- the decode boundary ----------------------------------------------------------------------------------------
 
-READING = {"asset": "a", "ts": 1_700_000_000.0, "values": {"x": 1.5}}
+READING = {"asset": "a", "event_time": 1_700_000_000.0, "values": {"x": 1.5}}
 
 
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"ts": "1700000000"}, "ts: Input should be a valid number"),
-        ({"ts": True}, "ts: Input should be a valid number"),
+        ({"event_time": "1700000000"}, "event_time: Input should be a valid number"),
+        ({"event_time": True}, "event_time: Input should be a valid number"),
         ({"values": {"x": "1.5"}}, "values.x: Input should be a valid number"),
         ({"values": {"x": True}}, "values.x: Input should be a valid number"),
         ({"asset": 7}, "asset: Input should be a valid string"),
@@ -222,7 +222,7 @@ def test_numbers_are_json_numbers_not_strings_or_booleans(change: dict, reason: 
 
 
 def test_frame_fields_are_strict_too() -> None:
-    header = {"camera": "c", "seq": 1, "ts": 1.0, "width": 4, "height": 2}
+    header = {"camera": "c", "seq": 1, "event_time": 1.0, "width": 4, "height": 2}
     for change, reason in [({"seq": 1.0}, "seq"), ({"width": "4"}, "width"), ({"channels": True}, "integer 1 or 3")]:
         with pytest.raises(ContractError, match=reason):
             decode(VideoFrame, json.dumps(header | change))
@@ -232,7 +232,7 @@ def test_frame_fields_are_strict_too() -> None:
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_json_nan_and_infinity_are_refused(constant: str) -> None:
     with pytest.raises(ContractError, match=f"{constant} in JSON"):
-        decode(SensorReading, '{"asset": "a", "ts": 1.0, "values": {"x": ' + constant + "}}")
+        decode(SensorReading, '{"asset": "a", "event_time": 1.0, "values": {"x": ' + constant + "}}")
 
 
 @pytest.mark.parametrize(
@@ -245,8 +245,11 @@ def test_json_nan_and_infinity_are_refused(constant: str) -> None:
 )
 def test_event_times_are_finite_and_between_1970_and_2200(ts: str, reason: str) -> None:
     with pytest.raises(ContractError, match=reason):
-        decode(SensorReading, '{"asset": "a", "ts": ' + ts + ', "values": {"x": 1}}')
-    assert decode(SensorReading, '{"asset": "a", "ts": 7258118400, "values": {"x": 1}}').ts == MAX_EVENT_TIME
+        decode(SensorReading, '{"asset": "a", "event_time": ' + ts + ', "values": {"x": 1}}')
+    assert (
+        decode(SensorReading, '{"asset": "a", "event_time": 7258118400, "values": {"x": 1}}').event_time
+        == MAX_EVENT_TIME
+    )
 
 
 def test_deep_nesting_is_refused_without_recursion() -> None:
@@ -269,7 +272,7 @@ def test_oversized_and_undecodable_messages_are_refused() -> None:
 
 
 def test_frame_headers_bound_the_frame_size() -> None:
-    header = {"camera": "c", "seq": 1, "ts": 1.0}
+    header = {"camera": "c", "seq": 1, "event_time": 1.0}
     decode(VideoFrame, header | {"width": MAX_FRAME_SIDE, "height": MAX_FRAME_PIXELS // MAX_FRAME_SIDE})
     with pytest.raises(ContractError, match="less than or equal to 4096"):
         decode(VideoFrame, header | {"width": 65000, "height": 1})

@@ -53,7 +53,7 @@ def demo_run(tmp_path: Path) -> DemoRun:
         state="firing",
         severity="critical",
         started_at=1.0,
-        ts=2.0,
+        event_time=2.0,
         score=2.5,
         threshold=1.0,
         model="ts_diffusion",

@@ -9,7 +9,7 @@ from operators.frames import FrameBuffer, decode_frame
 
 
 def frame(seq: int, camera: str = "cam", encoding: str = "raw", size: tuple[int, int] = (4, 6)) -> VideoFrame:
-    return VideoFrame(camera=camera, seq=seq, ts=seq / 10, height=size[0], width=size[1], encoding=encoding)
+    return VideoFrame(camera=camera, seq=seq, event_time=seq / 10, height=size[0], width=size[1], encoding=encoding)
 
 
 def image(value: int) -> np.ndarray:

@@ -40,20 +40,22 @@ JSON_VALUES = st.recursive(
 )
 
 EXAMPLES: dict[type[Message], Message] = {
-    SensorReading: SensorReading(asset="pump-1", ts=1_600_000_000.25, values={"Current": 0.2, "Pressure": -0.01}),
+    SensorReading: SensorReading(
+        asset="pump-1", event_time=1_600_000_000.25, values={"Current": 0.2, "Pressure": -0.01}
+    ),
     SensorWindow: SensorWindow(
         asset="pump-1",
-        start_ts=10.0,
-        end_ts=11.0,
+        start_time=10.0,
+        end_time=11.0,
         channels=["Current", "Pressure"],
         values=[[1.0, 0.5], [1.1, 0.0]],
         observed=[[True, True], [True, False]],
     ),
-    VideoFrame: VideoFrame(camera="cam-1", seq=17, ts=3.5, width=360, height=240, channels=1, encoding="jpeg"),
+    VideoFrame: VideoFrame(camera="cam-1", seq=17, event_time=3.5, width=360, height=240, channels=1, encoding="jpeg"),
     Score: Score(
         modality="video",
         stream="cam-1",
-        ts=3.5,
+        event_time=3.5,
         score=0.1,
         threshold=0.4,
         is_anomaly=False,
@@ -70,7 +72,7 @@ EXAMPLES: dict[type[Message], Message] = {
         state="firing",
         severity="critical",
         started_at=12.0,
-        ts=12.0,
+        event_time=12.0,
         score=3.25,
         threshold=2.0,
         model="ts_diffusion",
@@ -85,7 +87,7 @@ EXAMPLES: dict[type[Message], Message] = {
         reason="invalid",
         error_type="ContractError",
         payload="{}",
-        ts=13.0,
+        created_at=13.0,
     ),
 }
 
@@ -180,11 +182,15 @@ def frames(draw: st.DrawFn) -> tuple[VideoFrame, bytes]:
         for _ in range(draw(st.integers(1, 4))):
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
         payload = bytes(data[: draw(st.integers(0, len(data)))])
-        header = VideoFrame(camera="c", seq=0, ts=0.0, width=width, height=height, channels=3 if mode == "RGB" else 1)
+        header = VideoFrame(
+            camera="c", seq=0, event_time=0.0, width=width, height=height, channels=3 if mode == "RGB" else 1
+        )
         return header, payload
     height, width, channels = draw(st.integers(1, 16)), draw(st.integers(1, 16)), draw(st.sampled_from([1, 3]))
     encoding = "jpeg" if kind == "random" else "raw"
-    header = VideoFrame(camera="c", seq=0, ts=0.0, width=width, height=height, channels=channels, encoding=encoding)
+    header = VideoFrame(
+        camera="c", seq=0, event_time=0.0, width=width, height=height, channels=channels, encoding=encoding
+    )
     if kind == "random":
         return header, draw(st.binary(max_size=256))
     return header, bytes(height * width * channels + draw(st.sampled_from([0, 0, -1, 1])))
@@ -214,7 +220,7 @@ def readings(draw: st.DrawFn) -> bytes:
     reading = {
         "schema": "sensor_reading",
         "asset": draw(st.sampled_from(["p1", "p2"])),
-        "ts": draw(times),
+        "event_time": draw(times),
         "values": draw(st.dictionaries(st.sampled_from(["a", "b", "c"]), values, min_size=1)),
     }
     return json.dumps(reading).encode()
@@ -232,7 +238,7 @@ def test_windowing_decoded_readings_gives_finite_windows_or_refuses_them(stream:
         for window in windows:
             assert window.values.shape == window.observed.shape == (4, len(CHANNELS))
             assert window.values.dtype == np.float32 and np.isfinite(window.values).all()
-            assert window.observed.any() and window.window.end_ts >= window.window.start_ts
+            assert window.observed.any() and window.window.end_time >= window.window.start_time
 
 
 # --- the webhook receiver ---------------------------------------------------------------------------------------

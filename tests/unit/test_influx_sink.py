@@ -11,7 +11,7 @@ def sensor_score(**overrides) -> Score:
     fields = dict(
         modality="sensor",
         stream="pump 1",
-        ts=1583748873.123456,
+        event_time=1583748873.123456,
         score=2.5,
         threshold=1.0,
         is_anomaly=True,
@@ -42,7 +42,7 @@ def test_video_point_is_tagged_by_camera_with_location_and_default_version() -> 
     score = Score(
         modality="video",
         stream="cam-1",
-        ts=10.0,
+        event_time=10.0,
         score=0.3,
         threshold=0.5,
         is_anomaly=False,
@@ -64,7 +64,7 @@ def test_alert_point() -> None:
         state="firing",
         severity="critical",
         started_at=5.0,
-        ts=5.0,
+        event_time=5.0,
         score=3.0,
         threshold=1.0,
         model="ts_diffusion",

@@ -176,7 +176,7 @@ def _alert() -> Alert:
         state="firing",
         severity="warning",
         started_at=0.0,
-        ts=1.0,
+        event_time=1.0,
         score=2.0,
         threshold=1.0,
         model="m",

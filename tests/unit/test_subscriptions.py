@@ -21,7 +21,7 @@ def alert(stream: str = "pump-1", modality: Modality = "sensor", severity: Sever
         state="firing",
         severity=severity,
         started_at=0.0,
-        ts=1.0,
+        event_time=1.0,
         score=2.0,
         threshold=1.0,
         model="ts_diffusion",

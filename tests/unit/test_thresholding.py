@@ -12,7 +12,7 @@ def test_fixed_mode_uses_the_calibrated_threshold() -> None:
 
 def test_spot_raises_the_threshold_on_a_noisy_stream_and_keeps_a_quiet_one_at_calibration() -> None:
     rng = np.random.default_rng(0)
-    config = ThresholdSettings(mode="spot", calibration_count=300, risk=1e-3)
+    config = ThresholdSettings(adaptation="spot", calibration_count=300, risk=1e-3)
     thresholder = Thresholder(1.0, config)
     noisy = rng.exponential(0.3, 3000)  # exceeds 1.0 ~4% of the time
     quiet = rng.exponential(0.05, 3000)
@@ -29,7 +29,9 @@ def test_spot_raises_the_threshold_on_a_noisy_stream_and_keeps_a_quiet_one_at_ca
 
 def test_spot_without_floor_can_become_more_sensitive() -> None:
     rng = np.random.default_rng(1)
-    thresholder = Thresholder(1.0, ThresholdSettings(mode="spot", calibration_count=200, floor_at_calibrated=False))
+    thresholder = Thresholder(
+        1.0, ThresholdSettings(adaptation="spot", calibration_count=200, floor_at_calibrated=False)
+    )
     for x in rng.exponential(0.05, 2000):
         thresholder.apply("quiet", float(x))
     assert thresholder.threshold("quiet") < 0.6
@@ -37,7 +39,7 @@ def test_spot_without_floor_can_become_more_sensitive() -> None:
 
 def test_dspot_follows_a_drifting_baseline() -> None:
     rng = np.random.default_rng(2)
-    config = ThresholdSettings(mode="dspot", calibration_count=200, drift_depth=20, floor_at_calibrated=False)
+    config = ThresholdSettings(adaptation="dspot", calibration_count=200, drift_depth=20, floor_at_calibrated=False)
     dspot = Thresholder(1.0, config)
     scores = np.linspace(0, 3, 3000) + rng.normal(0, 0.05, 3000)
     flags = [dspot.apply("s", float(x)).is_anomaly for x in scores]
@@ -47,7 +49,7 @@ def test_dspot_follows_a_drifting_baseline() -> None:
 
 
 def test_anomalies_are_not_learnt_from() -> None:
-    config = ThresholdSettings(mode="spot", calibration_count=50, floor_at_calibrated=False)
+    config = ThresholdSettings(adaptation="spot", calibration_count=50, floor_at_calibrated=False)
     thresholder = Thresholder(1.0, config)
     rng = np.random.default_rng(3)
     for x in rng.exponential(0.1, 500):

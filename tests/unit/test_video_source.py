@@ -137,14 +137,14 @@ def test_corrupt_jpeg_in_a_frame_folder_is_skipped_and_counted(tmp_path: Path) -
 @pytest.mark.parametrize("encoding", ["raw", "jpeg"])
 def test_frame_encodings_round_trip_through_the_scorers_decoder(encoding: str) -> None:
     frame = np.tile(np.arange(96, dtype=np.uint8), (64, 1))
-    meta = VideoFrame(camera="cam", seq=0, ts=0.0, width=96, height=64, encoding=encoding)
+    meta = VideoFrame(camera="cam", seq=0, event_time=0.0, width=96, height=64, encoding=encoding)
     decoded = decode_frame(meta, encode_frame(frame, encoding), height=64, width=96)
     tolerance = 0 if encoding == "raw" else 4
     assert decoded.shape == (64, 96) and np.abs(decoded.astype(int) - frame).max() <= tolerance
 
 
 def test_bad_payloads_are_rejected_with_a_reason() -> None:
-    meta = VideoFrame(camera="cam", seq=0, ts=0.0, width=96, height=64, encoding="raw")
+    meta = VideoFrame(camera="cam", seq=0, event_time=0.0, width=96, height=64, encoding="raw")
     with pytest.raises(ContractError, match="bytes"):
         decode_frame(meta, b"\x00" * 10, height=64, width=96)
     with pytest.raises(ContractError, match="JPEG"):

@@ -8,7 +8,7 @@ CHANNELS = ("b", "a")
 
 
 def reading(t: float, value: float, asset: str = "pump") -> SensorReading:
-    return SensorReading(asset=asset, ts=t, values={"a": value, "b": -value})
+    return SensorReading(asset=asset, event_time=t, values={"a": value, "b": -value})
 
 
 def feed(windower: SensorWindower, times: list[float]) -> list:
@@ -21,18 +21,18 @@ def feed(windower: SensorWindower, times: list[float]) -> list:
 def test_in_order_readings_give_every_window_once_with_channels_in_card_order() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
     emitted = feed(windower, [float(t) for t in range(10)])
-    assert [w.start_ts for w in emitted] == [0.0, 2.0, 4.0, 6.0]
+    assert [w.start_time for w in emitted] == [0.0, 2.0, 4.0, 6.0]
     first = emitted[0]
     assert first.values.shape == (4, 2) and first.observed.all()
     np.testing.assert_array_equal(first.values[:, 1], [0, 1, 2, 3])  # "a"
     np.testing.assert_array_equal(first.values[:, 0], [0, -1, -2, -3])  # "b" comes first, as in the card
-    assert first.window.end_ts == 3.0 and first.window.channels == ["b", "a"]
+    assert first.window.end_time == 3.0 and first.window.channels == ["b", "a"]
 
 
 def test_grid_is_absolute_so_a_late_start_aligns_to_the_next_stride() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
     emitted = feed(windower, [float(t) for t in range(3, 12)])
-    assert [w.start_ts for w in emitted] == [4.0, 6.0, 8.0]
+    assert [w.start_time for w in emitted] == [4.0, 6.0, 8.0]
 
 
 def test_gap_is_masked_and_interpolated() -> None:
@@ -69,7 +69,7 @@ def test_watermark_emits_incomplete_window_when_time_moves_past_it() -> None:
 def test_long_silence_jumps_ahead_instead_of_emitting_empty_windows() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0, min_observed_fraction=0.5)
     emitted = feed(windower, [0.0, 1.0, 2.0, 3.0, 100.0, 101.0, 102.0, 103.0, 104.0])
-    starts = [w.start_ts for w in emitted]
+    starts = [w.start_time for w in emitted]
     assert starts[0] == 0.0 and 100.0 in starts
     assert all(s in (0.0, 2.0) or s >= 98.0 for s in starts)
     assert windower.skipped_windows <= 2
@@ -78,13 +78,13 @@ def test_long_silence_jumps_ahead_instead_of_emitting_empty_windows() -> None:
 def test_wrong_channels_are_a_contract_error() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=4, sample_period_s=1.0)
     with pytest.raises(ContractError, match="missing \\['b'\\], unexpected \\['c'\\]"):
-        windower.add(SensorReading(asset="x", ts=0.0, values={"a": 1.0, "c": 2.0}))
+        windower.add(SensorReading(asset="x", event_time=0.0, values={"a": 1.0, "c": 2.0}))
 
 
 def test_oldest_ref_includes_the_seed_before_the_window_being_built() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
     emitted = feed(windower, [float(t) for t in range(7)])
-    assert [w.start_ts for w in emitted] == [0.0, 2.0]
+    assert [w.start_time for w in emitted] == [0.0, 2.0]
     assert windower.oldest_ref("pump") == 3  # slots 4..6 are buffered; slot 3 is the seed before start 4
     assert emitted[1].oldest_ref == 1  # window 2..5 needs its seed, slot 1, to be rebuilt
 
@@ -101,7 +101,7 @@ def test_resuming_from_any_committed_position_rebuilds_identical_windows() -> No
 
     full = SensorWindower(CHANNELS, window=8, stride=3, sample_period_s=1.0)
     reference = run(full, 0)
-    by_end = {w.end_ts: w for _, w in reference}
+    by_end = {w.end_time: w for _, w in reference}
     for crash_after in range(20, len(times) - 20, 7):
         # What a worker that processed offsets < crash_after would have committed: the smallest offset its
         # windowing state still needs, or that a window emitted at its last step still needs.
@@ -114,11 +114,11 @@ def test_resuming_from_any_committed_position_rebuilds_identical_windows() -> No
         resumed = run(SensorWindower(CHANNELS, window=8, stride=3, sample_period_s=1.0), committed)
         assert resumed, "resuming produced nothing"
         for _, window in resumed:
-            original = by_end[window.end_ts]  # never a window the uninterrupted run did not emit
+            original = by_end[window.end_time]  # never a window the uninterrupted run did not emit
             np.testing.assert_array_equal(window.observed, original.observed)
             np.testing.assert_allclose(window.values, original.values)
-        must_rebuild = {end for end in by_end if end >= in_flight[0].end_ts}
-        assert must_rebuild <= {w.end_ts for _, w in resumed}  # no window is lost
+        must_rebuild = {end for end in by_end if end >= in_flight[0].end_time}
+        assert must_rebuild <= {w.end_time for _, w in resumed}  # no window is lost
 
 
 def test_assets_are_independent() -> None:
@@ -128,14 +128,14 @@ def test_assets_are_independent() -> None:
         out += windower.add(reading(float(t), 1.0, "p1"))
         if t < 2:
             out += windower.add(reading(float(t), 2.0, "p2"))
-    assert sorted((w.window.asset, w.start_ts) for w in out) == [("p1", 0.0), ("p1", 2.0), ("p2", 0.0)]
+    assert sorted((w.window.asset, w.start_time) for w in out) == [("p1", 0.0), ("p1", 2.0), ("p2", 0.0)]
 
 
 def test_a_value_beyond_float32_is_a_contract_error() -> None:
     windower = SensorWindower(CHANNELS, window=4, stride=2, sample_period_s=1.0)
     with pytest.raises(ContractError, match=r"\['a'\] beyond the float32 range"):
-        windower.add(SensorReading(asset="pump", ts=0.0, values={"a": 1e39, "b": 0.0}))
-    assert windower.add(SensorReading(asset="pump", ts=0.0, values={"a": 3e38, "b": -3e38})) == []
+        windower.add(SensorReading(asset="pump", event_time=0.0, values={"a": 1e39, "b": 0.0}))
+    assert windower.add(SensorReading(asset="pump", event_time=0.0, values={"a": 3e38, "b": -3e38})) == []
 
 
 def test_a_reading_too_close_to_2200_for_a_whole_window_is_a_contract_error() -> None:

@@ -151,7 +151,7 @@ class Alerting:
         self.seen: list[tuple[str, float]] = []
 
     def observe(self, score: Any) -> list[Alert]:
-        self.seen.append((score.stream, score.ts))
+        self.seen.append((score.stream, score.event_time))
         return self.engine.observe(score)
 
     def recover(self) -> list[Alert]:
@@ -190,11 +190,11 @@ def engine(config: Settings, log: Log, store: MemoryStore, publisher: MemoryPubl
 
 
 def reading(asset: str, time: float, value: float) -> bytes:
-    return SensorReading(asset=asset, ts=time, values=dict.fromkeys(CHANNELS, value)).to_json()
+    return SensorReading(asset=asset, event_time=time, values=dict.fromkeys(CHANNELS, value)).to_json()
 
 
 def frame(seq: int, brightness: int, size: int = 24) -> tuple[bytes, tuple]:
-    header = VideoFrame(camera="cam-1", seq=seq, ts=1000.0 + seq, height=4, width=6, encoding="raw")
+    header = VideoFrame(camera="cam-1", seq=seq, event_time=1000.0 + seq, height=4, width=6, encoding="raw")
     return bytes([brightness]) * size, ((FRAME_HEADER, header.to_json()),)
 
 
@@ -204,7 +204,7 @@ def fill(log: Log) -> None:
     for step in range(12):
         log.append(READINGS, 0, "pump-1", reading("pump-1", 100.0 + step, 9.0 if 4 <= step < 8 else 1.0))
         if step == 2:
-            log.append(READINGS, 0, "pump-1", b'{"asset": "pump-1", "ts": ')  # cut short
+            log.append(READINGS, 0, "pump-1", b'{"asset": "pump-1", "event_time": ')  # cut short
             log.append(READINGS, 0, "someone-else", reading("pump-1", 200.0, 1.0))  # keyed by another stream
     for step in range(4):
         log.append(READINGS, 1, BROKEN_ASSET, reading(BROKEN_ASSET, 100.0 + step, 1.0))
@@ -244,7 +244,7 @@ async def test_the_whole_chain_stores_scores_alerts_dead_letters_and_commits(tmp
     # Video: a score for every frame with two frames of context; the bad frame 3 breaks the context, so frames 4 and
     # 5 only rebuild it.
     assert store.series("video_scores,camera=cam-1") == [1_002_000, 1_006_000, 1_007_000]
-    scores = [(key, body["ts"], body["is_anomaly"]) for key, body in publisher.sent["diffsentry.scores"]]
+    scores = [(key, body["event_time"], body["is_anomaly"]) for key, body in publisher.sent["diffsentry.scores"]]
     assert [s for s in scores if s[0] == b"pump-1"] == [
         (b"pump-1", 103.0, False), (b"pump-1", 107.0, True), (b"pump-1", 111.0, False),
     ]  # fmt: skip

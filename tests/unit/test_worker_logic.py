@@ -74,7 +74,7 @@ def test_benchmark_layout_and_looping_moves_event_time_on(tmp_path: Path) -> Non
     table = read_sensor_csv(path)
     assert table.channels == ["a", "b"]
     replay = readings(table, "pump", loop=True)
-    times = [next(replay).ts for _ in range(5)]
+    times = [next(replay).event_time for _ in range(5)]
     assert times == [100.0, 101.0, 102.0, 103.0, 104.0]
     assert next(readings(table, "pump", loop=False)).values == {"a": 1.0, "b": 2.0}
 

@@ -27,6 +27,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 
 from core.settings import InfluxSettings, Settings
 from infra import kafka
+from infra.health import addresses_in_use
 from infra.victoria_metrics import export_series
 from triton_models.paths import PING_MODEL
 
@@ -164,6 +165,8 @@ def _run(service: str, url: str, check: Callable[[Settings], str], settings: Set
 
 
 def run_checks(settings: Settings) -> list[CheckResult]:
+    """A real round trip through each service, at the address in use (a stopped local stack service's recorded one)."""
+    settings = addresses_in_use(settings)
     return [
         _run("kafka", settings.kafka.bootstrap_servers, check_kafka, settings),
         _run("triton", settings.triton.http_url, check_triton, settings),

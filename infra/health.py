@@ -12,6 +12,7 @@ from core.stack_state import (
     OBJECT_STORE,
     TRITON,
     ServiceRecord,
+    StackState,
 )
 from infra import kafka as kafka_clients
 from infra.processes import BROKER_BUCKET
@@ -87,6 +88,18 @@ def default_url(name: str) -> str:
     if name == TRITON:
         return http_base(TritonSettings().http_url)
     return InfluxSettings().url
+
+
+def addresses_in_use(settings: Settings) -> Settings:
+    """``settings`` with the recorded address of each local stack service that is stopped now where the settings
+    fall back to the default: that is where clients started earlier still dial, and where ``stack up`` restarts it."""
+    state = StackState.load(settings.state_dir.resolve())
+    for name, record in state.services.items():
+        if name == OBJECT_STORE or service_url(settings, name) != default_url(name):
+            continue
+        for section, values in record.settings_values().items():
+            settings = settings.model_copy(update={section: getattr(settings, section).model_copy(update=values)})
+    return settings
 
 
 def service_healthy(settings: Settings, name: str) -> bool:

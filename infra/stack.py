@@ -34,7 +34,7 @@ from core.stack_state import (
     process_runs,
     stack_services,
 )
-from infra.health import default_url, http_base, object_store_healthy, service_healthy, service_url
+from infra.health import addresses_in_use, http_base, object_store_healthy, service_healthy, service_url
 from infra.kafka import create_declared_topics
 from infra.processes import StackError, stop_process
 from infra.services import BINARIES, START_ORDER, STARTERS, STOP_ORDER, remove_weed_sockets, stop_service, wait_healthy
@@ -154,6 +154,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
     runs it, and whether it answers its health check."""
     state = StackState.load(settings.state_dir.resolve())
     running = state.running()
+    settings = addresses_in_use(settings)
     statuses = []
     for name in stack_services(state.durable):
         record = running.get(name)
@@ -161,10 +162,6 @@ def status(settings: Settings) -> list[ServiceStatus]:
             # Not a configured service: only the local stack's broker uses it, at the address the state records.
             healthy = record is not None and object_store_healthy(record.url)
             statuses.append(ServiceStatus(name, record.url if record else "", record.pid if record else None, healthy))
-            continue
-        recorded = state.services.get(name)
-        if record is None and recorded is not None and service_url(settings, name) == default_url(name):
-            statuses.append(ServiceStatus(name, recorded.url, None, False))  # the stack's, stopped: not the default
             continue
         url = service_url(settings, name)
         pid = record.pid if record is not None and record.url == url else None

@@ -265,10 +265,10 @@ def _video_context(settings: Settings) -> int:
 
 
 def _stored_windows(settings: Settings, asset: str) -> tuple[int, int | None]:
-    """Sensor scores of ``asset`` in the store (distinct window ends: a kept store may hold earlier runs too) and
-    the newest one's event time in ms."""
+    """Sensor scores of ``asset`` in the store, every point counted (the store keeps one per series and event time,
+    so a rerun over a kept store overwrites rather than adds), and the newest one's event time in ms."""
     series = export_series(settings.influx.url, f'sensor_scores_score{{asset="{asset}"}}')
-    stamps = {t for s in series for t in s["timestamps"]}
+    stamps = [t for s in series for t in s["timestamps"]]
     return len(stamps), max(stamps, default=None)
 
 

@@ -100,6 +100,8 @@ def test_stack_lifecycle_doctor_and_a_stopped_service(cli_env: dict[str, str]) -
     verdicts = {line.split()[0]: line.split()[1] for line in failing.stdout.splitlines()}
     assert verdicts == {"kafka": "OK", "triton": "OK", "influx": "FAIL"}
     assert "failing: influx" in failing.stderr
+    influx_line = next(line for line in failing.stdout.splitlines() if line.startswith("influx"))
+    assert urls["victoria-metrics"] in influx_line  # tested where it was, not at the default address
     code, status = _status(cli_env)
     assert code != 0
     assert [s["healthy"] for s in status] == [True, True, False]

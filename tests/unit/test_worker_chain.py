@@ -169,7 +169,9 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def engine(config: Settings, log: Log, store: MemoryStore, publisher: MemoryPublisher) -> StreamEngine:
+def engine(
+    config: Settings, log: Log, store: MemoryStore, publisher: MemoryPublisher, known: tuple[str, ...] = ()
+) -> StreamEngine:
     config = config.model_copy(
         update={"topics": config.topics.model_copy(update={"sensor_readings": READINGS, "video_frames": FRAMES})}
     )
@@ -180,6 +182,7 @@ def engine(config: Settings, log: Log, store: MemoryStore, publisher: MemoryPubl
         channels=CHANNELS,
         thresholds={"reconstruction": 5.0},
         default_mode="reconstruction",
+        streams=known,
     )
     video_card = VideoModelCard(context=2, height=4, width=6, threshold=0.5)
     lanes = [
@@ -328,3 +331,21 @@ async def test_a_quiet_stream_stops_pinning_and_a_reading_from_the_future_is_ref
     # pump-quiet's lone reading (too few for a window: skipped) no longer holds the partition at offset 0.
     assert store.series("sensor_scores,asset=pump-quiet") == []
     assert log.committed[TopicPartition(READINGS, 0)] == 21  # pump-1's newest reading seeds its next window
+
+
+async def test_an_admitted_asset_the_model_does_not_know_scores_without_alerts_while_it_learns(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    config = config.model_copy(
+        update={"sensors": config.sensors.model_copy(update={"assets": ["*"], "learning_windows": 3})}
+    )
+    log, store, publisher = Log(), MemoryStore(), MemoryPublisher()
+    for step in range(24):  # six windows, all far above the pooled threshold (5.0): the asset's own level
+        log.append(READINGS, 0, "pump-new", reading("pump-new", 100.0 + step, 9.0 if step < 20 else 30.0))
+    worker = engine(config, log, store, publisher, known=("pump-1",))
+    await worker.start()
+    await run_until_drained(worker, Alerting(config.alerting))
+    scores = [(body["event_time"], body["is_anomaly"]) for _, body in publisher.sent["diffsentry.scores"]]
+    # Three learning windows (written, never anomalous), then its own threshold: 9.0 is normal, 30.0 is not.
+    assert scores == [(103.0, False), (107.0, False), (111.0, False), (115.0, False), (119.0, False), (123.0, True)]
+    fired = [body["state"] for _, body in publisher.sent.get("diffsentry.alerts", [])]
+    assert fired == ["firing"]  # only once it knows the asset

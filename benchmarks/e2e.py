@@ -35,7 +35,6 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from aiokafka import AIOKafkaProducer
 
 from core.contracts import FRAME_HEADER, SensorReading, VideoFrame
 from core.settings import (
@@ -49,6 +48,7 @@ from core.settings import (
     TritonSettings,
 )
 from core.stack_state import running_stack_addresses
+from infra import kafka
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
 from operators.model_cards import card_path, load_ts_card
@@ -74,12 +74,7 @@ def reading(asset: str, t: float, channels: tuple[str, ...], rng: np.random.Gene
 
 
 async def produce_backlog(settings: Settings, channels: tuple[str, ...], assets: int, per_asset: int) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        linger_ms=20,
-        max_batch_size=1 << 20,
-        enable_idempotence=False,
-    )
+    producer = kafka.producer(settings.kafka, "bench", linger_ms=20)
     await producer.start()
     rng = np.random.default_rng(0)
     try:
@@ -110,12 +105,7 @@ async def produce_paced(
         (f"paced-{i % assets}".encode(), reading(f"paced-{i % assets}", t0 + i // assets, channels, rng))
         for i in range(total)
     ]
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        linger_ms=1,
-        max_batch_size=1 << 20,
-        enable_idempotence=False,
-    )
+    producer = kafka.producer(settings.kafka, "bench", linger_ms=1)
     await producer.start()
     start = time.monotonic()
     try:
@@ -334,7 +324,7 @@ async def video_capacity(addresses: dict, models: Path, work: Path, clip: Path, 
     run = f"video-{cameras}-{uuid.uuid4().hex[:6]}"
     settings = run_settings(addresses, models, work, run)
     await create_declared_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=5, max_batch_size=1 << 20)
+    producer = kafka.producer(settings.kafka, "bench", linger_ms=5)
     await producer.start()
     try:
         pending = []

@@ -28,24 +28,21 @@ import asyncio
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote, urlencode
 
 import httpx
 import typer
 
-from core.contracts import Alert
 from core.settings import AlertingSettings, Settings
 from core.stack_state import ServiceRecord, StackState
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
 from infra.victoria_metrics import export_series
-from operators.webhook_receiver import ReceiverCounts, WebhookReceiver
+from operators.webhook_receiver import WebhookReceiver
 from pipeline.demo_models import DemoModels, data_dir, ensure_models
+from pipeline.demo_report import DemoRun, Snapshot, report
 from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv, readings
-from pipeline.prometheus_text import histogram, quantile, total
 from pipeline.worker_process import WorkerProcess
 from triton_models.progress import progress_bar
 from triton_models.progress import write as progress_write
@@ -54,7 +51,6 @@ from triton_models.video.frames import frame_files
 # Event-time alerting for SKAB's 1 Hz readings and 10 fps video: fire after 5 s anomalous (at least 3 scores),
 # resolve after 30 s below the default hysteresis level, and no second alert on a stream within the replay.
 DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_for_s=30.0, cooldown_s=600.0)
-MODALITIES = ("sensor", "video")
 
 
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:
@@ -78,78 +74,6 @@ def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO
             "model_repository": settings.model_repository.resolve(),
         }
     )
-
-
-@dataclass
-class Latency:
-    """What the worker scored of one modality, and its produce-to-stored latency (``diffsentry_end_to_end_seconds``)."""
-
-    scored: float = 0
-    p50_s: float = float("nan")
-    p99_s: float = float("nan")
-
-    @classmethod
-    def read(cls, metrics: dict[str, float], modality: str) -> Latency:
-        label = f'modality="{modality}"'
-        buckets = histogram(metrics, "diffsentry_end_to_end_seconds", label)
-        scored = total(metrics, "diffsentry_scores_total", label)
-        return cls(scored, quantile(buckets, 0.5), quantile(buckets, 0.99))
-
-
-@dataclass
-class Snapshot:
-    messages: float = 0
-    modalities: dict[str, Latency] = field(default_factory=lambda: {m: Latency() for m in MODALITIES})
-    alerts: float = 0
-    resolved: float = 0
-    dead_letters: float = 0
-    deliveries: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, metrics: dict[str, float], deliveries: dict[str, int]) -> Snapshot:
-        return cls(
-            messages=total(metrics, "diffsentry_messages_total"),
-            modalities={m: Latency.read(metrics, m) for m in MODALITIES},
-            alerts=total(metrics, "diffsentry_alerts_total", 'state="firing"'),
-            resolved=total(metrics, "diffsentry_alerts_total", 'state="resolved"'),
-            dead_letters=total(metrics, "diffsentry_dead_letters_total"),
-            deliveries=deliveries,
-        )
-
-    @property
-    def scored(self) -> float:
-        return sum(m.scored for m in self.modalities.values())
-
-    def line(self) -> str:
-        """The live summary: one short line."""
-        d = self.deliveries
-        per_modality = " | ".join(f"{name} {m.scored:.0f} p99 {m.p99_s:.2f} s" for name, m in self.modalities.items())
-        return (
-            f"{per_modality} | alerts {self.alerts:.0f} firing {self.resolved:.0f} resolved | webhooks "
-            f"{d.get('delivered', 0)} delivered {d.get('pending', 0)} pending | dead letters {self.dead_letters:.0f}"
-        )
-
-
-@dataclass
-class DemoRun:
-    """What one replay produced; the worker may still run (``--keep``)."""
-
-    run: str
-    settings: Settings
-    worker: WorkerProcess
-    asset: str
-    camera: str
-    expected: dict[str, int]
-    snapshot: Snapshot
-    stored_windows: int
-    last_event_ms: int | None
-    alerts: list[Alert]
-    receiver_counts: ReceiverCounts
-    replay_seconds: float
-
-    @property
-    def delivered(self) -> bool:
-        return any(a.state == "firing" for a in self.alerts) and self.receiver_counts.bad_signatures == 0
 
 
 async def replay_video(settings: Settings, clip: Path, camera: str) -> int:
@@ -304,117 +228,6 @@ async def _watch(
                 progress_write(f"timeout after {timeout_s:.0f} s: reporting what arrived")
                 return snapshot
             await asyncio.sleep(1.0)
-
-
-@dataclass(frozen=True)
-class Link:
-    """A URL the summary prints; ``owner`` is what serves it (``stack`` or ``worker``)."""
-
-    label: str
-    url: str
-    owner: str
-    token: str | None = None
-
-    def check(self, timeout_s: float = 10.0) -> str:
-        """``answers`` when a GET returns 2xx, else why not."""
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            response = httpx.get(self.url, headers=headers, timeout=timeout_s)
-        except httpx.HTTPError as error:
-            return f"NO ANSWER ({type(error).__name__})"
-        return "answers" if response.is_success else f"NO ANSWER (HTTP {response.status_code})"
-
-
-def links(run: DemoRun) -> list[Link]:
-    """Where the scores, the alerts, the API and the metrics are; the store's URLs as VictoriaMetrics takes them."""
-    store, settings = run.settings.influx.url, run.settings
-    sensor = f'sensor_scores_score{{asset="{run.asset}"}}'
-    query = {"query": sensor} | ({"time": f"{run.last_event_ms / 1000:.3f}"} if run.last_event_ms else {})
-    video, alerts = f'video_scores_score{{camera="{run.camera}"}}', '{__name__=~"alerts_.*"}'
-    triton = settings.triton.http_url if "://" in settings.triton.http_url else f"http://{settings.triton.http_url}"
-    return [
-        Link("sensor scores", f"{store}/api/v1/export?match[]={quote(sensor)}", "stack"),
-        Link("PromQL", f"{store}/api/v1/query?{urlencode(query)}", "stack"),
-        Link("video scores", f"{store}/api/v1/export?match[]={quote(video)}", "stack"),
-        Link("alerts", f"{store}/api/v1/export?match[]={quote(alerts)}", "stack"),
-        Link("Triton", f"{triton}/v2/models/{settings.triton.ts_model}/ready", "stack"),
-        Link("metrics", f"{run.worker.metrics_url}/metrics", "worker"),
-        Link("API", f"{run.worker.api_url}/v1/deliveries", "worker", settings.api.token),
-    ]
-
-
-def _event_time(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
-def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, state_dir: Path) -> bool:
-    """The summary, at the end of the output; True when every printed URL answered."""
-    s, settings = run.snapshot, run.settings
-    flux = (
-        f'from(bucket: "{settings.influx.bucket}") |> range(start: 0) |> filter(fn: (r) => '
-        f'r._measurement == "sensor_scores" and r.asset == "{run.asset}" and r._field == "score")'
-    )
-    sensor, video = s.modalities["sensor"], s.modalities["video"]
-    d = s.deliveries
-    counts = run.receiver_counts
-    typer.echo(f"\nSummary ({run.run}, replay and scoring {run.replay_seconds:.0f} s)")
-    typer.echo(
-        f"  sensor {run.asset}: {sensor.scored:.0f}/{run.expected['sensor']} windows scored, "
-        f"{run.stored_windows} in the store; produce -> stored p50 {sensor.p50_s:.2f} s, p99 {sensor.p99_s:.2f} s"
-    )
-    typer.echo(
-        f"  video {run.camera}: {video.scored:.0f}/{run.expected['video']} frames scored (sent at "
-        f"{settings.video.fps:g} fps); produce -> stored p50 {video.p50_s:.2f} s, p99 {video.p99_s:.2f} s"
-    )
-    typer.echo(
-        f"  alerts {s.alerts:.0f} firing, {s.resolved:.0f} resolved; webhooks {d.get('delivered', 0)} delivered, "
-        f"{d.get('failed', 0)} failed; dead letters {s.dead_letters:.0f}"
-    )
-    typer.echo(
-        f"  the subscriber received {len(run.alerts)} alerts, signatures verified ({counts.bad_signatures} bad, "
-        f"{counts.duplicates} duplicates):"
-    )
-    for alert in run.alerts:
-        where = ", ".join(alert.top_channels) if alert.top_channels else ""
-        if alert.location is not None:
-            where = f"at x {alert.location[0]:.2f}, y {alert.location[1]:.2f} of the frame"
-        typer.echo(
-            f"    {alert.state} {alert.severity} {alert.stream} at {_event_time(alert.event_time)} (event time): score "
-            f"{alert.score:.2f}, threshold {alert.threshold:.2f}; {where}"
-        )
-
-    worker_kept = run.worker.running()
-    stopped = [] if worker_kept else [f"the worker (pid {run.worker.pid})"]
-    stopped.append("the webhook receiver" + (" (its subscription deleted)" if worker_kept else ""))
-    if not stack_kept:
-        stopped.append(f"the local stack (its data stays in {state_dir})")
-    typer.echo(f"  stopped: {', '.join(stopped)}")
-    kept = []
-    if stack_kept:
-        kept.append("the local stack" + ("" if stack_started else " (it ran before the demo)"))
-    if worker_kept:
-        kept.append(f"the worker (pid {run.worker.pid}, log {run.worker.log}; API token {settings.api.token})")
-    all_answer = True
-    if kept:
-        down = "diffsentry stack down"
-        if state_dir != Settings.model_fields["state_dir"].default.resolve():
-            down = f"DIFFSENTRY_STATE_DIR={state_dir} {down}"
-        typer.echo(f"  kept running: {', '.join(kept)}; `{down}` stops {'them' if len(kept) > 1 else 'it'}")
-        for link in links(run):
-            if (link.owner == "worker" and not worker_kept) or (link.owner == "stack" and not stack_kept):
-                continue
-            verdict = link.check()
-            all_answer &= verdict == "answers"
-            auth = " (bearer token)" if link.token else ""
-            typer.echo(f"    {link.label + ':':15}{link.url}{auth}  {verdict}")
-        if stack_kept:
-            typer.echo(f"    on real InfluxDB (Flux): {flux}")
-    if not keep:
-        typer.echo(
-            "  `diffsentry demo --keep` leaves the stack and the worker running and prints where to query the "
-            "scores, the alerts, the API and the metrics"
-        )
-    return all_answer
 
 
 def demo(

@@ -10,7 +10,7 @@ import pytest
 from core.contracts import Alert
 from core.settings import ApiSettings, InfluxSettings, Settings, StreamSettings, TritonSettings
 from operators.webhook_receiver import ReceiverCounts
-from pipeline.demo import DemoRun, Snapshot, links, report
+from pipeline.demo_report import DemoRun, Snapshot, links, report
 from pipeline.prometheus_text import parse_metrics
 from pipeline.worker_process import WorkerProcess
 

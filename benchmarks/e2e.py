@@ -206,7 +206,7 @@ async def stand_in_suite(args: argparse.Namespace) -> dict:
         seconds, loads = args.latency_seconds, {}
         for name, rate in (("half_target", 250.0), ("target", 500.0), ("half_drain", capacity / 2)):
             loads[name] = await measure_latency(
-                worker, settings, card, args.assets, rate, seconds, 2e9 + len(loads) * 1e8
+                worker, settings, card, args.assets, rate, seconds, 1.2e9 + len(loads) * 1e5
             )
         batch = histogram(drain_metrics, "diffsentry_batch_size")
         batch_sum = sum(v for k, v in drain_metrics.items() if k.startswith("diffsentry_batch_size_sum"))
@@ -397,7 +397,7 @@ async def trained_suite(args: argparse.Namespace) -> dict:
             # Latency at half the measured capacity, on this worker (batch 64, 10 streams, the card's default mode).
             half = result["windows_per_s"] / 2
             try:
-                latency = await measure_latency(worker, settings, card, 10, half, args.latency_seconds, 3e9)
+                latency = await measure_latency(worker, settings, card, 10, half, args.latency_seconds, 1.3e9)
             finally:
                 worker.stop()
         for assets in (2, 50):
@@ -411,7 +411,7 @@ async def trained_suite(args: argparse.Namespace) -> dict:
         )
         try:  # the other mode at half the 500/s target, when it sustains more than that
             rate = min(250.0, mode_run["windows_per_s"] / 2)
-            mode_run["latency"] = await measure_latency(worker, settings, card, 10, rate, args.latency_seconds, 4e9)
+            mode_run["latency"] = await measure_latency(worker, settings, card, 10, rate, args.latency_seconds, 1.4e9)
         finally:
             worker.stop()
         video = await video_capacity(addresses, models, work, args.video_clip, args.cameras)

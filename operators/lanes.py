@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -83,18 +82,35 @@ class Lane(Protocol[Payload, Request, Result]):
         ...
 
 
-def check_clock(stream: str, event_time: float, newest: float | None, max_jump_s: float, max_future_s: float) -> None:
-    """An event time far ahead of the wall clock, or of the stream's own newest message, would stall the stream
-    (every later message would look late): it is refused instead."""
+def check_future(stream: str, event_time: float, max_future_s: float) -> None:
+    """An event time far ahead of the wall clock would stall its stream (every later message would look late)."""
     ahead = event_time - time.time()
     if ahead > max_future_s:
         raise ContractError(
             f"{stream!r}: event time {event_time} is {ahead:.0f} s ahead of the clock (max {max_future_s})"
         )
-    if newest is not None and event_time - newest > max_jump_s:
+
+
+class ClockJumps:
+    """Refuses a message whose event time jumps more than ``max_jump_s`` past its stream's newest one (a single
+    reading from the far future would stall the stream), unless the stream's next message confirms the jump: two in a
+    row, within ``max_jump_s`` of each other, mean the stream really moved on (a sensor back after a long outage)."""
+
+    def __init__(self, max_jump_s: float) -> None:
+        self.max_jump_s = max_jump_s
+        self._refused: dict[str, float] = {}  # the last refused jump of each stream
+
+    def check(self, stream: str, event_time: float, newest: float | None) -> None:
+        if newest is None or event_time - newest <= self.max_jump_s:
+            self._refused.pop(stream, None)
+            return
+        previous = self._refused.pop(stream, None)
+        if previous is not None and abs(event_time - previous) <= self.max_jump_s:
+            return
+        self._refused[stream] = event_time
         raise ContractError(
             f"{stream!r}: event time {event_time} is {event_time - newest:.0f} s after the stream's newest message "
-            f"(max jump {max_jump_s})"
+            f"(max jump {self.max_jump_s} s, unless its next message confirms it)"
         )
 
 
@@ -190,6 +206,7 @@ class SensorLane:
         )
         self.batcher = _batcher(stream, score_batch)
         self.partitions = StreamPartitions(self.windower)
+        self.jumps = ClockJumps(sensors.max_clock_jump_s)
         self.idle_after_s = sensors.idle_after_windows * card.window * card.sample_period_s
 
     def accept(self, tp: TopicPartition, record: ConsumerRecord) -> list[WorkItem[EmittedWindow]]:
@@ -199,8 +216,8 @@ class SensorLane:
             raise ContractError(
                 f"unknown asset {reading.asset!r}: not in the asset registry {self.assets.patterns} (sensors.assets)"
             )
-        newest = self.partitions.newest.get(reading.asset)
-        check_clock(reading.asset, reading.event_time, newest, self.sensors.max_clock_jump_s, self.max_future_s)
+        check_future(reading.asset, reading.event_time, self.max_future_s)
+        self.jumps.check(reading.asset, reading.event_time, self.partitions.newest.get(reading.asset))
         windows = self.windower.add(reading, ref=record.offset)
         self.partitions.seen(reading.asset, tp, record, reading.event_time)
         self._count_drops()
@@ -260,7 +277,7 @@ class VideoLane:
             raise ContractError(f"frame without the {FRAME_HEADER!r} header")
         frame = decode(VideoFrame, header)
         check_key(record, frame.camera)
-        check_clock(frame.camera, frame.event_time, None, math.inf, self.max_future_s)
+        check_future(frame.camera, frame.event_time, self.max_future_s)
         image = decode_frame(frame, record.value or b"", self.card.height, self.card.width)
         stale = self.frames.stale_frames
         stack = self.frames.add(frame, image, ref=record.offset)

@@ -14,11 +14,11 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from influxdb_client import Point
 
-from core.contracts import FRAME_HEADER, Alert, SensorReading, VideoFrame
+from core.contracts import FRAME_HEADER, Alert, ContractError, SensorReading, VideoFrame
 from core.settings import AlertingSettings, Settings, StreamSettings
 from operators.alerting import AlertEngine, MemoryAlertStateStore
 from operators.engine import StreamEngine
-from operators.lanes import SensorLane, VideoLane
+from operators.lanes import ClockJumps, SensorLane, VideoLane
 from operators.model_cards import TsModelCard, VideoModelCard
 from operators.triton_stage import PermanentScoringError, TsRequest, TsResult, VideoResult
 
@@ -349,3 +349,14 @@ async def test_an_admitted_asset_the_model_does_not_know_scores_without_alerts_w
     assert scores == [(103.0, False), (107.0, False), (111.0, False), (115.0, False), (119.0, False), (123.0, True)]
     fired = [body["state"] for _, body in publisher.sent.get("diffsentry.alerts", [])]
     assert fired == ["firing"]  # only once it knows the asset
+
+
+def test_a_jump_is_refused_alone_and_accepted_when_the_next_reading_confirms_it() -> None:
+    jumps = ClockJumps(max_jump_s=3600.0)
+    jumps.check("pump-1", 1000.0, newest=None)
+    with pytest.raises(ContractError, match="after the stream's newest"):
+        jumps.check("pump-1", 1e6, newest=1000.0)  # an outlier from the future ...
+    jumps.check("pump-1", 1001.0, newest=1000.0)  # ... and the stream goes on
+    with pytest.raises(ContractError):
+        jumps.check("pump-1", 9e5, newest=1001.0)  # back after ten days: the first reading is refused,
+    jumps.check("pump-1", 9e5 + 1, newest=1001.0)  # the second confirms it and is accepted

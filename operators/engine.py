@@ -188,7 +188,8 @@ class StreamEngine:
             self.order.leave(item.stream, mine)
             await self._emit(score, alerts)
             metrics.SCORES.labels(lane.modality, str(decision.is_anomaly).lower()).inc()
-            metrics.END_TO_END.labels(lane.modality).observe(max(0.0, time.time() - trigger.timestamp / 1000))
+            if not item.flushed:
+                metrics.END_TO_END.labels(lane.modality).observe(max(0.0, time.time() - trigger.timestamp / 1000))
         except Exception as error:  # unscorable (PermanentScoringError) or a bug: keep running, keep the evidence
             if not isinstance(error, PermanentScoringError):
                 log.exception("unexpected failure on %s %s", lane.modality, item.stream)

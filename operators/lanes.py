@@ -39,6 +39,7 @@ class WorkItem(Generic[Payload]):
     event_time: float  # the timestamp its score gets
     hold_offset: int  # the oldest offset a restart must re-read to rebuild it: held until it is stored
     payload: Payload
+    flushed: bool = False  # made by releasing a quiet stream, not by a record: it has no produce-to-stored latency
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,10 @@ class SensorLane:
             windows = self.windower.flush(asset)
             tp, record = self.partitions.release(asset)
             metrics.RELEASED.labels(self.modality).inc()
-            released += [(tp, record, WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w)) for w in windows]
+            released += [
+                (tp, record, WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w, flushed=True))
+                for w in windows
+            ]
         self._count_drops()
         return released
 

@@ -458,7 +458,7 @@ def plot(result: dict) -> None:
     scaling = trained["scaling"]
     ax = axes[0][0]
     batches = scaling["batch_size"]
-    ax.plot([r["max_batch"] for r in batches], [r["windows_per_s"] for r in batches], "o-", label="imputation")
+    ax.plot([r["max_batch"] for r in batches], [r["windows_per_s"] for r in batches], "o-", label=batches[0]["mode"])
     other = scaling["other_mode"]
     ax.plot([other["max_batch"]], [other["windows_per_s"]], "s", label=other["mode"])
     ax.axhline(500, color="red", linestyle="--", label="target 500/s")

@@ -254,13 +254,13 @@ class StreamEngine:
     async def _commit_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stream.commit_interval_s)
-            for lane in self.lanes.values():  # quiet streams stop pinning their partition's offset
-                for tp, record, item in lane.release_idle():
-                    await self._submit(lane, tp, record, item)
             try:
+                for lane in self.lanes.values():  # quiet streams stop pinning their partition's offset
+                    for tp, record, item in lane.release_idle():
+                        await self._submit(lane, tp, record, item)
                 await self._commit()
-            except Exception:  # a rebalance in progress or the broker away: the next round retries
-                log.warning("commit failed; retrying", exc_info=True)
+            except Exception:  # a rebalance in progress or the broker away: the next round retries; never stop here
+                log.warning("commit round failed; retrying", exc_info=True)
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         if not self._stopped:

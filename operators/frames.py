@@ -114,8 +114,5 @@ class FrameBuffer:
         refs = [ref for _, _, ref in list(state.frames)[-self.context :] if ref is not None]
         return min(refs) if refs else None
 
-    def cameras(self) -> list[str]:
-        return list(self._cameras)
-
     def forget(self, camera: str) -> None:
         self._cameras.pop(camera, None)

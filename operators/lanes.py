@@ -119,6 +119,12 @@ def _hold(record: ConsumerRecord, oldest_ref: int | None) -> int:
     return record.offset if oldest_ref is None else oldest_ref
 
 
+def _window_items(
+    record: ConsumerRecord, windows: list[EmittedWindow], flushed: bool = False
+) -> list[WorkItem[EmittedWindow]]:
+    return [WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w, flushed) for w in windows]
+
+
 def check_key(record: ConsumerRecord, stream: str) -> None:
     """Windows and frame stacks need all of a stream's messages in one partition, in order: the key is the stream."""
     if record.key != stream.encode():
@@ -222,7 +228,7 @@ class SensorLane:
         windows = self.windower.add(reading, ref=record.offset)
         self.partitions.seen(reading.asset, tp, record, reading.event_time)
         self._count_drops()
-        return [WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w) for w in windows]
+        return _window_items(record, windows)
 
     def _count_drops(self) -> None:
         if self.windower.late_readings:
@@ -254,10 +260,7 @@ class SensorLane:
             windows = self.windower.flush(asset)
             tp, record = self.partitions.release(asset)
             metrics.RELEASED.labels(self.modality).inc()
-            released += [
-                (tp, record, WorkItem(w.asset, w.end_time, _hold(record, w.oldest_ref), w, flushed=True))
-                for w in windows
-            ]
+            released += [(tp, record, item) for item in _window_items(record, windows, flushed=True)]
         self._count_drops()
         return released
 

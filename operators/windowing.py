@@ -193,11 +193,6 @@ class SensorWindower:
                 new_start = -(-(oldest - self.window + 1) // self.stride) * self.stride
         state.start = new_start
 
-    def newest_time(self, asset: str) -> float | None:
-        """Event time of the asset's newest reading in a window (None before its first window starts)."""
-        state = self._assets.get(asset)
-        return state.newest_slot * self.period if state is not None and state.slots else None
-
     def flush(self, asset: str) -> list[EmittedWindow]:
         """An asset that went quiet: its buffered windows as if its watermark had passed them, then its state is
         dropped, so it pins no offset. (The grid is absolute: a later reading starts the same windows again.)"""
@@ -221,9 +216,6 @@ class SensorWindower:
         if state.seed is not None and state.seed[2] is not None:
             refs.append(state.seed[2])
         return min(refs) if refs else None
-
-    def assets(self) -> list[str]:
-        return list(self._assets)
 
     def forget(self, asset: str) -> None:
         """Drop an asset's state (its partition moved to another worker)."""

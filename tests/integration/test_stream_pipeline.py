@@ -144,18 +144,44 @@ async def worker_factory() -> AsyncIterator:
     yield RunningWorker
 
 
-async def stored_points(store_url: str, measurement_field: str, **labels: str) -> dict[int, float]:
-    """timestamp (ms) -> value of one stored series family, read back through VictoriaMetrics' export API."""
+async def exported(store_url: str, measurement_field: str, **labels: str) -> list[dict]:
+    """The stored series of one family, read back through VictoriaMetrics' export API after a flush."""
     matcher = ",".join([f'__name__="{measurement_field}"', *(f'{k}="{v}"' for k, v in labels.items())])
     async with httpx.AsyncClient(base_url=store_url, timeout=10) as client:
         await client.get("/internal/force_flush")
         response = await client.post("/api/v1/export", data={"match[]": "{" + matcher + "}"})
     response.raise_for_status()
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+async def stored_points(store_url: str, measurement_field: str, **labels: str) -> dict[int, float]:
+    """timestamp (ms) -> value of one stored series family."""
     points: dict[int, float] = {}
-    for line in response.text.splitlines():
-        series = json.loads(line)
+    for series in await exported(store_url, measurement_field, **labels):
         points.update(zip(series["timestamps"], series["values"], strict=True))
     return points
+
+
+async def count_points(store_url: str, measurement_field: str, **labels: str) -> int:
+    """Every stored point of a series family, duplicates included (not unique timestamps)."""
+    return sum(len(series["timestamps"]) for series in await exported(store_url, measurement_field, **labels))
+
+
+async def read_dead_letters(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list[DeadLetter]:
+    """The topic's dead letters once ``count`` arrived (or the timeout passed), and a second more."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while len(letters) < count and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
+        batch = await consumer.getmany(timeout_ms=1000)  # and nothing more arrives
+        letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    return letters
 
 
 async def wait_for(condition, timeout_s: float = 60.0, interval_s: float = 0.5):
@@ -213,14 +239,8 @@ async def test_skab_replay_writes_a_score_for_every_window(stack: Stack, skab_ta
     anomalies = await stored_points(stack.store_url, "sensor_scores_is_anomaly", asset=asset)
     assert set(anomalies.values()) <= {0.0, 1.0} and len(anomalies) == len(expected)
     # Offsets are committed after the writes: a fresh consumer of the group starts behind everything processed.
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=settings.kafka.consumer_group)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(settings.topics.sensor_readings) or set()
-        committed = [await consumer.committed(TopicPartition(settings.topics.sensor_readings, p)) for p in partitions]
-    finally:
-        await consumer.stop()
-    assert sum(c or 0 for c in committed) >= len(skab_table.rows) - 16  # at most the last, unfinished window
+    committed = await committed_total(stack.bootstrap, settings)
+    assert committed >= len(skab_table.rows) - 16  # at most the last, unfinished window
 
 
 async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_continues(
@@ -260,17 +280,7 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
 
         await wait_for(all_scored)
         assert await scored() == 7  # slots 1000..1039: windows starting 1000, 1004, ..., 1024
-    consumer = AIOKafkaConsumer(
-        settings.topics.dead_letter, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        while len(letters) < len(bad_messages) + 1:
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
-            letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
-    finally:
-        await consumer.stop()
+    letters = await read_dead_letters(stack.bootstrap, settings.topics.dead_letter, len(bad_messages) + 1)
     reasons = sorted(letter.reason for letter in letters)
     assert len(letters) == 5
     assert any("malformed JSON" in r for r in reasons)
@@ -520,39 +530,12 @@ async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(sta
     assert "Current" in alerts[0].top_channels
 
 
-async def count_points(store_url: str, measurement_field: str, **labels: str) -> int:
-    """Every stored point of a series family, duplicates included (not unique timestamps)."""
-    matcher = ",".join([f'__name__="{measurement_field}"', *(f'{k}="{v}"' for k, v in labels.items())])
-    async with httpx.AsyncClient(base_url=store_url, timeout=10) as client:
-        await client.get("/internal/force_flush")
-        response = await client.post("/api/v1/export", data={"match[]": "{" + matcher + "}"})
-    response.raise_for_status()
-    return sum(len(json.loads(line)["timestamps"]) for line in response.text.splitlines())
-
-
 def jpeg_claiming(height: int, width: int) -> bytes:
     """A small valid JPEG whose frame header (SOF0) claims ``height`` x ``width`` pixels."""
     data = bytearray(jpeg(np.full((8, 8), 128, dtype=np.uint8)))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
-
-
-async def read_dead_letters(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list[DeadLetter]:
-    """The topic's dead letters once ``count`` arrived (or the timeout passed), and a second more."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    try:
-        while len(letters) < count and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=1000)
-            letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
-        batch = await consumer.getmany(timeout_ms=1000)  # and nothing more arrives
-        letters += [decode(DeadLetter, r.value) for records in batch.values() for r in records]
-    finally:
-        await consumer.stop()
-    return letters
 
 
 async def test_a_mixed_hostile_replay_is_fully_accounted_for_and_the_worker_stays_up(

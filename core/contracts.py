@@ -159,6 +159,61 @@ class Alert(Message):
     location: Location | None = None
 
 
+AlertEventKind = Literal[
+    "fired",  # an alert started (the engine's firing transition)
+    "escalated",  # its severity rose
+    "resolved",
+    "acknowledged",
+    "unacknowledged",  # the acknowledgement was withdrawn
+    "ack_expired",  # an acknowledgement's expiry passed while the alert still fires: it notifies again
+    "suppressed",  # a transition matched a silence or a maintenance window: recorded, not delivered
+    "repeated",  # a still-firing alert notified again after repeat_interval_s
+    "silence_created",
+    "silence_expired",  # its end passed, or it was ended early
+    "maintenance_window_created",
+    "maintenance_window_deleted",
+]
+
+
+class AlertEvent(Message):
+    """A change in an alert's life: a transition, or what an operator did about it (wall-clock ``at``).
+
+    ``alert_id``/``modality``/``stream`` are None for events about a silence or a maintenance window itself;
+    ``ref`` names the silence, window or notification concerned; ``actor`` is who did it ("system" for timers).
+    """
+
+    schema_name: ClassVar[str] = "alert_event"
+    event_id: str = Field(min_length=1, max_length=100)
+    kind: AlertEventKind
+    at: EventTime
+    alert_id: str | None = None
+    modality: Modality | None = None
+    stream: StreamId | None = None
+    actor: str = Field(default="system", min_length=1, max_length=200)
+    comment: str = Field(default="", max_length=2000)
+    ref: str | None = None
+    until: EventTime | None = None  # an acknowledgement's expiry, a silence's end
+
+
+NotificationReason = Literal["transition", "repeat", "ack_expired"]
+
+
+class Notification(Message):
+    """What one subscriber receives at once: the transitions of one group (e.g. the streams of one asset) that
+    arrived within ``group_wait_s``, or a reminder of alerts still firing.
+
+    ``notification_id`` is derived from the group, the reason and the member transitions, so the same
+    notification computed twice (a retry, a restart, another instance) has the same id: receivers dedupe on it.
+    """
+
+    schema_name: ClassVar[str] = "notification"
+    notification_id: str = Field(min_length=1, max_length=100)
+    group: str = Field(min_length=1, max_length=400)
+    reason: NotificationReason
+    alerts: list[Alert] = Field(min_length=1)
+    created_at: EventTime
+
+
 class DeadLetter(Message):
     """A message that failed validation or scoring permanently, with the reason."""
 

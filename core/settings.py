@@ -151,6 +151,14 @@ class StreamSettings(BaseModel):
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
 
 
+class AlertGroup(BaseModel):
+    """Streams whose transitions are notified together, e.g. every sensor stream of one pump house."""
+
+    name: str = Field(min_length=1, max_length=200)
+    stream: str = Field(default="*", min_length=1, max_length=200, description="shell-style glob on the stream")
+    modality: Literal["sensor", "video"] | None = None
+
+
 class AlertingSettings(BaseModel):
     """The alert state machine, in event time (see README, "Alerts and subscriptions")."""
 
@@ -162,6 +170,16 @@ class AlertingSettings(BaseModel):
     critical_ratio: float = Field(default=2.0, gt=1, description="score / threshold at which severity is critical")
     max_gap_s: float = Field(default=120.0, gt=0, description="a longer silence restarts the for/resolve clocks")
     top_channels: int = Field(default=3, ge=0, description="contributing channels carried by an alert")
+    # Notification policy (operators/notifier.py), in wall-clock time like Alertmanager's.
+    group_wait_s: float = Field(
+        default=0.0, ge=0, description="transitions of one group within this long go out as one notification"
+    )
+    repeat_interval_s: float | None = Field(
+        default=4 * 3600.0, gt=0, description="a firing, unacknowledged alert notifies again this often (None: never)"
+    )
+    groups: list[AlertGroup] = Field(
+        default_factory=list, description="named stream selectors; a stream in none is a group of its own"
+    )
 
 
 # The API refuses to serve with it unless api.allow_dev_token says this is a development set-up.
@@ -175,6 +193,7 @@ class ApiSettings(BaseModel):
     port: int = 8088
     token: str = Field(default=DEVELOPMENT_TOKEN, min_length=1)
     allow_dev_token: bool = False
+    session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="how long a console login lasts")
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

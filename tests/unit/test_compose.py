@@ -32,8 +32,9 @@ def _field_path(env_name: str) -> list[str]:
 
 def test_the_services_and_their_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "triton", "influxdb", "topics", "worker"}
+    assert set(services) == {"kafka", "triton", "influxdb", "topics", "worker", "grafana"}
     assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert re.fullmatch(r"grafana/grafana-oss:11\.\d+\.\d+", services["grafana"]["image"])  # pinned, not latest
     assert services["influxdb"]["image"].startswith("influxdb:2.")
     assert services["triton"]["build"]["dockerfile"] == "infra/Dockerfile.triton"
     assert services["topics"]["build"]["dockerfile"] == "infra/Dockerfile.worker"
@@ -54,10 +55,11 @@ def test_published_ports(compose: dict[str, Any]) -> None:
     assert ports["kafka"] == {"9094"}
     assert ports["triton"] == {"8000", "8001", "8002"}
     assert ports["influxdb"] == {"8086"}
+    assert ports["grafana"] == {"3000"}
 
 
 def test_long_running_services_have_health_checks(compose: dict[str, Any]) -> None:
-    for name in ("kafka", "triton", "influxdb"):
+    for name in ("kafka", "triton", "influxdb", "grafana"):
         check = compose["services"][name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL")
         assert check["retries"] >= 3

@@ -12,7 +12,11 @@
    ``ingest video --realtime`` path, as a camera would send it) through Kafka, with live progress;
 6. a summary: per modality what was scored and stored and the produce-to-stored latency (p50/p99), the alerts the
    subscriber received, what was stopped and what was kept; with ``--keep`` the stack and the worker stay up (until
-   ``diffsentry stack down``) and the demo prints where to query them, each URL checked to answer.
+   ``diffsentry stack down``), the worker's console with them, and the demo prints the console's URL and where to
+   query the rest, each URL checked to answer.
+
+The console's URL and login (the run's API token) are printed as soon as the worker is up, so it can be watched
+during the replay.
 
 Exit code 0 only if alerts reached the subscriber with a verified signature (and, with --keep, every printed URL
 answered).
@@ -41,7 +45,7 @@ from infra.kafka import create_declared_topics
 from infra.victoria_metrics import export_series
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.demo_models import DemoModels, data_dir, ensure_models
-from pipeline.demo_report import DemoRun, Snapshot, report
+from pipeline.demo_report import DemoRun, Snapshot, console_login, console_url, report
 from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv, readings
 from pipeline.worker_process import WorkerProcess
 from triton_models.progress import progress_bar
@@ -130,6 +134,8 @@ async def orchestrate(
                 f"as camera {camera} at {worker_settings.video.fps:g} fps, alerts to a webhook receiver "
                 f"(worker log {worker.log})"
             )
+            lasts = "after the summary (--keep)" if keep else "until the summary; --keep leaves it up"
+            typer.echo(f"console: {console_url(worker.api_url)} {console_login(worker_settings.api.token)}, up {lasts}")
             started = time.monotonic()
             replays = {
                 "sensor": asyncio.create_task(

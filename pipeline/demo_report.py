@@ -1,5 +1,6 @@
 """The demo's results and its closing summary: what was scored and stored per modality, the alerts the subscriber
-received, what was stopped and kept, and (with ``--keep``) where to query it all, each URL checked to answer."""
+received, what was stopped and kept, and (with ``--keep``) the console and where to query it all, each URL checked
+to answer."""
 
 from __future__ import annotations
 
@@ -92,40 +93,54 @@ class DemoRun:
         return any(a.state == "firing" for a in self.alerts) and self.receiver_counts.bad_signatures == 0
 
 
+def console_url(api_url: str) -> str:
+    """The operator's console, served by the worker's API (log in with the API token)."""
+    return f"{api_url}/console/"
+
+
+def console_login(token: str) -> str:
+    return f"(log in with the API token {token})"
+
+
 @dataclass(frozen=True)
 class Link:
-    """A URL the summary prints; ``owner`` is what serves it (``stack`` or ``worker``)."""
+    """A URL the summary prints with ``note``; ``owner`` is what serves it (``stack`` or ``worker``); ``token``, when
+    set, is sent as the bearer token."""
 
     label: str
     url: str
     owner: str
     token: str | None = None
+    note: str = ""
 
     def check(self, timeout_s: float = 10.0) -> str:
-        """``answers`` when a GET returns 2xx, else why not."""
+        """``answers`` when a GET returns 2xx (after redirects: the console sends a browser without a session to
+        its login page), else why not."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            response = httpx.get(self.url, headers=headers, timeout=timeout_s)
+            response = httpx.get(self.url, headers=headers, timeout=timeout_s, follow_redirects=True)
         except httpx.HTTPError as error:
             return f"NO ANSWER ({type(error).__name__})"
         return "answers" if response.is_success else f"NO ANSWER (HTTP {response.status_code})"
 
 
 def links(run: DemoRun) -> list[Link]:
-    """Where the scores, the alerts, the API and the metrics are; the store's URLs as VictoriaMetrics takes them."""
+    """The console, then where the scores, the alerts, the API and the metrics are; the store's URLs as
+    VictoriaMetrics takes them."""
     store, settings = run.settings.influx.url, run.settings
     sensor = f'sensor_scores_score{{asset="{run.asset}"}}'
     query = {"query": sensor} | ({"time": f"{run.last_event_ms / 1000:.3f}"} if run.last_event_ms else {})
     video, alerts = f'video_scores_score{{camera="{run.camera}"}}', '{__name__=~"alerts_.*"}'
     triton = settings.triton.http_url if "://" in settings.triton.http_url else f"http://{settings.triton.http_url}"
     return [
+        Link("console", console_url(run.worker.api_url), "worker", note=console_login(settings.api.token)),
         Link("sensor scores", f"{store}/api/v1/export?match[]={quote(sensor)}", "stack"),
         Link("PromQL", f"{store}/api/v1/query?{urlencode(query)}", "stack"),
         Link("video scores", f"{store}/api/v1/export?match[]={quote(video)}", "stack"),
         Link("alerts", f"{store}/api/v1/export?match[]={quote(alerts)}", "stack"),
         Link("Triton", f"{triton}/v2/models/{settings.triton.ts_model}/ready", "stack"),
         Link("metrics", f"{run.worker.metrics_url}/metrics", "worker"),
-        Link("API", f"{run.worker.api_url}/v1/deliveries", "worker", settings.api.token),
+        Link("API", f"{run.worker.api_url}/v1/deliveries", "worker", settings.api.token, "(bearer token)"),
     ]
 
 
@@ -179,7 +194,7 @@ def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, stat
     if stack_kept:
         kept.append("the local stack" + ("" if stack_started else " (it ran before the demo)"))
     if worker_kept:
-        kept.append(f"the worker (pid {run.worker.pid}, log {run.worker.log}; API token {settings.api.token})")
+        kept.append(f"the worker and its console (pid {run.worker.pid}, log {run.worker.log})")
     all_answer = True
     if kept:
         down = "diffsentry stack down"
@@ -191,13 +206,13 @@ def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, stat
                 continue
             verdict = link.check()
             all_answer &= verdict == "answers"
-            auth = " (bearer token)" if link.token else ""
-            typer.echo(f"    {link.label + ':':15}{link.url}{auth}  {verdict}")
+            note = f" {link.note}" if link.note else ""
+            typer.echo(f"    {link.label + ':':15}{link.url}{note}  {verdict}")
         if stack_kept:
             typer.echo(f"    on real InfluxDB (Flux): {flux}")
     if not keep:
         typer.echo(
-            "  `diffsentry demo --keep` leaves the stack and the worker running and prints where to query the "
-            "scores, the alerts, the API and the metrics"
+            "  `diffsentry demo --keep` leaves the stack and the worker running, the console with them, and prints "
+            "where to query the scores, the alerts, the API and the metrics"
         )
     return all_answer

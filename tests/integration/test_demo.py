@@ -78,15 +78,18 @@ def test_demo_in_a_fresh_state_dir_writes_nothing_into_the_checkout_and_its_urls
         assert lines[-1].startswith("demo finished in ") and "alerts reached the subscriber" in lines[-1]
         assert any(line.startswith("Summary (") for line in lines[-25:]), output
 
-        printed = re.findall(r"^ {4}[\w ]+: +(http://\S+)( \(bearer token\))?  answers$", output, re.MULTILINE)
+        console = r"^console: http://\S+/console/ \(log in with the API token [0-9a-f]+\), up after the summary"
+        assert re.search(console, output, re.MULTILINE), "the console is announced once the worker is up"
+        printed = re.findall(r"^ {4}[\w ]+: +(http://\S+)(?: \(([^)]*)\))?  answers$", output, re.MULTILINE)
         labels = re.findall(r"^ {4}([\w ]+): +http://", output, re.MULTILINE)
-        assert {"sensor scores", "PromQL", "video scores", "alerts", "Triton", "metrics", "API"} <= set(labels)
+        expected = {"console", "sensor scores", "PromQL", "video scores", "alerts", "Triton", "metrics", "API"}
+        assert expected <= set(labels)
         assert len(printed) == len(labels), "every printed URL answered the demo"
         token = re.search(r"API token ([0-9a-f]+)", output)
         assert token is not None
-        for url, bearer in printed:
-            headers = {"Authorization": f"Bearer {token.group(1)}"} if bearer else {}
-            assert httpx.get(url, headers=headers, timeout=10).is_success, url
+        for url, note in printed:
+            headers = {"Authorization": f"Bearer {token.group(1)}"} if note == "bearer token" else {}
+            assert httpx.get(url, headers=headers, timeout=10, follow_redirects=True).is_success, url
         attached = StackState.load(state_dir).attached
         assert len(attached) == 1 and all(process_runs(r.pid, r.executable) for r in attached.values())
     finally:

@@ -226,6 +226,10 @@ def test_ending_a_silence_early_keeps_it_in_history(rig: Rig, clock: Clock) -> N
     rig.notifier.tick()
     assert rig.kinds() == ["silence_created", "silence_expired"]
     assert [s.id for s in rig.notifier.silences()] == [silence.id]
+    clock.advance(1)
+    pending = rig.notifier.create_silence(SilenceSpec(starts_at=clock.now + 60, ends_at=clock.now + 90, created_by="a"))
+    assert rig.notifier.expire_silence(pending.id, by="bob") is not None  # ended before it began
+    assert [s.state_at(clock.now) for s in rig.notifier.silences()] == ["expired", "expired"]
     with pytest.raises(ValueError, match="future"):
         rig.notifier.create_silence(SilenceSpec(ends_at=clock.now - 1, created_by="ana"))
 

@@ -11,6 +11,7 @@ request is answered 422 with the reason; credentials in a URL (``user:password@`
 - ``PUT /v1/subscriptions/{id}`` replace, ``PATCH /v1/subscriptions/{id}`` JSON merge patch, ``DELETE`` remove (204)
 - ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or ``?stream=&modality=&min_severity=``
 - ``GET /v1/deliveries`` webhook deliveries by outcome
+- with a ``notifier``: the alert-lifecycle routes of ``pipeline/alerts_api.py`` (alerts, ack, silences, ...)
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Schema (one measurement per modality, plus alerts):
   replaced by ``_``); video points carry ``location_y``/``location_x`` when the score has a location.
 - ``alerts`` (tags ``modality``, ``stream``, ``model``, ``severity``): fields ``firing`` (1 firing, 0 resolved),
   ``state``, ``alert_id``, ``score``, ``threshold``, ``started_at``, ``top_channels``.
+- ``alert_events`` (tags ``kind``, ``event_id`` and, for events about an alert, ``modality`` and ``stream``):
+  fields ``count`` (1: a sum counts events; VictoriaMetrics keeps only numeric fields), ``alert_id``, ``actor``,
+  ``comment``, ``ref``, ``until`` (where set), at the event's wall-clock time.
 
 Timestamps are EVENT time (a window's last sample, a frame's capture time, an alert transition's time) at
 millisecond precision: a re-delivered message produces the same series and timestamp, so the store overwrites the
@@ -32,12 +35,13 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api_async import WriteApiAsync
 
 from core import metrics
-from core.contracts import Alert, Score
+from core.contracts import Alert, AlertEvent, Score
 from operators.resilience import Backoff, CircuitBreaker, breaker_gauge, call_with_retry
 
 MEASUREMENTS = {"sensor": "sensor_scores", "video": "video_scores"}
 STREAM_TAGS = {"sensor": "asset", "video": "camera"}
 ALERTS_MEASUREMENT = "alerts"
+ALERT_EVENTS_MEASUREMENT = "alert_events"
 _FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -84,6 +88,22 @@ def alert_point(alert: Alert) -> Point:
         .field("top_channels", ",".join(alert.top_channels))
         .time(event_time_ms(alert.event_time), WritePrecision.MS)
     )
+
+
+def alert_event_point(event: AlertEvent) -> Point:
+    # event_id is a tag so that two events of one kind in the same millisecond (two silences ending at once) are
+    # two points, not one overwriting the other; events are operator actions and transitions, few enough for that.
+    point = Point(ALERT_EVENTS_MEASUREMENT).tag("kind", event.kind).tag("event_id", event.event_id)
+    if event.modality is not None and event.stream is not None:
+        point.tag("modality", event.modality).tag("stream", event.stream)
+    point.field("count", 1).field("actor", event.actor).field("comment", event.comment)
+    if event.alert_id is not None:
+        point.field("alert_id", event.alert_id)
+    if event.ref is not None:
+        point.field("ref", event.ref)
+    if event.until is not None:
+        point.field("until", float(event.until))
+    return point.time(event_time_ms(event.at), WritePrecision.MS)
 
 
 class InfluxSink:

@@ -1,8 +1,12 @@
-"""The alerting side of ``diffsentry run`` in one object: engine, subscriptions, delivery and the API server.
+"""The alerting side of ``diffsentry run`` in one object: engine, notifier, subscriptions, delivery and the API.
+
+    scores --AlertEngine (event time)--> transitions --Notifier (wall clock: silences, acks, grouping, repeat)-->
+        notifications --AlertDispatcher--> webhooks, SSE
+    every AlertEvent the Notifier makes (transitions, timers, API calls) --> ``publish_event`` (topic and store)
 
 Usage from the scoring loop (scores in, alert transitions out to the alerts topic)::
 
-    alerting = await AlertingService.start(settings, dead_letter=send_dead_letter)
+    alerting = await AlertingService.start(settings, dead_letter=send_dead_letter, publish_event=send_event)
     for alert in alerting.recover():             # emitted before a crash but never published
         await publish(alert); alerting.acknowledge(alert)
     ...
@@ -14,35 +18,90 @@ Usage from the scoring loop (scores in, alert transitions out to the alerts topi
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from core.contracts import Alert, Score
+from core.contracts import Alert, AlertEvent, Notification, Score
 from core.settings import Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
+from operators.lifecycle import LifecycleStore
+from operators.notifier import Notifier
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
 from pipeline.subscriptions_api import serve_api
 
 ALERT_STATE_FILE = "alerts.sqlite"
 SUBSCRIPTIONS_FILE = "subscriptions.sqlite"
+LIFECYCLE_FILE = "lifecycle.sqlite"
+TICK_INTERVAL_S = 1.0
+EVENT_DRAIN_S = 5.0  # how long stop() waits for events still being published
+
+EventPublisher = Callable[[AlertEvent], Awaitable[None]]
+
+log = logging.getLogger("diffsentry.alerting")
+
+
+class DispatcherBridge:
+    """Hands each alert of a notification to the AlertDispatcher, which takes one Alert at a time until it takes
+    Notifications (the channels work). Its journal dedupes by transition, so repeats do not reach webhooks yet."""
+
+    def __init__(self, dispatcher: AlertDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def submit(self, notification: Notification) -> int:
+        return sum(self._dispatcher.submit(alert) for alert in notification.alerts)
+
+
+async def _tick_forever(notifier: Notifier) -> None:
+    while True:
+        await asyncio.sleep(TICK_INTERVAL_S)
+        try:
+            notifier.tick()
+        except Exception:  # a failing tick (the disk, say) must not end the timers for good
+            log.exception("notifier tick failed")
+
+
+async def _discard(event: AlertEvent) -> None:
+    """Where events go when the caller publishes none (they are still in the LifecycleStore's log)."""
+
+
+async def _publish_forever(queue: asyncio.Queue[AlertEvent], publish_event: EventPublisher) -> None:
+    while True:
+        event = await queue.get()
+        try:
+            await publish_event(event)
+        except Exception:  # the event is in the LifecycleStore's log either way
+            log.exception("publishing alert event %s failed", event.event_id)
+        finally:
+            queue.task_done()
 
 
 @dataclass
 class AlertingService:
     engine: AlertEngine
+    notifier: Notifier
     subscriptions: SubscriptionStore
     dispatcher: AlertDispatcher
     hub: AlertHub
     runner: web.AppRunner
     _alert_state: SqliteAlertStateStore
     _journal: DeliveryJournal
+    _lifecycle: LifecycleStore
+    _events: asyncio.Queue[AlertEvent]
+    _ticker: asyncio.Task[None]
+    _publisher: asyncio.Task[None]
 
     @classmethod
-    async def start(cls, settings: Settings, *, dead_letter: DeadLetterSink) -> AlertingService:
-        """Opens the stores under ``state_dir``, resumes pending webhook deliveries and starts the API server."""
+    async def start(
+        cls, settings: Settings, *, dead_letter: DeadLetterSink, publish_event: EventPublisher | None = None
+    ) -> AlertingService:
+        """Opens the stores under ``state_dir``, resumes pending webhook deliveries, starts the API server and the
+        notifier's timers; every AlertEvent goes to ``publish_event`` (in order, never blocking the caller)."""
         alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE)
         subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
         journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
@@ -57,9 +116,22 @@ class AlertingService:
             outbound=OutboundPolicy.from_settings(settings),
         )
         await dispatcher.start()
-        runner = await serve_api(settings, subscriptions, hub, dispatcher)
+        lifecycle = LifecycleStore(settings.state_dir / LIFECYCLE_FILE)
+        events: asyncio.Queue[AlertEvent] = asyncio.Queue()
+
+        def queue_events(made: list[AlertEvent]) -> None:
+            for event in made:
+                events.put_nowait(event)
+
+        notifier = Notifier(settings.alerting, lifecycle, DispatcherBridge(dispatcher), on_events=queue_events)
+        runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier)
         engine = AlertEngine(settings.alerting, alert_state)
-        return cls(engine, subscriptions, dispatcher, hub, runner, alert_state, journal)
+        ticker = asyncio.create_task(_tick_forever(notifier), name="notifier-tick")
+        publisher = asyncio.create_task(_publish_forever(events, publish_event or _discard), name="alert-events")
+        return cls(
+            engine, notifier, subscriptions, dispatcher, hub, runner, alert_state, journal, lifecycle, events,
+            ticker, publisher,
+        )  # fmt: skip
 
     @property
     def api_url(self) -> str:
@@ -67,26 +139,36 @@ class AlertingService:
         return f"http://{host}:{port}"
 
     def observe(self, score: Score) -> list[Alert]:
-        """The alert transitions of this score, already queued for subscribers; publish, then acknowledge them."""
+        """The alert transitions of this score, already handed to the notifier; publish, then acknowledge them."""
         alerts = self.engine.observe(score)
         for alert in alerts:
-            self.dispatcher.submit(alert)
+            self.notifier.handle(alert)
         return alerts
 
     def recover(self) -> list[Alert]:
-        """Alerts a previous run emitted but never acknowledged; queued again (subscribers dedupe) for publishing."""
+        """Alerts a previous run emitted but never acknowledged, for publishing; the notifier takes each transition
+        once, so those it handled before the crash are not notified again."""
         alerts = self.engine.unpublished()
         for alert in alerts:
-            self.dispatcher.submit(alert)
+            self.notifier.handle(alert)
         return alerts
 
     def acknowledge(self, alert: Alert) -> None:
         self.engine.acknowledge(alert)
 
     async def stop(self) -> None:
-        """Stops the API and the deliveries (pending ones resume at the next start) and closes the stores."""
+        """Stops the API, the timers, the event publishing (after the events made so far, for up to
+        ``EVENT_DRAIN_S``) and the deliveries (pending ones resume at the next start) and closes the stores."""
         await self.runner.cleanup()
+        self._ticker.cancel()
+        try:
+            await asyncio.wait_for(self._events.join(), EVENT_DRAIN_S)
+        except TimeoutError:
+            log.warning("%d alert events not published at stop (they are in the event log)", self._events.qsize())
+        self._publisher.cancel()
+        await asyncio.gather(self._ticker, self._publisher, return_exceptions=True)
         await self.dispatcher.stop()
+        self._lifecycle.close()
         self._alert_state.close()
         self.subscriptions.close()
         self._journal.close()

@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from infra import cli as infra_commands
-from pipeline import demo, ingest_sensors, run_command, subscriptions_cli, ts_commands, video_commands, video_ingest
+from pipeline import (
+    alerts_cli,
+    demo,
+    ingest_sensors,
+    run_command,
+    subscriptions_cli,
+    ts_commands,
+    video_commands,
+    video_ingest,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DiffSentry: streaming anomaly detection.")
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of real services.")
@@ -20,6 +29,9 @@ app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(subscriptions_cli.app, name="subscriptions")
+app.add_typer(alerts_cli.alerts_app, name="alerts")
+app.add_typer(alerts_cli.silences_app, name="silences")
+app.add_typer(alerts_cli.maintenance_app, name="maintenance")
 app.add_typer(topics_app, name="topics")
 
 stack_app.command("up")(infra_commands.stack_up)

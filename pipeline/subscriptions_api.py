@@ -11,6 +11,7 @@ request is answered 422 with the reason; credentials in a URL (``user:password@`
 - ``PUT /v1/subscriptions/{id}`` replace, ``PATCH /v1/subscriptions/{id}`` JSON merge patch, ``DELETE`` remove (204)
 - ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or ``?stream=&modality=&min_severity=``
 - ``GET /v1/deliveries`` webhook deliveries by outcome
+- with a ``notifier``: the alert-lifecycle routes of ``pipeline/alerts_api.py`` (alerts, ack, silences, ...)
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from pydantic import ValidationError
 from core.settings import DEVELOPMENT_TOKEN, Settings
 from operators.alerting import idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub
+from operators.notifier import Notifier
 from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
 from operators.subscriptions import Selector, Subscription, SubscriptionSpec, SubscriptionStore
+from pipeline import alerts_api
+from pipeline.api_json import bad_request as _bad_request
+from pipeline.api_json import error as _error
+from pipeline.api_json import invalid
+from pipeline.api_json import json_object as _json_object
 
 KEEPALIVE_S = 15.0
 
@@ -41,19 +48,8 @@ OUTBOUND = web.AppKey("outbound", OutboundPolicy)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
-
-
-def _bad_request(reason: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
-
-
 def _invalid(error: ValueError) -> web.Response:
-    if isinstance(error, ValidationError):
-        reasons = [f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()]
-        return web.json_response({"error": "invalid subscription", "reasons": reasons}, status=400)
-    return _error(400, str(error))
+    return invalid(error, "invalid subscription")
 
 
 def _public(subscription: Subscription) -> dict[str, Any]:
@@ -85,16 +81,6 @@ async def _bearer_auth(request: web.Request, handler: Handler) -> web.StreamResp
                 {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
             )
     return await handler(request)
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError as error:
-        raise _bad_request(f"malformed JSON: {error}") from error
-    if not isinstance(body, dict):
-        raise _bad_request("expected a JSON object")
-    return body
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -224,6 +210,7 @@ def build_app(
     dispatcher: AlertDispatcher | None = None,
     *,
     outbound: OutboundPolicy,
+    notifier: Notifier | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_bearer_auth])
     app[TOKEN] = token
@@ -241,6 +228,8 @@ def build_app(
     app.router.add_delete("/v1/subscriptions/{id}", _delete)
     app.router.add_get("/v1/alerts/stream", _alert_stream)
     app.router.add_get("/v1/deliveries", _deliveries)
+    if notifier is not None:
+        alerts_api.register(app, notifier)
 
     async def _end_streams(app: web.Application) -> None:
         hub.close()  # lets open SSE responses finish instead of holding the shutdown
@@ -250,7 +239,11 @@ def build_app(
 
 
 async def serve_api(
-    settings: Settings, store: SubscriptionStore, hub: AlertHub, dispatcher: AlertDispatcher | None = None
+    settings: Settings,
+    store: SubscriptionStore,
+    hub: AlertHub,
+    dispatcher: AlertDispatcher | None = None,
+    notifier: Notifier | None = None,
 ) -> web.AppRunner:
     """Starts the API on ``api.host:api.port`` (port 0 picks a free one; see ``runner.addresses``).
 
@@ -261,7 +254,8 @@ async def serve_api(
             "api.token is the default development token, which anyone can guess: set DIFFSENTRY_API__TOKEN "
             "(or api.allow_dev_token: true on a development machine)"
         )
-    app = build_app(settings.api.token, store, hub, dispatcher, outbound=OutboundPolicy.from_settings(settings))
+    outbound = OutboundPolicy.from_settings(settings)
+    app = build_app(settings.api.token, store, hub, dispatcher, outbound=outbound, notifier=notifier)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api.host, settings.api.port).start()

@@ -5,34 +5,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-import httpx
 import typer
 
-from core.settings import get_settings
+from pipeline.api_client import ApiUrl
+from pipeline.api_client import call_api as _call
 
 app = typer.Typer(no_args_is_help=True, help="Manage alert subscriptions (through the REST API of `diffsentry run`).")
-
-ApiUrl = Annotated[str | None, typer.Option(help="API base URL; default http://<api.host>:<api.port> from settings.")]
-
-
-def _call(method: str, path: str, api_url: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
-    settings = get_settings()
-    base = api_url or f"http://{settings.api.host}:{settings.api.port}"
-    try:
-        response = httpx.request(
-            method, base.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {settings.api.token}"}
-        )
-    except httpx.TransportError as error:
-        typer.echo(f"cannot reach the API at {base} ({error}); is `diffsentry run` up?", err=True)
-        raise typer.Exit(2) from error
-    if response.is_error:
-        try:
-            reason = response.json()["error"]  # e.g. why a webhook URL is refused (422)
-        except (ValueError, KeyError, TypeError):
-            reason = response.text
-        typer.echo(f"{method} {path}: HTTP {response.status_code}: {reason}", err=True)
-        raise typer.Exit(1)
-    return response
 
 
 @app.command("add")

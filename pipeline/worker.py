@@ -21,10 +21,11 @@ import asyncio
 import logging
 from typing import Any
 
+from core.contracts import AlertEvent
 from core.settings import Settings
 from infra.kafka import KafkaPublisher, KafkaSource
 from operators.engine import StreamEngine
-from operators.influx_sink import InfluxSink
+from operators.influx_sink import InfluxSink, alert_event_point
 from operators.lanes import Lane, SensorLane, VideoLane
 from operators.model_cards import ModelCardError, card_path, load_ts_card, load_video_card
 from operators.ports import AlertObserver
@@ -97,12 +98,20 @@ class Worker:
         self.health_port = health.addresses[0][1]
         await self.engine.start()
         if self.alerts is None:
-            self.alerting = await AlertingService.start(self.settings, dead_letter=self.engine.publish_dead_letter)
+            self.alerting = await AlertingService.start(
+                self.settings, dead_letter=self.engine.publish_dead_letter, publish_event=self.publish_event
+            )
         try:
             await self.engine.run(self.alerts or self.alerting, stop)
         finally:
+            if self.alerting is not None:  # first: its last events still go out through the engine's clients
+                await self.alerting.stop()
             await self.engine.close()
             await self.triton.close()
-            if self.alerting is not None:
-                await self.alerting.stop()
             await health.cleanup()
+
+    async def publish_event(self, event: AlertEvent) -> None:
+        """An alert lifecycle event to the alerts topic (keyed by its stream, like alerts) and the store."""
+        key = (event.stream or "lifecycle").encode()
+        sent = await self.engine.publisher.send(self.settings.topics.alerts, event.to_json(), key=key)
+        await asyncio.gather(sent, self.store.write([alert_event_point(event)]))

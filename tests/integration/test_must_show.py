@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -62,7 +63,8 @@ def anomaly_interval(path: Path) -> tuple[float, float]:
 
 
 async def alerts_on_topic(settings: Settings) -> list[Alert]:
-    """Every alert transition on the alerts topic (read until it stays quiet for 2 s)."""
+    """Every alert transition on the alerts topic (read until it stays quiet for 2 s; alert_event records, the
+    lifecycle's, are left out)."""
     consumer = AIOKafkaConsumer(
         settings.topics.alerts, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest"
     )
@@ -73,7 +75,7 @@ async def alerts_on_topic(settings: Settings) -> list[Alert]:
         while quiet < 4:
             batch = await consumer.getmany(timeout_ms=500)
             records = [record for records in batch.values() for record in records]
-            found += [decode(Alert, record.value) for record in records]
+            found += [decode(Alert, r.value) for r in records if json.loads(r.value)["schema"] == "alert"]
             quiet = 0 if records or not found else quiet + 1
     finally:
         await consumer.stop()

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from PIL import Image
 
-from core.contracts import FRAME_HEADER, Alert, DeadLetter, SensorReading, VideoFrame, decode
+from core.contracts import FRAME_HEADER, Alert, AlertEvent, DeadLetter, SensorReading, VideoFrame, decode
 from core.settings import (
     AlertingSettings,
     ApiSettings,
@@ -519,15 +519,24 @@ async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(sta
     assert 1.0 in transitions.values(), transitions
     anomalies = await stored_points(stack.store_url, "sensor_scores_is_anomaly", asset=asset)
     assert sum(anomalies.values()) >= 2
+
+    async def event_stored() -> bool:  # the notifier's "fired" event, published by the worker after the alert
+        return bool(await stored_points(stack.store_url, "alert_events_count", kind="fired", stream=asset))
+
+    await wait_for(event_stored)
     consumer = AIOKafkaConsumer(settings.topics.alerts, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     try:
         batch = await consumer.getmany(timeout_ms=5000)
-        alerts = [decode(Alert, r.value) for records in batch.values() for r in records]
+        values = [r.value for records in batch.values() for r in records]
+        # the topic also carries the lifecycle's alert_event records
+        alerts = [decode(Alert, value) for value in values if json.loads(value)["schema"] == "alert"]
     finally:
         await consumer.stop()
     assert [a.state for a in alerts][:1] == ["firing"] and alerts[0].stream == asset
     assert "Current" in alerts[0].top_channels
+    events = [decode(AlertEvent, value) for value in values if json.loads(value)["schema"] == "alert_event"]
+    assert (events[0].kind, events[0].alert_id) == ("fired", alerts[0].alert_id)
 
 
 def jpeg_claiming(height: int, width: int) -> bytes:

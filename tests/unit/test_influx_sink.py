@@ -2,8 +2,8 @@ import asyncio
 
 from prometheus_client import REGISTRY
 
-from core.contracts import Alert, Score
-from operators.influx_sink import InfluxSink, alert_point, event_time_ms, score_point
+from core.contracts import Alert, AlertEvent, Score
+from operators.influx_sink import InfluxSink, alert_event_point, alert_point, event_time_ms, score_point
 from operators.resilience import Backoff
 
 
@@ -73,6 +73,18 @@ def test_alert_point() -> None:
     line = alert_point(alert).to_line_protocol()
     assert line.startswith("alerts,modality=sensor,model=ts_diffusion,severity=critical,stream=pump ")
     assert "firing=1i" in line and 'top_channels="Current,Pressure"' in line and line.endswith(" 5000")
+
+
+def test_alert_event_points_are_tagged_by_kind_and_stream_and_keep_what_is_set() -> None:
+    fired = AlertEvent(event_id="ev-1", kind="fired", at=7.5, alert_id="a1", modality="sensor", stream="pump")
+    line = alert_event_point(fired).to_line_protocol()
+    assert line.startswith("alert_events,event_id=ev-1,kind=fired,modality=sensor,stream=pump ")
+    assert "count=1i" in line and 'alert_id="a1"' in line and 'actor="system"' in line
+    assert "until" not in line and line.endswith(" 7500")
+    ended = AlertEvent(event_id="ev-2", kind="silence_expired", at=9.0, actor="ana", ref="si-1", until=9.0)
+    line = alert_event_point(ended).to_line_protocol()
+    assert line.startswith("alert_events,event_id=ev-2,kind=silence_expired ")
+    assert 'ref="si-1"' in line and "until=9" in line and "alert_id" not in line
 
 
 def test_event_time_rounds_to_milliseconds() -> None:

@@ -6,7 +6,7 @@ Usage from the scoring loop (scores in, alert transitions out to the alerts topi
     for alert in alerting.recover():             # emitted before a crash but never published
         await publish(alert); alerting.acknowledge(alert)
     ...
-    for alert in alerting.observe(score):        # already queued for webhooks and SSE, never waits on them
+    for alert in alerting.observe(score):        # already queued for subscribers and SSE, never waits on them
         await publish(alert); alerting.acknowledge(alert)
     ...
     await alerting.stop()
@@ -22,6 +22,7 @@ from core.contracts import Alert, Score
 from core.settings import Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
+from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
 from pipeline.subscriptions_api import serve_api
@@ -53,7 +54,7 @@ class AlertingService:
             settings=settings.delivery,
             dead_letter=dead_letter,
             source_topic=settings.topics.alerts,
-            hub=hub,
+            external_url=settings.api.public_url(),
             outbound=OutboundPolicy.from_settings(settings),
         )
         await dispatcher.start()
@@ -70,15 +71,21 @@ class AlertingService:
         """The alert transitions of this score, already queued for subscribers; publish, then acknowledge them."""
         alerts = self.engine.observe(score)
         for alert in alerts:
-            self.dispatcher.submit(alert)
+            self._notify(alert)
         return alerts
 
     def recover(self) -> list[Alert]:
         """Alerts a previous run emitted but never acknowledged; queued again (subscribers dedupe) for publishing."""
         alerts = self.engine.unpublished()
         for alert in alerts:
-            self.dispatcher.submit(alert)
+            self._notify(alert)
         return alerts
+
+    def _notify(self, alert: Alert) -> None:
+        """To SSE listeners, and to subscribers as a notification of its own (the Notifier of the alert
+        lifecycle, grouping and silencing, takes this place)."""
+        self.hub.publish(alert)
+        self.dispatcher.submit(transition_notification(alert))
 
     def acknowledge(self, alert: Alert) -> None:
         self.engine.acknowledge(alert)

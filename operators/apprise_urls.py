@@ -20,9 +20,15 @@ from apprise.plugins.base import NotifyBase
 _HOST_ATTRIBUTES = ("host", "smtp_host")
 
 
-def parse(url: str) -> NotifyBase:
-    """The apprise plugin of ``url``; ValueError when apprise does not take it."""
-    plugin = apprise.Apprise.instantiate(url)
+def sending_asset() -> apprise.AppriseAsset:
+    """Apprise's settings for sending: redirects off (one could lead past the outbound policy), and nothing on disk
+    (what some plugins cache between sends stays in memory)."""
+    return apprise.AppriseAsset(http_redirects=False, storage_mode="memory")
+
+
+def parse(url: str, asset: apprise.AppriseAsset | None = None) -> NotifyBase:
+    """The apprise plugin of ``url`` (with ``asset``'s settings); ValueError when apprise does not take it."""
+    plugin = apprise.Apprise.instantiate(url, asset=asset)
     if plugin is None:
         scheme = url.partition("://")[0] if "://" in url else "?"
         raise ValueError(f"not an apprise URL apprise can send to (scheme {scheme!r}); see the apprise wiki")

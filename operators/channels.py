@@ -294,8 +294,9 @@ class AppriseChannel:
         if url.partition("://")[0].lower() in _HEADER_SCHEMES:
             url = _with_header(url, IDEMPOTENCY_HEADER, notification.notification_id)
         # Apprise's own retries stay off (its default): the project's retry policy decides, with the journal.
-        sender = apprise.Apprise(asset=apprise.AppriseAsset(http_redirects=False))
-        plugin = apprise_urls.parse(url)
+        asset = apprise_urls.sending_asset()
+        sender = apprise.Apprise(asset=asset)
+        plugin = apprise_urls.parse(url, asset)
         plugin.socket_connect_timeout = plugin.socket_read_timeout = self._timeout_s
         sender.add(plugin)
         title, body, kind = render_text(notification)

@@ -47,7 +47,8 @@ class RecordingReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append(Received(request.path, dict(request.headers), await request.read()))
         status = self.statuses.pop(0) if self.statuses else 200
-        return web.Response(status=status, text="recorded")
+        headers = {"Location": "/redirected"} if 300 <= status < 400 else {}
+        return web.Response(status=status, text="recorded", headers=headers)
 
 
 @asynccontextmanager
@@ -228,6 +229,16 @@ async def test_an_apprise_channel_that_always_fails_ends_as_a_dead_letter_with_t
     rows = {row["channel"]: row for row in log["deliveries"]}  # type: ignore[union-attr]
     assert rows["apprise:0"]["outcome"] == "dead_lettered" and "503" in rows["apprise:0"]["error"]
     assert rows["webhook"]["outcome"] == "delivered"
+
+
+async def test_apprise_does_not_follow_redirects(tmp_path) -> None:
+    async with service(tmp_path) as svc, recording(*[307] * 10) as target:
+        await subscribe(svc, {"apprise_urls": [target.url("json", "chat")]})
+        svc.submit(alert())
+        await svc.dispatcher.drain()
+    assert [request.path for request in target.requests] == ["/chat"] * FAST_RETRIES.max_attempts
+    (letter,) = svc.dead_letters
+    assert "307" in letter.reason
 
 
 async def test_a_pending_apprise_delivery_resumes_after_a_restart(tmp_path) -> None:

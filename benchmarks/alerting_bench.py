@@ -23,6 +23,7 @@ from core.contracts import Alert, DeadLetter, Score
 from core.settings import AlertingSettings, DeliverySettings
 from operators.alerting import AlertEngine, AlertStateStore, MemoryAlertStateStore, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, DeliveryJournal
+from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
@@ -92,10 +93,11 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
         settings=DeliverySettings(concurrency=concurrency),
         dead_letter=no_dead_letters,
         source_topic="bench",
+        external_url="http://127.0.0.1:8088",
         outbound=OutboundPolicy(["127.0.0.1/32"]),  # the receiver listens on loopback
     )
     await dispatcher.start()
-    # One alert per stream, so that per-stream ordering does not serialise them.
+    # One alert per stream (a group of its own), so that per-group ordering does not serialise them.
     alerts = [
         Alert(
             alert_id=f"al-{i}",
@@ -113,9 +115,10 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
     ]
     start = time.perf_counter()
     submit_s = []
-    for alert in alerts:
+    notifications = [transition_notification(alert) for alert in alerts]
+    for notification in notifications:
         t0 = time.perf_counter()
-        dispatcher.submit(alert)
+        dispatcher.submit(notification)
         submit_s.append(time.perf_counter() - t0)
     await dispatcher.drain()
     elapsed = time.perf_counter() - start

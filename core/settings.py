@@ -194,6 +194,13 @@ class ApiSettings(BaseModel):
     token: str = Field(default=DEVELOPMENT_TOKEN, min_length=1)
     allow_dev_token: bool = False
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="how long a console login lasts")
+    external_url: str | None = Field(
+        default=None,
+        description="the API's address as notification receivers should link to it; none: http://host:port",
+    )
+
+    def public_url(self) -> str:
+        return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -1,130 +1,161 @@
-"""Alert delivery: signed webhooks with retries and a dead-letter topic, and a live fan-out for SSE listeners.
+"""Notification delivery: every channel of every matching subscription, with retries and a dead-letter topic;
+and the live fan-out of alerts to SSE listeners (:class:`AlertHub`, fed by the caller).
 
-``AlertDispatcher.submit`` only writes a journal row per matching webhook and starts a task, so the scoring path
-never waits on a subscriber. Deliveries to one subscription about one stream go out in order (a resolve never
-overtakes its firing, even across retries); everything else runs concurrently, at most ``concurrency`` requests.
-Each delivery is tried until it succeeds, fails permanently (a 4xx other than 408/425/429) or runs out of
-attempts (``operators.resilience``: exponential backoff with jitter, ``max_attempts``); then it goes to the
-dead-letter sink. Every attempt first passes the outbound policy (``operators/outbound.py``: where webhooks may go)
-and goes to the address it checked; redirects are not followed.
+``AlertDispatcher.submit(notification)`` only writes a journal row per matching subscription and channel
+(``operators/channels.py``: the webhook, each apprise URL) and starts a task, so the scoring path never waits on a
+subscriber. Each subscription gets the notification with only the alerts its selector takes (none: nothing).
+Deliveries to one channel of one subscription about one group go out in order (a resolve never overtakes its
+firing, even across retries); everything else runs concurrently, at most ``concurrency`` at a time.
+Each delivery is tried until it succeeds, fails permanently (a webhook's 4xx other than 408/425/429, a target the
+outbound policy refuses) or runs out of attempts (``operators.resilience``: exponential backoff with jitter,
+``max_attempts``); then it goes to the dead-letter sink, the notification JSON as payload.
 The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
 Finished deliveries (delivered, dead-lettered, cancelled) leave the journal ``journal_retention_s`` after their last
-update, so it does not grow without bound; a transition re-read after that is delivered again (receivers dedupe on
-the ``Idempotency-Key`` header).
+update, so it does not grow without bound; a notification submitted again after that is delivered again (receivers
+dedupe on the ``Idempotency-Key`` header, the notification id).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from core.contracts import Alert, DeadLetter, decode
+from core.contracts import Alert, DeadLetter, Notification, decode
 from core.settings import DeliverySettings
-from operators.alerting import idempotency_key
-from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
+from operators.channels import WEBHOOK_CHANNEL, ChannelFactory, DeliveryFailure, channel_ids
+from operators.notifications import synthetic_notification, transition_notification
+from operators.outbound import OutboundPolicy
 from operators.resilience import Backoff, call_with_retry
 from operators.sqlite_store import open_database
-from operators.subscriptions import Selector, SubscriptionStore
+from operators.subscriptions import Selector, Subscription, SubscriptionStore
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-DiffSentry-Signature"
-TIMESTAMP_HEADER = "X-DiffSentry-Timestamp"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-ATTEMPT_HEADER = "X-DiffSentry-Attempt"
-EVENT_HEADER = "X-DiffSentry-Event"
-
 PRUNE_INTERVAL_S = 3600.0  # how often submit() drops old finished deliveries (at most; also at every start)
-
-# Statuses worth another try: the receiver is overloaded, timed out or not ready; any other 4xx will not change.
-RETRYABLE_STATUSES = frozenset({408, 425, 429})
+MAX_LISTED_DELIVERIES = 500
 
 DeadLetterSink = Callable[[DeadLetter], Awaitable[None]]
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header value: ``sha256=`` and the hex HMAC-SHA256 of the exact body bytes."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    # As bytes: compare_digest refuses str with non-ASCII characters, which any client can put in a header.
-    if header is None:
-        return False
-    return hmac.compare_digest(sign(secret, body).encode(), header.encode(errors="surrogatepass"))
+@dataclass(frozen=True)
+class PendingDelivery:
+    subscription_id: str
+    channel: str
+    notification: Notification
+    attempts: int
 
 
 class DeliveryJournal:
-    """One row per (subscription, alert transition): what is pending, delivered, dead-lettered or cancelled."""
+    """One row per (subscription, notification, channel): what is pending, delivered, dead-lettered or cancelled."""
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_database(path)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS deliveries ("
-            " subscription_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, payload TEXT NOT NULL,"
-            " attempts INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT 'pending', last_error TEXT,"
-            " updated_at REAL NOT NULL, PRIMARY KEY (subscription_id, idempotency_key))"
+            "CREATE TABLE IF NOT EXISTS notification_deliveries ("
+            " subscription_id TEXT NOT NULL, notification_id TEXT NOT NULL, channel TEXT NOT NULL,"
+            " payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT 'pending',"
+            " last_error TEXT, updated_at REAL NOT NULL, PRIMARY KEY (subscription_id, notification_id, channel))"
         )
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS notification_deliveries_by_time ON notification_deliveries (updated_at)"
+        )
+        self._adopt_alert_deliveries()
+
+    def _adopt_alert_deliveries(self) -> None:
+        """A journal of the version that delivered alerts (table ``deliveries``): its pending webhook deliveries
+        become one-alert notifications, so an upgrade loses none; its finished ones are dropped."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "deliveries" not in tables:
+            return
+        rows = self._db.execute(
+            "SELECT subscription_id, payload, attempts FROM deliveries WHERE outcome = 'pending' ORDER BY rowid"
+        ).fetchall()
+        for subscription_id, payload, attempts in rows:
+            notification = transition_notification(decode(Alert, payload))
+            if self.add(subscription_id, WEBHOOK_CHANNEL, notification):
+                self.record(subscription_id, WEBHOOK_CHANNEL, notification.notification_id, attempts, "pending", None)
+        self._db.execute("DROP TABLE deliveries")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def add(self, subscription_id: str, alert: Alert) -> bool:
-        """Records a delivery to make; False when this transition was already recorded for this subscription."""
+    def add(self, subscription_id: str, channel: str, notification: Notification) -> bool:
+        """Records a delivery to make; False when it was already recorded (for this subscription and channel)."""
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO deliveries (subscription_id, idempotency_key, payload, updated_at)"
-                " VALUES (?, ?, ?, ?)",
-                (subscription_id, idempotency_key(alert), alert.to_json().decode(), time.time()),
+                "INSERT OR IGNORE INTO notification_deliveries"
+                " (subscription_id, notification_id, channel, payload, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (subscription_id, notification.notification_id, channel, notification.to_json().decode(), time.time()),
             )
         return cursor.rowcount > 0
 
-    def pending(self) -> list[tuple[str, Alert, int]]:
-        """(subscription id, alert, attempts made) of every delivery not finished yet."""
+    def pending(self) -> list[PendingDelivery]:
+        """Every delivery not finished yet, in the order they were recorded."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT subscription_id, payload, attempts FROM deliveries WHERE outcome = 'pending' ORDER BY rowid"
+                "SELECT subscription_id, channel, payload, attempts FROM notification_deliveries"
+                " WHERE outcome = 'pending' ORDER BY rowid"
             ).fetchall()
-        return [(subscription_id, decode(Alert, payload), attempts) for subscription_id, payload, attempts in rows]
+        return [
+            PendingDelivery(subscription_id, channel, decode(Notification, payload), attempts)
+            for subscription_id, channel, payload, attempts in rows
+        ]
 
-    def record(self, subscription_id: str, alert: Alert, attempts: int, outcome: str, error: str | None) -> None:
+    def record(
+        self, subscription_id: str, channel: str, notification_id: str, attempts: int, outcome: str, error: str | None
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE deliveries SET attempts = ?, outcome = ?, last_error = ?, updated_at = ?"
-                " WHERE subscription_id = ? AND idempotency_key = ?",
-                (attempts, outcome, error, time.time(), subscription_id, idempotency_key(alert)),
+                "UPDATE notification_deliveries SET attempts = ?, outcome = ?, last_error = ?, updated_at = ?"
+                " WHERE subscription_id = ? AND notification_id = ? AND channel = ?",
+                (attempts, outcome, error, time.time(), subscription_id, notification_id, channel),
             )
 
     def prune(self, finished_before: float) -> int:
         """Drops finished deliveries last updated before ``finished_before`` (epoch seconds); pending ones stay."""
         with self._lock:
             cursor = self._db.execute(
-                "DELETE FROM deliveries WHERE outcome != 'pending' AND updated_at < ?", (finished_before,)
+                "DELETE FROM notification_deliveries WHERE outcome != 'pending' AND updated_at < ?", (finished_before,)
             )
         return cursor.rowcount
 
-    def summary(self) -> dict[str, int]:
-        """Deliveries by outcome (those still in the journal), plus the HTTP attempts they took."""
+    def summary(self, subscription_id: str | None = None) -> dict[str, int]:
+        """Deliveries by outcome (those still in the journal), plus the attempts they took; of one subscription
+        or of all."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT outcome, COUNT(*), SUM(attempts) FROM deliveries GROUP BY outcome"
+                "SELECT outcome, COUNT(*), SUM(attempts) FROM notification_deliveries"
+                " WHERE ?1 IS NULL OR subscription_id = ?1 GROUP BY outcome",
+                (subscription_id,),
             ).fetchall()
         counts = {"pending": 0, "delivered": 0, "dead_lettered": 0, "cancelled": 0, "attempts": 0}
         for outcome, count, attempts in rows:
             counts[outcome] = count
             counts["attempts"] += attempts or 0
         return counts
+
+    def recent(self, subscription_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest deliveries, most recently updated first: the delivery log."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT subscription_id, notification_id, channel, outcome, attempts, last_error, updated_at"
+                " FROM notification_deliveries WHERE ?1 IS NULL OR subscription_id = ?1"
+                " ORDER BY updated_at DESC, rowid DESC LIMIT ?2",
+                (subscription_id, limit),
+            ).fetchall()
+        names = ("subscription_id", "notification_id", "channel", "outcome", "attempts", "error", "updated_at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 class AlertHub:
@@ -164,14 +195,8 @@ class AlertHub:
             queue.put_nowait(None)
 
 
-class _Failure(Exception):
-    def __init__(self, reason: str, *, retryable: bool) -> None:
-        super().__init__(reason)
-        self.retryable = retryable
-
-
 class AlertDispatcher:
-    """Delivers alert transitions to the subscriptions that match them, asynchronously, with bounded concurrency."""
+    """Delivers notifications to the subscriptions that match them, asynchronously, with bounded concurrency."""
 
     def __init__(
         self,
@@ -181,11 +206,12 @@ class AlertDispatcher:
         settings: DeliverySettings,
         dead_letter: DeadLetterSink,
         source_topic: str,
-        hub: AlertHub | None = None,
+        external_url: str,
         client: httpx.AsyncClient | None = None,
         outbound: OutboundPolicy | None = None,
     ) -> None:
-        """``outbound`` decides where webhooks may go (default: public addresses only)."""
+        """``outbound`` decides where webhooks and apprise channels may go (default: public addresses only);
+        ``external_url`` is the API's address as receivers should link to it (Alertmanager's ``externalURL``)."""
         self._store = store
         self._journal = journal
         self._settings = settings
@@ -197,10 +223,11 @@ class AlertDispatcher:
         )
         self._dead_letter = dead_letter
         self._source_topic = source_topic
-        self.hub = hub
+        self._external_url = external_url
         self._client = client
         self._owns_client = client is None
         self._outbound = outbound or OutboundPolicy()
+        self._channels: ChannelFactory | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -211,11 +238,14 @@ class AlertDispatcher:
         """Opens the HTTP client and resumes deliveries a previous run left pending; returns how many."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._settings.timeout_s, follow_redirects=False)
+        self._channels = ChannelFactory(
+            self._client, self._outbound, timeout_s=self._settings.timeout_s, external_url=self._external_url
+        )
         self._started = True
         self._prune_journal()
         pending = self._journal.pending()
-        for subscription_id, alert, attempts in pending:
-            self._spawn(subscription_id, alert, attempts)
+        for delivery in pending:
+            self._spawn(delivery.subscription_id, delivery.channel, delivery.notification, delivery.attempts)
         return len(pending)
 
     async def stop(self) -> None:
@@ -228,31 +258,46 @@ class AlertDispatcher:
             self._client = None
         self._started = False
 
-    def submit(self, alert: Alert) -> int:
-        """Publishes to SSE listeners and queues a webhook delivery per matching subscription; never waits.
-
-        Returns the number of webhook deliveries queued (a transition already journalled is not queued twice).
-        """
+    def submit(self, notification: Notification) -> int:
+        """Queues a delivery per channel of every subscription that takes some of the notification's alerts (with
+        only those); never waits. Returns the number queued (a delivery already journalled is not queued twice)."""
         if not self._started:
             raise RuntimeError("AlertDispatcher.start() must run before submit()")
-        if self.hub is not None:
-            self.hub.publish(alert)
         if time.monotonic() - self._pruned_at > min(self._settings.journal_retention_s, PRUNE_INTERVAL_S):
             self._prune_journal()
         queued = 0
-        for subscription in self._store.matching(alert):
-            if subscription.delivery.webhook_url is not None and self._journal.add(subscription.id, alert):
-                self._spawn(subscription.id, alert, 0)
-                queued += 1
+        for subscription in self._store.list():
+            selected = subscription.select(notification)
+            if selected is not None:
+                queued += self._queue(subscription, selected)
         return queued
+
+    def send_test(self, subscription: Subscription) -> tuple[Notification, int]:
+        """Queues a synthetic notification (stream ``diffsentry-test``) to every channel of this subscription,
+        whatever its selector, through the same journal and retries; returns it and the deliveries queued."""
+        if not self._started:
+            raise RuntimeError("AlertDispatcher.start() must run before send_test()")
+        notification = synthetic_notification()
+        return notification, self._queue(subscription, notification)
 
     async def drain(self) -> None:
         """Waits until every queued delivery has finished (delivered, dead-lettered or cancelled)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def summary(self) -> dict[str, int]:
-        return self._journal.summary()
+    def summary(self, subscription_id: str | None = None) -> dict[str, int]:
+        return self._journal.summary(subscription_id)
+
+    def deliveries(self, subscription_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._journal.recent(subscription_id, max(1, min(limit, MAX_LISTED_DELIVERIES)))
+
+    def _queue(self, subscription: Subscription, notification: Notification) -> int:
+        queued = 0
+        for channel in channel_ids(subscription):
+            if self._journal.add(subscription.id, channel, notification):
+                self._spawn(subscription.id, channel, notification, 0)
+                queued += 1
+        return queued
 
     def _prune_journal(self) -> None:
         self._pruned_at = time.monotonic()
@@ -264,10 +309,10 @@ class AlertDispatcher:
                 self._settings.journal_retention_s,
             )
 
-    def _spawn(self, subscription_id: str, alert: Alert, attempts: int) -> None:
-        lane = (subscription_id, alert.modality, alert.stream)
+    def _spawn(self, subscription_id: str, channel: str, notification: Notification, attempts: int) -> None:
+        lane = (subscription_id, channel, notification.group)
         previous = self._last_per_lane.get(lane)
-        task = asyncio.create_task(self._deliver(subscription_id, alert, attempts, previous))
+        task = asyncio.create_task(self._deliver(subscription_id, channel, notification, attempts, previous))
         self._tasks.add(task)
         self._last_per_lane[lane] = task
 
@@ -279,97 +324,70 @@ class AlertDispatcher:
         task.add_done_callback(_done)
 
     async def _deliver(
-        self, subscription_id: str, alert: Alert, attempts: int, previous: asyncio.Task[None] | None
+        self,
+        subscription_id: str,
+        channel_id: str,
+        notification: Notification,
+        attempts: int,
+        previous: asyncio.Task[None] | None,
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # its outcome does not matter, only that it went first
-        body = alert.to_json()
-        url = ""
+        assert self._channels is not None
+        channels = self._channels
+        kind, description = channel_id, channel_id
 
         async def attempt() -> bool:
-            """One try; False when the subscription is gone or off (nothing to deliver to)."""
-            nonlocal attempts, url
+            """One try; False when the subscription or this channel of it is gone or off (nothing to deliver to)."""
+            nonlocal attempts, kind, description
             subscription = self._store.get(subscription_id)
-            if subscription is None or not subscription.enabled or subscription.delivery.webhook_url is None:
+            if subscription is None or not subscription.enabled:
                 return False
-            url = str(subscription.delivery.webhook_url)
+            channel = channels.channel(subscription, channel_id)
+            if channel is None:
+                return False
+            kind, description = channel.kind, channel.description
             attempts += 1
             async with self._slots:
-                await self._post(url, body, subscription.secret or "", alert, attempts)
+                await channel.send(notification, attempts)
             return True
 
         def record_retry(failure: Exception, attempt_number: int) -> None:
-            self._journal.record(subscription_id, alert, attempt_number, "pending", str(failure))
+            record(attempt_number, "pending", str(failure))
+
+        def record(attempts_made: int, outcome: str, error: str | None) -> None:
+            key = (subscription_id, channel_id, notification.notification_id)
+            self._journal.record(*key, attempts_made, outcome, error)
 
         try:
             delivered = await call_with_retry(
                 attempt,
                 self._backoff,
-                lambda error: isinstance(error, _Failure) and error.retryable,
+                lambda error: isinstance(error, DeliveryFailure) and error.retryable,
                 on_retry=record_retry,
                 attempts_made=attempts,
             )
-        except _Failure as failure:
-            reason = f"webhook {redact_url(url)} failed after {attempts} attempt(s): {failure}"
-            await self._to_dead_letter(subscription_id, alert, attempts, reason)
+        except DeliveryFailure as failure:
+            reason = f"{description} failed after {attempts} attempt(s): {failure}"
+            letter = DeadLetter(
+                source_topic=self._source_topic,
+                key=notification.group,
+                reason=f"subscription {subscription_id}: {reason}",
+                error_type=f"{kind.capitalize()}DeliveryFailed",
+                payload=notification.to_json().decode(),
+                created_at=time.time(),
+            )
+            try:
+                await self._dead_letter(letter)
+            except Exception:
+                # Left pending: the next start tries the channel again rather than losing the notification.
+                log.exception("dead-lettering a failed delivery to %s failed; it stays pending", subscription_id)
+                record(attempts, "pending", reason)
+                return
+            log.warning("dead-lettered: %s", letter.reason)
+            record(attempts, "dead_lettered", reason)
             return
         if delivered:
-            self._journal.record(subscription_id, alert, attempts, "delivered", None)
+            record(attempts, "delivered", None)
         else:
-            self._journal.record(subscription_id, alert, attempts, "cancelled", "subscription removed or off")
-
-    async def _post(self, url: str, body: bytes, secret: str, alert: Alert, attempt: int) -> None:
-        assert self._client is not None
-        try:
-            target = await self._outbound.resolve(url)  # checked again at every attempt: DNS answers change
-        except BlockedTarget as error:
-            raise _Failure(f"refused by the outbound policy: {error}", retryable=False) from error
-        except OSError as error:
-            raise _Failure(f"cannot resolve the host: {error}", retryable=True) from error
-        headers = {
-            "Host": target.host_header,
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(secret, body),
-            TIMESTAMP_HEADER: str(int(time.time())),
-            IDEMPOTENCY_HEADER: idempotency_key(alert),
-            ATTEMPT_HEADER: str(attempt),
-            EVENT_HEADER: f"alert.{alert.state}",
-        }
-        try:
-            response = await self._client.post(
-                target.url,
-                content=body,
-                headers=headers,
-                timeout=self._settings.timeout_s,
-                follow_redirects=False,  # a redirect could lead anywhere, past the policy
-                extensions={"sni_hostname": target.server_name},
-            )
-        except httpx.TimeoutException as error:
-            raise _Failure(f"timed out ({type(error).__name__})", retryable=True) from error
-        except httpx.TransportError as error:
-            raise _Failure(f"{type(error).__name__}: {error}", retryable=True) from error
-        if response.is_success:
-            return
-        if response.is_redirect:
-            raise _Failure(f"HTTP {response.status_code}: redirects are not followed", retryable=False)
-        retryable = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
-        raise _Failure(f"HTTP {response.status_code}", retryable=retryable)
-
-    async def _to_dead_letter(self, subscription_id: str, alert: Alert, attempts: int, reason: str) -> None:
-        letter = DeadLetter(
-            source_topic=self._source_topic,
-            key=alert.stream,
-            reason=f"subscription {subscription_id}: {reason}",
-            error_type="WebhookDeliveryFailed",
-            payload=alert.to_json().decode(),
-            created_at=time.time(),
-        )
-        try:
-            await self._dead_letter(letter)
-        except Exception:
-            # Left pending: the next start tries the webhook again rather than losing the alert.
-            log.exception("dead-lettering a failed delivery to %s failed; it stays pending", subscription_id)
-            self._journal.record(subscription_id, alert, attempts, "pending", reason)
-            return
-        log.warning("dead-lettered: %s", letter.reason)
-        self._journal.record(subscription_id, alert, attempts, "dead_lettered", reason)
+            record(attempts, "cancelled", "subscription, or this channel of it, removed or off")

@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 from core.contracts import Alert, AlertEvent, AlertEventKind, Notification, NotificationReason
 from core.settings import AlertingSettings
-from operators.alerting import idempotency_key, stream_key
+from operators.alerting import idempotency_key
 from operators.lifecycle import (
     Acknowledgement,
     AlertStatus,
@@ -39,6 +39,7 @@ from operators.lifecycle import (
     Silence,
     SilenceSpec,
 )
+from operators.notifications import notification_id, stream_group
 
 EventListener = Callable[[list[AlertEvent]], None]
 Rule = Silence | MaintenanceWindow
@@ -56,12 +57,6 @@ class UnknownAlert(LookupError):
 
 class AlertAlreadyResolved(Exception):
     """A resolved alert cannot be acknowledged."""
-
-
-def notification_id(group: str, reason: NotificationReason, alerts: list[Alert], extra: str = "") -> str:
-    """The same notification computed again (a retry, a restart) gets the same id: receivers dedupe on it."""
-    members = ",".join(sorted(idempotency_key(alert) for alert in alerts))
-    return "nt-" + hashlib.sha256(f"{group}|{reason}|{members}|{extra}".encode()).hexdigest()[:20]
 
 
 def _event_id(kind: AlertEventKind, subject: str) -> str:
@@ -91,7 +86,7 @@ class Notifier:
         for group in self.settings.groups:
             if fnmatch.fnmatchcase(alert.stream, group.stream) and group.modality in (None, alert.modality):
                 return group.name
-        return stream_key(alert.modality, alert.stream)
+        return stream_group(alert)
 
     # transitions and timers
     def handle(self, alert: Alert) -> list[AlertEvent]:

@@ -1,19 +1,21 @@
-"""Where webhooks may go: the policy every outbound request passes (a guard against server-side request forgery).
+"""Where notifications may go: the policy every outbound request passes (a guard against server-side request forgery).
 
-Whoever holds the API token chooses webhook URLs, and the worker can reach what they cannot: the cloud metadata
-service, the plant network, its own Triton (whose repository API unloads models). So a target is refused when its
-host is, or resolves to, an address that is not public: loopback, link-local (``169.254.0.0/16``, ``fe80::/10``),
-private (``10/8``, ``172.16/12``, ``192.168/16``, ``fc00::/7``), unspecified, multicast, or otherwise not globally
-routable; IPv4 addresses embedded in IPv6 (``::ffff:a.b.c.d``, 6to4, NAT64) are judged as the IPv4 address.
+Whoever holds the API token chooses webhook URLs and apprise URLs, and the worker can reach what they cannot: the
+cloud metadata service, the plant network, its own Triton (whose repository API unloads models). So a target is
+refused when its host is, or resolves to, an address that is not public: loopback, link-local (``169.254.0.0/16``,
+``fe80::/10``), private (``10/8``, ``172.16/12``, ``192.168/16``, ``fc00::/7``), unspecified, multicast, or otherwise
+not globally routable; IPv4 addresses embedded in IPv6 (``::ffff:a.b.c.d``, 6to4, NAT64) are judged as the IPv4 address.
 
 ``delivery.allowed_targets`` opens exceptions for local receivers: CIDRs (``127.0.0.1/32``, ``10.20.0.0/16``)
 admit the addresses in them, host names (``hooks.plant.internal``) admit that host whatever it resolves to.
 Even then, a non-public address is refused on a port of DiffSentry's own services (broker, Triton, store, this
 API, the metrics server, and every port of a running local stack).
 
-Every address a host resolves to must pass, and the request then goes to the checked address (the URL keeps its
-name in the Host header and TLS server name), so DNS cannot answer differently between the check and the
-connection. Redirects are never followed.
+Every address a host resolves to must pass, and a webhook request then goes to the checked address (the URL keeps
+its name in the Host header and TLS server name), so DNS cannot answer differently between the check and the
+connection. Redirects are never followed. Apprise URLs are checked for the servers the user names in them
+(``json://``, ``ntfy://host``, ``gotify://``, ``mailto://...?smtp=``: :func:`operators.apprise_urls.chosen_hosts`);
+apprise then connects by itself, so for those the check cannot pin the address.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import httpx
 
 from core.settings import Settings
 from core.stack_state import StackState
+from operators import apprise_urls
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -151,13 +154,39 @@ class OutboundPolicy:
         if host not in self._allowed_hosts and not any(judged in network for network in self._allowed_networks):
             what = f"{host} is" if _is_address(host) else f"{host} resolves to {address},"
             raise BlockedTarget(
-                f"{what} a {kind} address: webhooks go to public addresses unless delivery.allowed_targets lists "
+                f"{what} a {kind} address: notifications go to public addresses unless delivery.allowed_targets lists "
                 "the address (in a CIDR) or the host"
             )
         if port in self._own_ports:
             raise BlockedTarget(
-                f"port {port} of {address} is DiffSentry's own ({self._own_ports[port]}): not a webhook target"
+                f"port {port} of {address} is DiffSentry's own ({self._own_ports[port]}): not a notification target"
             )
+
+    async def check_host(self, host: str, port: int) -> list[IPAddress]:
+        """Checks every address ``host`` resolves to (BlockedTarget, or OSError when it does not resolve) and
+        returns them."""
+        host = host.lower().rstrip(".").removeprefix("[").removesuffix("]")
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+        for address in addresses:
+            self.check_address(host, address, port)
+        return addresses
+
+    async def check_apprise_url(self, url: str) -> None:
+        """Checks the servers an apprise URL names (``json://``, ``ntfy://host``, ``gotify://``, ``mailto://`` and
+        every other service at a host the user chooses); services at fixed cloud addresses pass as they are.
+
+        Apprise connects by itself, so unlike a webhook the request cannot be pinned to the checked address: a DNS
+        answer that changes between this check and apprise's own lookup is not caught (redirects stay off)."""
+        try:
+            hosts = apprise_urls.chosen_hosts(url)
+        except ValueError as error:
+            raise BlockedTarget(str(error)) from error
+        for host, port in hosts:
+            await self.check_host(host, port)
 
     async def resolve(self, url: str) -> Target:
         """Checks a webhook URL and every address its host resolves to; returns what to connect to.
@@ -172,13 +201,7 @@ class OutboundPolicy:
             raise BlockedTarget(f"{redact_url(url)} is not an http(s) URL with a host")
         host = parsed.raw_host.decode("ascii").lower().rstrip(".")
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
-        for address in addresses:
-            self.check_address(host, address, port)
+        addresses = await self.check_host(host, port)
         return Target(
             url=str(parsed.copy_with(host=str(addresses[0]))),
             host_header=parsed.netloc.decode("ascii"),

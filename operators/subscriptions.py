@@ -1,8 +1,11 @@
 """Alert subscriptions: who wants which alerts, and how; kept durably in sqlite.
 
 A subscription selects alerts by stream glob (``pump-*``), modality (or any) and minimum severity, and receives
-them by webhook (signed with its shared secret) and/or on the server-sent-events stream. The secret is write-only:
-it is stored encrypted (``operators/secrets_at_rest.py``), used to sign, and never returned by list or get.
+their notifications by webhook (signed with its shared secret; the DiffSentry or the Alertmanager body), by apprise
+URLs (chat, mail, push: ``operators/channels.py``) and/or on the server-sent-events stream. The secret and the
+apprise URLs (which carry their services' credentials) are write-only: stored encrypted
+(``operators/secrets_at_rest.py``), used to send, never returned by list or get (an apprise URL shows only as
+its scheme and chosen host).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
 
-from core.contracts import SEVERITY_ORDER, Alert, Modality, Severity
+from core.contracts import SEVERITY_ORDER, Alert, Modality, Notification, Severity
+from operators import apprise_urls
 from operators.secrets_at_rest import KEY_FILE, SecretCipher
 from operators.sqlite_store import open_database
 
@@ -39,17 +43,29 @@ class Selector(BaseModel):
         )
 
 
+def _apprise_url(url: str) -> str:
+    apprise_urls.parse(url)
+    return url
+
+
+AppriseUrl = Annotated[str, Field(min_length=4, max_length=2000), AfterValidator(_apprise_url)]
+WebhookFormat = Literal["diffsentry", "alertmanager"]
+
+
 class Delivery(BaseModel):
-    """How: an HTTP POST to a webhook, the server-sent-events stream, or both."""
+    """How: an HTTP POST to a webhook (the Notification JSON, or Alertmanager's webhook body), apprise URLs,
+    the server-sent-events stream; any of them together."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     webhook_url: HttpUrl | None = None
+    webhook_format: WebhookFormat = "diffsentry"
+    apprise_urls: list[AppriseUrl] = Field(default_factory=list, max_length=20, repr=False)
     sse: bool = False
 
     @model_validator(mode="after")
     def _some_channel(self) -> Delivery:
-        if self.webhook_url is None and not self.sse:
-            raise ValueError("a subscription needs a webhook_url, sse, or both")
+        if self.webhook_url is None and not self.apprise_urls and not self.sse:
+            raise ValueError("a subscription needs a webhook_url, apprise_urls or sse")
         return self
 
     @field_serializer("webhook_url")
@@ -83,8 +99,18 @@ class Subscription(BaseModel):
     updated_at: float
     secret: str | None = Field(default=None, exclude=True, repr=False)
 
-    def matches(self, alert: Alert) -> bool:
-        return self.enabled and self.selector.matches(alert)
+    def select(self, notification: Notification) -> Notification | None:
+        """The notification with only the alerts this subscription takes; None when it takes none (or is off)."""
+        if not self.enabled:
+            return None
+        alerts = [alert for alert in notification.alerts if self.selector.matches(alert)]
+        if not alerts:
+            return None
+        return (
+            notification
+            if len(alerts) == len(notification.alerts)
+            else notification.model_copy(update={"alerts": alerts})
+        )
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -103,8 +129,8 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 class SubscriptionStore:
     """Subscriptions in a sqlite file; every method is a short transaction, safe to call from the event loop.
 
-    Secrets are kept encrypted in their own column, out of the spec: ``secrets_key`` (delivery.secrets_key) or the
-    key file beside the database."""
+    Secrets and apprise URLs are kept encrypted in their own columns, out of the spec: ``secrets_key``
+    (delivery.secrets_key) or the key file beside the database."""
 
     def __init__(self, path: Path, secrets_key: str | None = None) -> None:
         self.path = path
@@ -113,14 +139,16 @@ class SubscriptionStore:
         self._db = open_database(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, secret TEXT,"
-            " created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+            " created_at REAL NOT NULL, updated_at REAL NOT NULL, apprise_urls TEXT)"
         )
         self._encrypt_clear_secrets()
+        if "apprise_urls" not in self._columns():  # a store of a version before apprise channels
+            self._db.execute("ALTER TABLE subscriptions ADD COLUMN apprise_urls TEXT")
         self.list()  # a wrong key fails here, at start, rather than at the first alert
 
     def _encrypt_clear_secrets(self) -> None:
         """Stores of earlier versions kept each secret in clear inside its spec: move them to the encrypted column."""
-        if "secret" in {column[1] for column in self._db.execute("PRAGMA table_info(subscriptions)")}:
+        if "secret" in self._columns():
             return
         self._db.execute("PRAGMA secure_delete=ON")  # overwrite the clear-text pages instead of only freeing them
         self._db.execute("BEGIN IMMEDIATE")
@@ -135,12 +163,23 @@ class SubscriptionStore:
         self._db.execute("COMMIT")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and out of the write-ahead log
 
+    def _columns(self) -> set[str]:
+        return {column[1] for column in self._db.execute("PRAGMA table_info(subscriptions)")}
+
     def _encrypted(self, secret: str | None) -> str | None:
         return self._cipher.encrypt(secret) if secret is not None else None
 
-    def _decrypted(self, spec: str, secret: str | None) -> SubscriptionSpec:
-        parsed = SubscriptionSpec.model_validate_json(spec)
-        return parsed.model_copy(update={"secret": self._cipher.decrypt(secret) if secret is not None else None})
+    def _row_values(self, spec: SubscriptionSpec) -> tuple[str, str | None, str | None]:
+        """The spec without its secrets, the encrypted secret, the encrypted apprise URLs: what a row stores."""
+        clear = spec.model_dump_json(exclude={"secret": True, "delivery": {"apprise_urls": True}})
+        urls = spec.delivery.apprise_urls
+        return clear, self._encrypted(spec.secret), self._encrypted(json.dumps(urls)) if urls else None
+
+    def _decrypted(self, spec: str, secret: str | None, urls: str | None) -> SubscriptionSpec:
+        raw = json.loads(spec)
+        raw["delivery"]["apprise_urls"] = json.loads(self._cipher.decrypt(urls)) if urls is not None else []
+        raw["secret"] = self._cipher.decrypt(secret) if secret is not None else None
+        return SubscriptionSpec.model_validate(raw)
 
     def close(self) -> None:
         with self._lock:
@@ -156,8 +195,9 @@ class SubscriptionStore:
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO subscriptions (id, spec, secret, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (subscription_id, spec.model_dump_json(exclude={"secret"}), self._encrypted(spec.secret), now, now),
+                "INSERT INTO subscriptions (id, spec, secret, apprise_urls, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (subscription_id, *self._row_values(spec), now, now),
             )
         subscription = self.get(subscription_id)
         assert subscription is not None
@@ -166,24 +206,30 @@ class SubscriptionStore:
     def get(self, subscription_id: str) -> Subscription | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, spec, secret, created_at, updated_at FROM subscriptions WHERE id = ?", (subscription_id,)
+                "SELECT id, spec, secret, apprise_urls, created_at, updated_at FROM subscriptions WHERE id = ?",
+                (subscription_id,),
             ).fetchone()
         return self._from_row(row) if row else None
 
     def list(self) -> list[Subscription]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, spec, secret, created_at, updated_at FROM subscriptions ORDER BY created_at, id"
+                "SELECT id, spec, secret, apprise_urls, created_at, updated_at FROM subscriptions"
+                " ORDER BY created_at, id"
             ).fetchall()
         return [self._from_row(row) for row in rows]
 
     def replace(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
-        """PUT: all fields but the write-only secret, kept when the new spec omits it; ValueError if invalid."""
+        """PUT: all fields but the write-only ones (the secret, the apprise URLs), each kept when the new spec
+        omits it; ValueError if invalid."""
         current = self._spec(subscription_id)
         if current is None:
             return None
         if spec.secret is None:
             spec = spec.model_copy(update={"secret": current.secret})
+        if "apprise_urls" not in spec.delivery.model_fields_set:
+            delivery = spec.delivery.model_copy(update={"apprise_urls": current.delivery.apprise_urls})
+            spec = spec.model_copy(update={"delivery": delivery})
         return self._write(subscription_id, spec)
 
     def patched(self, subscription_id: str, patch: dict[str, Any]) -> SubscriptionSpec | None:
@@ -202,13 +248,11 @@ class SubscriptionStore:
             cursor = self._db.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
         return cursor.rowcount > 0
 
-    def matching(self, alert: Alert) -> list[Subscription]:
-        """The enabled subscriptions whose selector takes this alert (with their secrets, for signing)."""
-        return [subscription for subscription in self.list() if subscription.matches(alert)]
-
     def _spec(self, subscription_id: str) -> SubscriptionSpec | None:
         with self._lock:
-            row = self._db.execute("SELECT spec, secret FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT spec, secret, apprise_urls FROM subscriptions WHERE id = ?", (subscription_id,)
+            ).fetchone()
         return self._decrypted(*row) if row else None
 
     def _write(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
@@ -217,14 +261,14 @@ class SubscriptionStore:
             raise ValueError("a webhook needs a secret: send one with this update")
         with self._lock:
             self._db.execute(
-                "UPDATE subscriptions SET spec = ?, secret = ?, updated_at = ? WHERE id = ?",
-                (spec.model_dump_json(exclude={"secret"}), self._encrypted(spec.secret), time.time(), subscription_id),
+                "UPDATE subscriptions SET spec = ?, secret = ?, apprise_urls = ?, updated_at = ? WHERE id = ?",
+                (*self._row_values(spec), time.time(), subscription_id),
             )
         return self.get(subscription_id)
 
-    def _from_row(self, row: tuple[str, str, str | None, float, float]) -> Subscription:
-        subscription_id, raw, secret, created_at, updated_at = row
-        spec = self._decrypted(raw, secret)
+    def _from_row(self, row: tuple[str, str, str | None, str | None, float, float]) -> Subscription:
+        subscription_id, raw, secret, urls, created_at, updated_at = row
+        spec = self._decrypted(raw, secret, urls)
         return Subscription(
             id=subscription_id,
             name=spec.name,

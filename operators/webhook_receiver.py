@@ -1,7 +1,8 @@
-"""A small webhook receiver for the demo and tests: verifies signatures, dedupes, records deliveries.
+"""A small webhook receiver for the demo and tests: verifies signatures, dedupes, records notifications.
 
-It is also the reference for subscribers: verify ``X-DiffSentry-Signature`` over the raw body before parsing,
-and drop a delivery whose ``Idempotency-Key`` was seen before (delivery is at-least-once).
+It is also the reference for subscribers of the ``"diffsentry"`` webhook format: verify ``X-DiffSentry-Signature``
+over the raw body before parsing it as a Notification, and drop a delivery whose ``Idempotency-Key`` (the
+notification id) was seen before (delivery is at-least-once).
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from core.contracts import Alert, ContractError, decode
-from operators.delivery import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
+from core.contracts import Alert, ContractError, Notification, decode
+from operators.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 
 
 class SignatureMismatch(ContractError):
     """The body was not signed with the receiver's secret."""
 
 
-def parse_delivery(secret: str, body: bytes, headers: Mapping[str, str]) -> tuple[str, Alert]:
-    """The idempotency key and the alert of one webhook request; ContractError (SignatureMismatch when the
-    signature is wrong) for anything else. The signature is checked over the raw body before it is parsed."""
+def parse_delivery(secret: str, body: bytes, headers: Mapping[str, str]) -> tuple[str, Notification]:
+    """The idempotency key and the notification of one webhook request; ContractError (SignatureMismatch when
+    the signature is wrong) for anything else. The signature is checked over the raw body before it is parsed."""
     if not verify_signature(secret, body, headers.get(SIGNATURE_HEADER)):
         raise SignatureMismatch("bad signature")
-    return headers.get(IDEMPOTENCY_HEADER, ""), decode(Alert, body)
+    return headers.get(IDEMPOTENCY_HEADER, ""), decode(Notification, body)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class WebhookReceiver:
         self.port = port
         self.fail_first = fail_first
         self.fail_status = fail_status
-        self.alerts: list[Alert] = []
+        self.notifications: list[Notification] = []
         self.keys: list[str] = []
         self.counts = ReceiverCounts()
         self._runner: web.AppRunner | None = None
@@ -74,11 +75,16 @@ class WebhookReceiver:
             await self._runner.cleanup()
             self._runner = None
 
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts of every notification received, in arrival order."""
+        return [alert for notification in self.notifications for alert in notification.alerts]
+
     async def wait_for(self, count: int) -> list[Alert]:
-        """Waits until ``count`` distinct deliveries arrived (callers bound it with their own timeout)."""
+        """Waits until ``count`` alerts arrived in distinct deliveries (callers bound it with their own timeout)."""
         async with self._arrived:
             await self._arrived.wait_for(lambda: len(self.alerts) >= count)
-        return list(self.alerts)
+        return self.alerts
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.counts.requests += 1
@@ -86,7 +92,7 @@ class WebhookReceiver:
             self.counts.injected_failures += 1
             return web.Response(status=self.fail_status, text="failing on purpose")
         try:
-            key, alert = parse_delivery(self.secret, await request.read(), request.headers)
+            key, notification = parse_delivery(self.secret, await request.read(), request.headers)
         except SignatureMismatch as error:
             self.counts.bad_signatures += 1
             return web.Response(status=401, text=str(error))
@@ -98,6 +104,6 @@ class WebhookReceiver:
         self.counts.accepted += 1
         async with self._arrived:
             self.keys.append(key)
-            self.alerts.append(alert)
+            self.notifications.append(notification)
             self._arrived.notify_all()
         return web.Response(status=200, text="ok")

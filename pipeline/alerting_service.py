@@ -10,7 +10,7 @@ Usage from the scoring loop (scores in, alert transitions out to the alerts topi
     for alert in alerting.recover():             # emitted before a crash but never published
         await publish(alert); alerting.acknowledge(alert)
     ...
-    for alert in alerting.observe(score):        # already queued for webhooks and SSE, never waits on them
+    for alert in alerting.observe(score):        # already queued for subscribers and SSE, never waits on them
         await publish(alert); alerting.acknowledge(alert)
     ...
     await alerting.stop()
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from core.contracts import Alert, AlertEvent, Notification, Score
+from core.contracts import Alert, AlertEvent, Score
 from core.settings import Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
@@ -44,17 +44,6 @@ EVENT_DRAIN_S = 5.0  # how long stop() waits for events still being published
 EventPublisher = Callable[[AlertEvent], Awaitable[None]]
 
 log = logging.getLogger("diffsentry.alerting")
-
-
-class DispatcherBridge:
-    """Hands each alert of a notification to the AlertDispatcher, which takes one Alert at a time until it takes
-    Notifications (the channels work). Its journal dedupes by transition, so repeats do not reach webhooks yet."""
-
-    def __init__(self, dispatcher: AlertDispatcher) -> None:
-        self._dispatcher = dispatcher
-
-    def submit(self, notification: Notification) -> int:
-        return sum(self._dispatcher.submit(alert) for alert in notification.alerts)
 
 
 async def _tick_forever(notifier: Notifier) -> None:
@@ -112,7 +101,7 @@ class AlertingService:
             settings=settings.delivery,
             dead_letter=dead_letter,
             source_topic=settings.topics.alerts,
-            hub=hub,
+            external_url=settings.api.public_url(),
             outbound=OutboundPolicy.from_settings(settings),
         )
         await dispatcher.start()
@@ -123,7 +112,7 @@ class AlertingService:
             for event in made:
                 events.put_nowait(event)
 
-        notifier = Notifier(settings.alerting, lifecycle, DispatcherBridge(dispatcher), on_events=queue_events)
+        notifier = Notifier(settings.alerting, lifecycle, dispatcher, on_events=queue_events)
         runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier)
         engine = AlertEngine(settings.alerting, alert_state)
         ticker = asyncio.create_task(_tick_forever(notifier), name="notifier-tick")
@@ -142,7 +131,7 @@ class AlertingService:
         """The alert transitions of this score, already handed to the notifier; publish, then acknowledge them."""
         alerts = self.engine.observe(score)
         for alert in alerts:
-            self.notifier.handle(alert)
+            self._notify(alert)
         return alerts
 
     def recover(self) -> list[Alert]:
@@ -150,8 +139,14 @@ class AlertingService:
         once, so those it handled before the crash are not notified again."""
         alerts = self.engine.unpublished()
         for alert in alerts:
-            self.notifier.handle(alert)
+            self._notify(alert)
         return alerts
+
+    def _notify(self, alert: Alert) -> None:
+        """To the live SSE feed (every transition, as the console shows them), and to the notifier, which decides
+        what subscribers receive."""
+        self.hub.publish(alert)
+        self.notifier.handle(alert)
 
     def acknowledge(self, alert: Alert) -> None:
         self.engine.acknowledge(alert)

@@ -217,7 +217,7 @@ async def _watch(
     with progress_bar(total=expected, desc="scored", unit="item", dynamic_ncols=True) as bar:
         while True:
             metrics = await worker.metrics(client)
-            deliveries = (await client.get(f"{worker.api_url}/v1/deliveries")).raise_for_status().json()
+            deliveries = (await client.get(f"{worker.api_url}/v1/deliveries")).raise_for_status().json()["summary"]
             snapshot = Snapshot.read(metrics, deliveries)
             bar.update(int(snapshot.scored) - bar.n)
             bar.set_postfix_str(snapshot.line(), refresh=True)

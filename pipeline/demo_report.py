@@ -169,10 +169,11 @@ def report(run: DemoRun, stack_kept: bool, stack_started: bool, keep: bool, stat
     )
     typer.echo(
         f"  alerts {s.alerts:.0f} firing, {s.resolved:.0f} resolved; webhooks {d.get('delivered', 0)} delivered, "
-        f"{d.get('failed', 0)} failed; dead letters {s.dead_letters:.0f}"
+        f"{d.get('dead_lettered', 0)} dead-lettered; dead letters {s.dead_letters:.0f}"
     )
     typer.echo(
-        f"  the subscriber received {len(run.alerts)} alerts, signatures verified ({counts.bad_signatures} bad, "
+        f"  the subscriber received {len(run.alerts)} alerts in {counts.accepted} notifications, signatures verified "
+        f"({counts.bad_signatures} bad, "
         f"{counts.duplicates} duplicates):"
     )
     for alert in run.alerts:

@@ -3,20 +3,23 @@
 Every ``/v1`` route needs ``Authorization: Bearer <api.token>``; ``/healthz`` does not. The server refuses to
 start with the default development token unless ``api.allow_dev_token`` is set.
 
-A webhook URL must pass the outbound policy (``operators/outbound.py``) when it is created or changed, or the
-request is answered 422 with the reason; credentials in a URL (``user:password@``) never appear in answers.
+A webhook URL, and the servers apprise URLs name, must pass the outbound policy (``operators/outbound.py``) when
+they are created or changed, or the request is answered 422 with the reason; credentials in a webhook URL
+(``user:password@``) never appear in answers, and an apprise URL shows only as its scheme and chosen host.
 
 - ``POST /v1/subscriptions`` create (201; a generated webhook secret is returned in this response only)
 - ``GET /v1/subscriptions`` list, ``GET /v1/subscriptions/{id}`` get (secrets never appear)
 - ``PUT /v1/subscriptions/{id}`` replace, ``PATCH /v1/subscriptions/{id}`` JSON merge patch, ``DELETE`` remove (204)
+- ``POST /v1/subscriptions/{id}/test`` sends a synthetic notification to each of its channels (202)
 - ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or ``?stream=&modality=&min_severity=``
-- ``GET /v1/deliveries`` webhook deliveries by outcome
+- ``GET /v1/deliveries?subscription=ID&limit=N`` the delivery log (newest first) and the deliveries by outcome
 - with a ``notifier``: the alert-lifecycle routes of ``pipeline/alerts_api.py`` (alerts, ack, silences, ...)
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -26,6 +29,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from core.settings import DEVELOPMENT_TOKEN, Settings
+from operators import apprise_urls
 from operators.alerting import idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifier import Notifier
@@ -54,21 +58,30 @@ def _invalid(error: ValueError) -> web.Response:
 
 def _public(subscription: Subscription) -> dict[str, Any]:
     body = subscription.model_dump(mode="json")
-    if body["delivery"]["webhook_url"] is not None:
-        body["delivery"]["webhook_url"] = redact_url(body["delivery"]["webhook_url"])
+    delivery = body["delivery"]
+    if delivery["webhook_url"] is not None:
+        delivery["webhook_url"] = redact_url(delivery["webhook_url"])
+    delivery["apprise_urls"] = [apprise_urls.redacted(url) for url in delivery["apprise_urls"]]
     return body
 
 
 async def _refused_target(request: web.Request, spec: SubscriptionSpec) -> web.Response | None:
-    """422 when the spec's webhook URL does not pass the outbound policy, else None."""
-    if spec.delivery.webhook_url is None:
-        return None
-    try:
-        await request.app[OUTBOUND].resolve(str(spec.delivery.webhook_url))
-    except BlockedTarget as error:
-        return _error(422, f"webhook_url refused: {error}")
-    except OSError as error:
-        return _error(422, f"webhook_url refused: its host does not resolve ({error})")
+    """422 when the spec's webhook URL or a server its apprise URLs name does not pass the outbound policy."""
+    policy = request.app[OUTBOUND]
+    checks: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+    if spec.delivery.webhook_url is not None:
+        checks.append(("webhook_url", functools.partial(policy.resolve, str(spec.delivery.webhook_url))))
+    for n, url in enumerate(spec.delivery.apprise_urls):
+        checks.append(
+            (f"apprise_urls[{n}] ({apprise_urls.redacted(url)})", functools.partial(policy.check_apprise_url, url))
+        )
+    for what, check in checks:
+        try:
+            await check()
+        except BlockedTarget as error:
+            return _error(422, f"{what} refused: {error}")
+        except OSError as error:
+            return _error(422, f"{what} refused: its host does not resolve ({error})")
     return None
 
 
@@ -196,11 +209,48 @@ async def _alert_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _deliveries(request: web.Request) -> web.Response:
+def _dispatcher(request: web.Request) -> AlertDispatcher:
     dispatcher = request.app.get(DISPATCHER)
     if dispatcher is None:
-        return _error(404, "this server does not deliver webhooks")
-    return web.json_response(dispatcher.summary())
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "this server does not deliver notifications"}), content_type="application/json"
+        )
+    return dispatcher
+
+
+async def _send_test(request: web.Request) -> web.Response:
+    dispatcher = _dispatcher(request)
+    subscription = request.app[STORE].get(request.match_info["id"])
+    if subscription is None:
+        return _error(404, "no such subscription")
+    if not subscription.enabled:
+        return _error(409, "this subscription is disabled")
+    if subscription.delivery.webhook_url is None and not subscription.delivery.apprise_urls:
+        return _error(409, "this subscription has no webhook or apprise channel to test (SSE is not journalled)")
+    notification, queued = dispatcher.send_test(subscription)
+    return web.json_response(
+        {
+            "notification_id": notification.notification_id,
+            "queued": queued,
+            "deliveries": f"/v1/deliveries?subscription={subscription.id}",
+        },
+        status=202,
+    )
+
+
+async def _deliveries(request: web.Request) -> web.Response:
+    dispatcher = _dispatcher(request)
+    subscription_id = request.query.get("subscription")
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    return web.json_response(
+        {
+            "summary": dispatcher.summary(subscription_id),
+            "deliveries": dispatcher.deliveries(subscription_id, limit),
+        }
+    )
 
 
 def build_app(
@@ -226,6 +276,7 @@ def build_app(
     app.router.add_put("/v1/subscriptions/{id}", _replace)
     app.router.add_patch("/v1/subscriptions/{id}", _patch)
     app.router.add_delete("/v1/subscriptions/{id}", _delete)
+    app.router.add_post("/v1/subscriptions/{id}/test", _send_test)
     app.router.add_get("/v1/alerts/stream", _alert_stream)
     app.router.add_get("/v1/deliveries", _deliveries)
     if notifier is not None:

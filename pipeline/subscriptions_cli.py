@@ -20,6 +20,12 @@ def add(
     modality: Annotated[str | None, typer.Option(help="sensor or video; default any.")] = None,
     min_severity: Annotated[str, typer.Option(help="info, warning or critical.")] = "warning",
     webhook: Annotated[str | None, typer.Option(help="URL that receives signed POSTs.")] = None,
+    webhook_format: Annotated[
+        str, typer.Option(help="diffsentry (the Notification JSON) or alertmanager (its webhook body).")
+    ] = "diffsentry",
+    apprise: Annotated[
+        list[str] | None, typer.Option(help="An apprise URL (slack://..., mailtos://..., ntfys://...); repeatable.")
+    ] = None,
     sse: Annotated[bool, typer.Option("--sse", help="Deliver on GET /v1/alerts/stream?subscription=ID.")] = False,
     secret: Annotated[
         str | None, typer.Option(envvar="DIFFSENTRY_WEBHOOK_SECRET", help="HMAC secret; generated if omitted.")
@@ -30,7 +36,12 @@ def add(
     body: dict[str, Any] = {
         "name": name,
         "selector": {"stream": stream, "modality": modality, "min_severity": min_severity},
-        "delivery": {"webhook_url": webhook, "sse": sse},
+        "delivery": {
+            "webhook_url": webhook,
+            "webhook_format": webhook_format,
+            "apprise_urls": apprise or [],
+            "sse": sse,
+        },
     }
     if secret is not None:
         body["secret"] = secret
@@ -46,7 +57,8 @@ def list_(api_url: ApiUrl = None) -> None:
     subscriptions = _call("GET", "/v1/subscriptions", api_url).json()["subscriptions"]
     for s in subscriptions:
         selector, delivery = s["selector"], s["delivery"]
-        channels = ", ".join(filter(None, [delivery["webhook_url"], "sse" if delivery["sse"] else None]))
+        webhook = delivery["webhook_url"] and f"{delivery['webhook_url']} ({delivery['webhook_format']})"
+        channels = ", ".join(filter(None, [webhook, *delivery["apprise_urls"], "sse" if delivery["sse"] else None]))
         typer.echo(
             f"{s['id']}  {'on ' if s['enabled'] else 'off'}  {s['name']!r}  stream={selector['stream']}"
             f" modality={selector['modality'] or 'any'} min_severity={selector['min_severity']}  -> {channels}"

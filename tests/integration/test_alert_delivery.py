@@ -1,4 +1,5 @@
-"""Subscriptions API, webhook delivery and the SSE stream against real HTTP servers on 127.0.0.1 (no broker)."""
+"""Subscriptions API, webhook delivery of notifications and the SSE stream against real HTTP servers on 127.0.0.1
+(no broker)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from core import settings as settings_module
-from core.contracts import Alert, DeadLetter, Score, Severity, decode
+from core.contracts import Alert, DeadLetter, Notification, Score, Severity, decode
 from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings, TritonSettings
 from operators.alerting import AlertEngine, idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
+from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
@@ -49,8 +51,13 @@ class Service:
 
     store: SubscriptionStore
     dispatcher: AlertDispatcher
+    hub: AlertHub
     client: httpx.AsyncClient
     dead_letters: list[DeadLetter]
+
+    def submit(self, transition: Alert) -> int:
+        """What the alerting service does with an alert transition until grouping: one notification of it."""
+        return self.dispatcher.submit(transition_notification(transition))
 
     async def subscribe(self, url: str, secret: str | None = SECRET, **selector: str) -> dict[str, object]:
         body: dict[str, object] = {"name": "test", "selector": selector, "delivery": {"webhook_url": url}}
@@ -85,7 +92,7 @@ async def service(
         settings=settings.delivery,
         dead_letter=to_dead_letter,
         source_topic=settings.topics.alerts,
-        hub=hub,
+        external_url=settings.api.public_url(),
         outbound=OutboundPolicy.from_settings(settings),
     )
     await dispatcher.start()
@@ -93,7 +100,7 @@ async def service(
     host, port = runner.addresses[0][:2]
     client = httpx.AsyncClient(base_url=f"http://{host}:{port}", headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        yield Service(store, dispatcher, client, dead_letters)
+        yield Service(store, dispatcher, hub, client, dead_letters)
     finally:
         await client.aclose()
         await runner.cleanup()
@@ -197,7 +204,7 @@ async def test_subscriptions_survive_a_restart_and_keep_signing_with_their_secre
         listed = (await svc.client.get("/v1/subscriptions")).json()["subscriptions"]
         assert [s["id"] for s in listed] == [created["id"]]
         await svc.client.patch(f"/v1/subscriptions/{created['id']}", json={"delivery": {"webhook_url": hook.url}})
-        assert svc.dispatcher.submit(alert()) == 1
+        assert svc.submit(alert()) == 1
         await svc.dispatcher.drain()
         assert hook.alerts == [alert()] and hook.counts.bad_signatures == 0
 
@@ -205,17 +212,17 @@ async def test_subscriptions_survive_a_restart_and_keep_signing_with_their_secre
 async def test_a_receiver_failing_twice_gets_the_alert_on_the_third_attempt(tmp_path: Path) -> None:
     async with service(tmp_path) as svc, receiver(fail_first=2) as hook:
         await svc.subscribe(hook.url)
-        assert svc.dispatcher.submit(alert()) == 1
+        assert svc.submit(alert()) == 1
         await svc.dispatcher.drain()
         assert hook.alerts == [alert()]
         assert hook.counts.injected_failures == 2 and hook.counts.requests == 3
-        assert hook.keys == [idempotency_key(alert())]
+        assert hook.keys == [transition_notification(alert()).notification_id]
         assert svc.dead_letters == []
-        summary = (await svc.client.get("/v1/deliveries")).json()
+        summary = (await svc.client.get("/v1/deliveries")).json()["summary"]
         assert summary["delivered"] == 1 and summary["attempts"] == 3 and summary["dead_lettered"] == 0
 
-        assert svc.dispatcher.submit(alert()) == 0  # the same transition again: journalled, not re-sent
-        assert svc.dispatcher.submit(alert(state="resolved")) == 1
+        assert svc.submit(alert()) == 0  # the same transition again: journalled, not re-sent
+        assert svc.submit(alert(state="resolved")) == 1
         await svc.dispatcher.drain()
         assert [a.state for a in hook.alerts] == ["firing", "resolved"]
 
@@ -223,20 +230,20 @@ async def test_a_receiver_failing_twice_gets_the_alert_on_the_third_attempt(tmp_
 async def test_a_receiver_that_always_fails_sends_the_alert_to_the_dead_letter_sink(tmp_path: Path) -> None:
     async with service(tmp_path) as svc, receiver(fail_first=1000) as hook:
         created = await svc.subscribe(hook.url)
-        svc.dispatcher.submit(alert())
+        svc.submit(alert())
         await svc.dispatcher.drain()
         assert hook.counts.requests == FAST_RETRIES.max_attempts
         (letter,) = svc.dead_letters
         assert letter.reason == f"subscription {created['id']}: webhook {hook.url} failed after 3 attempt(s): HTTP 503"
         assert letter.error_type == "WebhookDeliveryFailed" and letter.source_topic == Settings().topics.alerts
-        assert decode(Alert, letter.payload) == alert() and letter.key == "pump-1"
+        assert decode(Notification, letter.payload).alerts == [alert()] and letter.key == "sensor/pump-1"
         assert svc.dispatcher.summary()["dead_lettered"] == 1
 
 
 async def test_a_rejected_signature_is_not_retried(tmp_path: Path) -> None:
     async with service(tmp_path) as svc, receiver(secret="the-receiver-expects-another-secret") as hook:
         await svc.subscribe(hook.url)
-        svc.dispatcher.submit(alert())
+        svc.submit(alert())
         await svc.dispatcher.drain()
         assert hook.counts.bad_signatures == 1 and hook.counts.requests == 1
         (letter,) = svc.dead_letters
@@ -249,7 +256,7 @@ async def test_an_unreachable_receiver_is_retried_then_dead_lettered(tmp_path: P
         closed_port = probe.getsockname()[1]
     async with service(tmp_path) as svc:
         await svc.subscribe(f"http://127.0.0.1:{closed_port}/")
-        svc.dispatcher.submit(alert())
+        svc.submit(alert())
         await svc.dispatcher.drain()
         (letter,) = svc.dead_letters
         assert "failed after 3 attempt(s): ConnectError" in letter.reason
@@ -259,7 +266,7 @@ async def test_deliveries_left_pending_resume_after_a_restart(tmp_path: Path) ->
     slow_retries = FAST_RETRIES.model_copy(update={"backoff_base_s": 600.0, "backoff_max_s": 600.0})
     async with service(tmp_path, slow_retries) as svc, receiver(fail_first=1000) as down:
         created = await svc.subscribe(down.url)
-        svc.dispatcher.submit(alert())
+        svc.submit(alert())
         while down.counts.requests < 1:
             await asyncio.sleep(0.01)
         # The worker stops while the delivery waits for its retry.
@@ -301,8 +308,8 @@ async def test_sse_stream_pushes_only_matching_alerts(tmp_path: Path) -> None:
                 assert response.headers["Content-Type"].startswith("text/event-stream")
                 lines = response.aiter_lines()
                 assert await next_event(lines) == [": connected"]
-                svc.dispatcher.submit(alert(stream="fan-1"))
-                svc.dispatcher.submit(alert(stream="pump-2", severity="critical"))
+                svc.hub.publish(alert(stream="fan-1"))
+                svc.hub.publish(alert(stream="pump-2", severity="critical"))
                 event = await next_event(lines)
             expected = alert(stream="pump-2", severity="critical")
             assert event[:2] == [f"id: {idempotency_key(expected)}", "event: alert"]
@@ -352,7 +359,7 @@ async def test_scores_become_signed_webhook_deliveries_end_to_end(tmp_path: Path
                 contributions={"Pressure": value, "Current": 0.1},
             )
             for transition in engine.observe(score):
-                svc.dispatcher.submit(transition)
+                svc.submit(transition)
         await svc.dispatcher.drain()
         assert [(a.state, a.severity, a.event_time) for a in hook.alerts] == [
             ("firing", "warning", 1003.0),
@@ -465,7 +472,7 @@ async def test_no_more_than_concurrency_requests_are_in_flight(tmp_path: Path) -
         async with service(tmp_path, FAST_RETRIES.model_copy(update={"concurrency": 2})) as svc:
             await svc.subscribe(f"http://{host}:{port}/")
             for n in range(6):
-                svc.dispatcher.submit(alert(stream=f"pump-{n}").model_copy(update={"alert_id": f"al-{n}"}))
+                svc.submit(alert(stream=f"pump-{n}").model_copy(update={"alert_id": f"al-{n}"}))
             while in_flight < 2:
                 await arrived.wait()
                 arrived.clear()
@@ -545,7 +552,7 @@ async def test_delivery_checks_the_target_again_and_redacts_credentials(tmp_path
     async with service(tmp_path, FAST_RETRIES.model_copy(update={"allowed_targets": []})) as svc, receiver() as hook:
         renamed = await svc.client.patch(f"/v1/subscriptions/{created['id']}", json={"name": "renamed"})
         assert renamed.status_code == 422  # nor can it be changed without a target the policy admits
-        assert svc.dispatcher.submit(alert()) == 1
+        assert svc.submit(alert()) == 1
         await svc.dispatcher.drain()
         (letter,) = svc.dead_letters
         assert "refused by the outbound policy: 127.0.0.1 is a loopback address" in letter.reason

@@ -25,7 +25,7 @@ from operators.notifier import Notifier
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
-from pipeline.alerting_service import AlertingService, DispatcherBridge
+from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
 from pipeline.subscriptions_api import serve_api
 
@@ -100,11 +100,12 @@ async def lifecycle(state_dir: Path) -> AsyncIterator[Lifecycle]:
 
     dispatcher = AlertDispatcher(
         subscriptions, journal, settings=settings.delivery, dead_letter=to_dead_letter,
-        source_topic=settings.topics.alerts, hub=hub, outbound=OutboundPolicy.from_settings(settings),
+        source_topic=settings.topics.alerts, external_url=settings.api.public_url(),
+        outbound=OutboundPolicy.from_settings(settings),
     )  # fmt: skip
     await dispatcher.start()
     clock = Clock()
-    notifier = Notifier(settings.alerting, store, DispatcherBridge(dispatcher), clock)
+    notifier = Notifier(settings.alerting, store, dispatcher, clock)
     runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier)
     host, port = runner.addresses[0][:2]
     base_url = f"http://{host}:{port}"

@@ -125,7 +125,8 @@ async def test_skab_anomaly_is_scored_alerted_delivered_and_resolved(trained_sta
             # each delivered to the subscriber.
             on_topic = await asyncio.wait_for(alerts_on_topic(settings), timeout=60)
             for _ in range(60):
-                if (await api.get("/v1/deliveries")).json()["pending"] == 0 and len(receiver.alerts) >= len(on_topic):
+                pending = (await api.get("/v1/deliveries")).json()["summary"]["pending"]
+                if pending == 0 and len(receiver.alerts) >= len(on_topic):
                     break
                 await asyncio.sleep(0.5)
     finally:

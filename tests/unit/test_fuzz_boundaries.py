@@ -18,13 +18,14 @@ from core.contracts import (
     ContractError,
     DeadLetter,
     Message,
+    Notification,
     Score,
     SensorReading,
     SensorWindow,
     VideoFrame,
     decode,
 )
-from operators.delivery import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign
+from operators.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign
 from operators.frames import decode_frame
 from operators.webhook_receiver import parse_delivery
 from operators.windowing import SensorWindower
@@ -90,6 +91,13 @@ EXAMPLES: dict[type[Message], Message] = {
         created_at=13.0,
     ),
 }
+EXAMPLES[Notification] = Notification(
+    notification_id="nt-0123456789abcdef0123",
+    group="sensor/pump-1",
+    reason="transition",
+    alerts=[EXAMPLES[Alert]],  # type: ignore[list-item]
+    created_at=14.0,
+)
 
 
 @st.composite
@@ -248,7 +256,7 @@ SECRET = "receiver-secret-0123456789"
 
 @FUZZ
 @given(
-    body=wire_inputs(EXAMPLES[Alert]).map(lambda raw: raw if isinstance(raw, bytes) else raw.encode()),
+    body=wire_inputs(EXAMPLES[Notification]).map(lambda raw: raw if isinstance(raw, bytes) else raw.encode()),
     signature=st.none() | st.just("signed") | st.text(max_size=80),
     key=st.text(max_size=40),
 )
@@ -257,7 +265,7 @@ def test_webhook_requests_parse_or_are_refused(body: bytes, signature: str | Non
     if signature is not None:
         headers[SIGNATURE_HEADER] = sign(SECRET, body) if signature == "signed" else signature
     try:
-        parsed_key, alert = parse_delivery(SECRET, body, headers)
+        parsed_key, notification = parse_delivery(SECRET, body, headers)
     except ContractError:
         return
-    assert parsed_key == key and decode(Alert, alert.to_json()) == alert
+    assert parsed_key == key and decode(Notification, notification.to_json()) == notification

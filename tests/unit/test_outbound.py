@@ -1,4 +1,5 @@
-"""The outbound policy for webhook targets, and delivery's use of it (no network: literal addresses, fake DNS)."""
+"""The outbound policy for webhook and apprise targets, and delivery's use of it (no network: literal addresses,
+fake DNS)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from core.contracts import Alert, DeadLetter
 from core.settings import ApiSettings, DeliverySettings, KafkaSettings, Settings, StreamSettings, TritonSettings
 from core.stack_state import TRITON, ServiceRecord, StackState
 from operators.delivery import AlertDispatcher, DeliveryJournal
+from operators.notifications import transition_notification
 from operators.outbound import BlockedTarget, OutboundPolicy, own_ports, redact_url
 from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
 
@@ -168,6 +170,39 @@ def test_the_allow_list_setting_takes_cidrs_and_host_names_only() -> None:
 # --- delivery through the policy --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("url", "refusal"),
+    [
+        ("json://127.0.0.1:8080/hook", "127.0.0.1 is a loopback address"),
+        ("forms://169.254.169.254/latest", "169.254.169.254 is a link-local address"),
+        ("ntfy://10.0.0.8/plant", "10.0.0.8 is a private address"),
+        ("gotify://internal.example/token", "internal.example resolves to 192.168.1.5, a private address"),
+        ("mailto://ops:pw@plant.example?smtp=10.1.1.1", "10.1.1.1 is a private address"),
+        ("xml://[::1]:9000/", "::1 is a loopback address"),
+    ],
+)
+async def test_apprise_servers_the_user_names_pass_the_policy(
+    url: str, refusal: str, dns: dict[str, list[str]]
+) -> None:
+    dns["internal.example"] = ["192.168.1.5"]
+    dns["plant.example"] = [PUBLIC_V4]
+    with pytest.raises(BlockedTarget, match=re.escape(refusal)):
+        await OutboundPolicy().check_apprise_url(url)
+    await OutboundPolicy(["0.0.0.0/0", "::/0", "internal.example"]).check_apprise_url(url)
+
+
+async def test_apprise_cloud_services_are_not_resolved_and_unknown_urls_are_refused(dns: dict[str, list[str]]) -> None:
+    # Their "host" is a token (nothing resolves here): the service's own address is fixed by apprise.
+    await OutboundPolicy().check_apprise_url("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ")
+    await OutboundPolicy().check_apprise_url("ntfy://plant-alerts")  # ntfy.sh, the cloud service
+    with pytest.raises(BlockedTarget, match="not an apprise URL"):
+        await OutboundPolicy().check_apprise_url("gopher://example.com/")
+    with pytest.raises(BlockedTarget, match=r"port 9092 of 127.0.0.1 is DiffSentry's own"):
+        await OutboundPolicy(["127.0.0.1/32"], {9092: "kafka.bootstrap_servers"}).check_apprise_url(
+            "json://127.0.0.1:9092/"
+        )
+
+
 def _alert() -> Alert:
     return Alert(
         alert_id="al-1",
@@ -204,10 +239,16 @@ async def _deliver(tmp_path: Path, url: str, handler: Handler) -> tuple[list[htt
     client = httpx.AsyncClient(transport=httpx.MockTransport(record), follow_redirects=True)
     settings = DeliverySettings(max_attempts=2, backoff_base_s=0.0, backoff_jitter=0.0)
     dispatcher = AlertDispatcher(
-        store, journal, settings=settings, dead_letter=to_dead_letter, source_topic="alerts", client=client
+        store,
+        journal,
+        settings=settings,
+        dead_letter=to_dead_letter,
+        source_topic="alerts",
+        external_url="http://127.0.0.1:8088",
+        client=client,
     )
     await dispatcher.start()
-    dispatcher.submit(_alert())
+    dispatcher.submit(transition_notification(_alert()))
     await dispatcher.drain()
     await dispatcher.stop()
     await client.aclose()
@@ -236,7 +277,7 @@ async def test_a_name_resolving_to_a_private_address_at_delivery_time_gets_no_re
     assert letter.reason == (
         f"subscription {letter.reason.split(':')[0].split()[1]}: webhook http://***@hooks.example/hook failed after "
         "1 attempt(s): refused by the outbound policy: hooks.example resolves to 10.0.0.9, a private address: "
-        "webhooks go to public addresses unless delivery.allowed_targets lists the address (in a CIDR) or the host"
+        "notifications go to public addresses unless delivery.allowed_targets lists the address (in a CIDR) or the host"
     )
 
 

@@ -9,6 +9,7 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from core.contracts import Alert, Modality, Severity
+from operators.notifications import transition_notification
 from operators.secrets_at_rest import KEY_FILE, WrongSecretsKey
 from operators.subscriptions import Delivery, Selector, Subscription, SubscriptionSpec, SubscriptionStore
 
@@ -68,8 +69,15 @@ def test_minimum_severity(minimum: Severity, severity: Severity, expected: bool)
 
 
 def test_a_subscription_needs_a_delivery_channel() -> None:
-    with pytest.raises(ValidationError, match="webhook_url, sse, or both"):
+    with pytest.raises(ValidationError, match="webhook_url, apprise_urls or sse"):
         Delivery()
+
+
+@pytest.mark.parametrize("url", ["http://example.com/hook", "nosuchservice://host/x", "json:/no-host", "slack://"])
+def test_apprise_urls_are_checked_by_apprise_itself(url: str) -> None:
+    with pytest.raises(ValidationError, match="apprise"):
+        Delivery(apprise_urls=[url])
+    assert Delivery(apprise_urls=["json://hooks.example.com/in", "ntfys://ntfy.example.com/plant"]).apprise_urls
 
 
 def spec(name: str = "ops", **selector: str) -> SubscriptionSpec:
@@ -135,16 +143,23 @@ def test_adding_a_webhook_by_update_needs_a_secret(tmp_path: Path) -> None:
         patch(store, created.id, {"selector": {"min_severity": "panic"}})
 
 
-def test_matching_takes_enabled_subscriptions_whose_selector_matches(tmp_path: Path) -> None:
+def test_a_subscription_selects_the_alerts_of_a_notification_its_selector_takes(tmp_path: Path) -> None:
     store = SubscriptionStore(tmp_path / "s.sqlite")
     pumps, _ = store.create(spec("pumps", stream="pump-*"))
     critical, _ = store.create(spec("critical", min_severity="critical"))
     off, _ = store.create(spec("off"))
-    patch(store, off.id, {"enabled": False})
-    store.create(spec("fans", stream="fan-*"))
-    assert [s.id for s in store.matching(alert())] == [pumps.id]
-    assert [s.id for s in store.matching(alert(severity="critical"))] == [pumps.id, critical.id]
-    assert all(s.secret for s in store.matching(alert()))
+    off = patch(store, off.id, {"enabled": False})
+    fans, _ = store.create(spec("fans", stream="fan-*"))
+    pump_warning, pump_critical = alert(severity="warning"), alert(stream="pump-2", severity="critical")
+    grouped = transition_notification(pump_warning).model_copy(update={"alerts": [pump_warning, pump_critical]})
+
+    assert pumps.select(grouped) is grouped  # takes every alert: the notification as it is
+    only_critical = critical.select(grouped)
+    assert only_critical is not None and only_critical.alerts == [pump_critical]
+    assert only_critical.notification_id == grouped.notification_id and only_critical.group == grouped.group
+    assert fans.select(grouped) is None
+    assert off is not None and off.select(grouped) is None
+    assert grouped.alerts == [pump_warning, pump_critical]  # selecting never changes the original
 
 
 def test_secrets_are_encrypted_at_rest_and_the_files_are_private(tmp_path: Path) -> None:
@@ -189,6 +204,23 @@ def test_secrets_an_earlier_version_stored_in_clear_are_encrypted_when_the_store
     assert b"stored-in-clear-long-ago" not in b"".join(p.read_bytes() for p in tmp_path.glob("s.sqlite*"))
     (raw,) = sqlite3.connect(path).execute("SELECT spec FROM subscriptions").fetchone()
     assert "secret" not in json.loads(raw)
+
+
+def test_apprise_urls_are_encrypted_at_rest_and_kept_by_a_put_that_omits_them(tmp_path: Path) -> None:
+    store = SubscriptionStore(tmp_path / "s.sqlite")
+    urls = ["json://hooks.example.com/in?token=tok-nobody-may-read", "tgram://123456789:bot-token-nobody-reads/42/"]
+    created, _ = store.create(SubscriptionSpec(name="chat", delivery=Delivery(apprise_urls=urls)))
+    store.close()
+    on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("s.sqlite*"))
+    assert b"nobody-may-read" not in on_disk and b"bot-token" not in on_disk and b"json://" not in on_disk
+
+    store = SubscriptionStore(tmp_path / "s.sqlite")
+    assert store.get(created.id).delivery.apprise_urls == urls  # type: ignore[union-attr]
+    renamed = store.replace(created.id, SubscriptionSpec(name="renamed", delivery=Delivery(sse=True)))
+    assert renamed is not None and renamed.delivery.apprise_urls == urls and renamed.delivery.sse
+    cleared = store.replace(created.id, SubscriptionSpec(name="r", delivery=Delivery(sse=True, apprise_urls=[])))
+    assert cleared is not None and cleared.delivery.apprise_urls == []
+    assert patch(store, created.id, {"delivery": {"apprise_urls": urls[:1]}}).delivery.apprise_urls == urls[:1]  # type: ignore[union-attr]
 
 
 def test_secrets_are_printable_ascii() -> None:

@@ -20,14 +20,25 @@ from aiohttp import web
 
 from core.contracts import Alert, Score
 from core.settings import Settings
+from infra.store_query import StoreReader
 from operators.alerting import AlertEngine, SqliteAlertStateStore
+from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
 from operators.outbound import OutboundPolicy
+from operators.stream_board import StreamBoard
 from operators.subscriptions import SubscriptionStore
+from pipeline.console import ConsoleSources
 from pipeline.subscriptions_api import serve_api
 
 ALERT_STATE_FILE = "alerts.sqlite"
 SUBSCRIPTIONS_FILE = "subscriptions.sqlite"
+SNAPSHOTS_DIR = "snapshots"
+
+
+def camera_gallery(settings: Settings) -> CameraGallery:
+    """The console's camera gallery, its alert snapshots under ``<state_dir>/snapshots``."""
+    api = settings.api
+    return CameraGallery(settings.state_dir / SNAPSHOTS_DIR, api.snapshot_keep, api.snapshot_max_age_s)
 
 
 @dataclass
@@ -36,13 +47,18 @@ class AlertingService:
     subscriptions: SubscriptionStore
     dispatcher: AlertDispatcher
     hub: AlertHub
+    board: StreamBoard
+    gallery: CameraGallery
     runner: web.AppRunner
     _alert_state: SqliteAlertStateStore
     _journal: DeliveryJournal
 
     @classmethod
-    async def start(cls, settings: Settings, *, dead_letter: DeadLetterSink) -> AlertingService:
-        """Opens the stores under ``state_dir``, resumes pending webhook deliveries and starts the API server."""
+    async def start(
+        cls, settings: Settings, *, dead_letter: DeadLetterSink, gallery: CameraGallery | None = None
+    ) -> AlertingService:
+        """Opens the stores under ``state_dir``, resumes pending webhook deliveries and starts the API server
+        (with the console; ``gallery``: the one the video lane feeds frames to)."""
         alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE)
         subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
         journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
@@ -57,9 +73,11 @@ class AlertingService:
             outbound=OutboundPolicy.from_settings(settings),
         )
         await dispatcher.start()
-        runner = await serve_api(settings, subscriptions, hub, dispatcher)
+        board, gallery = StreamBoard(), gallery or camera_gallery(settings)
+        console = ConsoleSources(board, gallery, StoreReader(settings.influx))
+        runner = await serve_api(settings, subscriptions, hub, dispatcher, console)
         engine = AlertEngine(settings.alerting, alert_state)
-        return cls(engine, subscriptions, dispatcher, hub, runner, alert_state, journal)
+        return cls(engine, subscriptions, dispatcher, hub, board, gallery, runner, alert_state, journal)
 
     @property
     def api_url(self) -> str:
@@ -71,6 +89,9 @@ class AlertingService:
         alerts = self.engine.observe(score)
         for alert in alerts:
             self.dispatcher.submit(alert)
+        self.board.record(score, alerts)
+        if score.modality == "video":
+            self.gallery.record(score, alerts)
         return alerts
 
     def recover(self) -> list[Alert]:

@@ -40,6 +40,18 @@ class _OpenAlert:
     worst: float
 
 
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A video alert's snapshot: whose it is and the score and event time of the frame it shows."""
+
+    alert_id: str
+    camera: str
+    severity: str
+    started_at: float
+    event_time: float
+    score: float
+
+
 def overlay_png(frame: np.ndarray, anomaly_map: np.ndarray, box: bool) -> bytes:
     """The grayscale frame with the map in red (opacity: the map relative to its peak) and, with ``box``, the
     outline of the map's worst cell."""
@@ -69,6 +81,7 @@ class CameraGallery:
         self.keep, self.max_age_s = keep, max_age_s
         self._cameras: dict[str, _Camera] = {}
         self._open: dict[str, _OpenAlert] = {}  # camera -> its firing alert and the worst score so far
+        self._snapshots: dict[str, SnapshotInfo] = {}  # this run's snapshots that retention kept, by alert id
 
     def observe_frame(self, camera: str, event_time: float, frame: np.ndarray, anomaly_map: np.ndarray) -> None:
         frames = self._cameras.setdefault(camera, _Camera(OrderedDict())).frames
@@ -82,16 +95,21 @@ class CameraGallery:
         if camera is None:
             return
         camera.last = score
+        firing = None
         for alert in alerts:
-            if alert.state == "firing" and (
-                score.stream not in self._open or self._open[score.stream].alert_id != alert.alert_id
-            ):
-                self._open[score.stream] = _OpenAlert(alert.alert_id, float("-inf"))
+            if alert.state == "firing":
+                firing = alert
+                if score.stream not in self._open or self._open[score.stream].alert_id != alert.alert_id:
+                    self._open[score.stream] = _OpenAlert(alert.alert_id, float("-inf"))
         open_alert = self._open.get(score.stream)
         seen = camera.frames.get(score.event_time)
         if open_alert is not None and seen is not None and score.score > open_alert.worst:
             open_alert.worst = score.score
-            self._write_snapshot(open_alert.alert_id, overlay_png(*seen, box=True))
+            known = self._snapshots.get(open_alert.alert_id)
+            severity = firing.severity if firing else (known.severity if known else "warning")
+            started_at = firing.started_at if firing else (known.started_at if known else score.event_time)
+            info = SnapshotInfo(open_alert.alert_id, score.stream, severity, started_at, score.event_time, score.score)
+            self._write_snapshot(info, overlay_png(*seen, box=True))
         if any(alert.state == "resolved" for alert in alerts):
             self._open.pop(score.stream, None)
 
@@ -107,6 +125,7 @@ class CameraGallery:
                     "threshold": last.threshold if last else None,
                     "is_anomaly": last.is_anomaly if last else False,
                     "alert_id": self._open[name].alert_id if name in self._open else None,
+                    "snapshots": [vars(i) for i in self._snapshots.values() if i.camera == name][::-1],
                 }
             )
         return views
@@ -127,10 +146,12 @@ class CameraGallery:
             return None
         return self.snapshot_dir / f"{alert_id}.png"
 
-    def _write_snapshot(self, alert_id: str, png: bytes) -> None:
-        path = self._snapshot_path(alert_id)
+    def _write_snapshot(self, info: SnapshotInfo, png: bytes) -> None:
+        path = self._snapshot_path(info.alert_id)
         if path is None:
             return
+        self._snapshots.pop(info.alert_id, None)
+        self._snapshots[info.alert_id] = info  # newest last
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         partial.write_bytes(png)
@@ -144,3 +165,4 @@ class CameraGallery:
         for index, path in enumerate(by_age):
             if index >= self.keep or now - path.stat().st_mtime > self.max_age_s:
                 path.unlink(missing_ok=True)
+                self._snapshots.pop(path.stem, None)

@@ -17,30 +17,19 @@ async function refresh() {
         el("span", { class: "muted" }, time(camera.event_time)),
         camera.alert_id ? el("span", {}, " · firing ", el("code", {}, camera.alert_id)) : null),
     )));
+    document.getElementById("snapshots").replaceChildren(...cameras.flatMap((camera) => camera.snapshots.map(snapshot)));
     showError("error", null);
   } catch (error) {
     showError("error", error);
   }
 }
 
-function snapshot(alert) {
-  return el("figure", { "data-alert": alert.alert_id },
-    el("img", { src: `/v1/alerts/${alert.alert_id}/snapshot.png`, alt: `worst frame of alert ${alert.alert_id} on ${alert.stream}` }),
-    el("figcaption", {}, el("strong", {}, alert.stream), ` ${alert.severity} ${alert.status ?? alert.state}`, el("br"),
-      el("span", { class: "muted" }, `started ${time(alert.started_at)}`)));
-}
-
-async function refreshSnapshots() {
-  try {
-    const { alerts } = await api("/v1/alerts?status=all&limit=50");
-    document.getElementById("snapshots").replaceChildren(...alerts.filter((a) => a.modality === "video").map(snapshot));
-    showError("snapshots-error", null);
-  } catch (error) {
-    showError("snapshots-error", error);
-  }
+function snapshot(info) {
+  return el("figure", { "data-alert": info.alert_id },
+    el("img", { src: `/v1/alerts/${info.alert_id}/snapshot.png?t=${info.event_time}`, alt: `worst frame of alert ${info.alert_id} on ${info.camera}` }),
+    el("figcaption", {}, el("strong", {}, info.camera), ` ${info.severity}, worst score ${number(info.score)}`, el("br"),
+      el("span", { class: "muted" }, `started ${time(info.started_at)}, worst frame ${time(info.event_time)}`)));
 }
 
 refresh();
-refreshSnapshots();
 setInterval(refresh, 2000);
-setInterval(refreshSnapshots, 10000);

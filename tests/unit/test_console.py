@@ -172,6 +172,7 @@ def test_the_gallery_keeps_the_worst_frame_of_each_video_alert_within_its_retent
         gallery.observe_frame("cam", 10.0 + n, *_frame_and_map((1, 1)))
         gallery.record(score(10.0 + n, 9.0, True, "video", "cam"), [other])
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["al-1.png", "al-2.png"]
+    assert [info["alert_id"] for info in gallery.cameras()[0]["snapshots"]] == ["al-2", "al-1"], "newest first"
 
 
 def test_the_score_history_pairs_points_contributions_and_alert_episodes() -> None:

@@ -173,7 +173,9 @@ def _range(request: web.Request, last_event_time: float | None) -> tuple[float, 
         end = float(request.query["end"]) if "end" in request.query else (last_event_time or time.time())
         start = float(request.query["start"]) if "start" in request.query else end - DEFAULT_RANGE_S
     except ValueError as error:
-        raise web.HTTPBadRequest(text='{"error": "start and end are seconds since 1970"}') from error
+        raise web.HTTPBadRequest(
+            text='{"error": "start and end are seconds since 1970"}', content_type="application/json"
+        ) from error
     if start >= end:
         raise web.HTTPBadRequest(text='{"error": "start must be before end"}', content_type="application/json")
     return start, end
@@ -193,27 +195,24 @@ def score_history(modality: str, stream: str, scores: list[Sample], alerts: list
         for t, fields in sorted(by_time.items())
         if "score" in fields
     ]
-    # An alert transition is stored at its event time with the episode's started_at; resolved has firing = 0.
+    # An alert transition is stored at its event time with its episode's started_at and severity (a tag);
+    # resolved has firing = 0. An episode: its start, its resolution's time (None: still open), its worst severity.
     transitions: dict[float, dict[str, float]] = defaultdict(dict)
-    severity_of: dict[float, str] = {}
+    severity_at: dict[float, str] = {}
     for sample in alerts:
         transitions[sample.time][sample.field] = sample.value
-        transitions[sample.time]["severity"] = SEVERITY_ORDER.get(dict(sample.tags).get("severity", ""), 0)
+        severity_at[sample.time] = dict(sample.tags).get("severity", "warning")
     episodes: dict[float, list[Any]] = {}
     for t, fields in sorted(transitions.items()):
-        started_at = fields.get("started_at")
-        if started_at is None:
+        if (started_at := fields.get("started_at")) is None:
             continue
         episode = episodes.setdefault(
-            started_at, [started_at, None, alert_id_for(stream_key(modality, stream), started_at), None]
+            started_at, [started_at, None, alert_id_for(stream_key(modality, stream), started_at), severity_at[t]]
         )
         if fields.get("firing") == 0:
             episode[1] = t
-        severity = int(fields["severity"])
-        severity_of[started_at] = max(severity_of.get(started_at, severity), severity)
-    names = {order: name for name, order in SEVERITY_ORDER.items()}
-    for started_at, episode in episodes.items():
-        episode[3] = names[severity_of[started_at]]
+        if SEVERITY_ORDER[severity_at[t]] > SEVERITY_ORDER[episode[3]]:
+            episode[3] = severity_at[t]
     return {"points": points, "contributions": dict(contributions), "episodes": list(episodes.values())}
 
 

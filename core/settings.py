@@ -194,6 +194,9 @@ class ApiSettings(BaseModel):
     token: str = Field(default=DEVELOPMENT_TOKEN, min_length=1)
     allow_dev_token: bool = False
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="how long a console login lasts")
+    # The console's snapshot of each video alert (its worst frame, map and box) under <state_dir>/snapshots.
+    snapshot_keep: int = Field(default=500, ge=1, description="the newest this many alert snapshots are kept")
+    snapshot_max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0, description="older snapshots are removed")
     external_url: str | None = Field(
         default=None,
         description="the API's address as notification receivers should link to it; none: http://host:port",

@@ -22,6 +22,7 @@ from core.settings import Settings, StreamSettings
 from operators.batching import BatchFn, MicroBatcher
 from operators.frames import FrameBuffer, FrameStack, decode_frame
 from operators.model_cards import TsModelCard, VideoModelCard
+from operators.ports import FrameObserver
 from operators.thresholding import Thresholder
 from operators.triton_stage import TsRequest, TsResult, VideoResult
 from operators.windowing import EmittedWindow, SensorWindower
@@ -268,8 +269,15 @@ class SensorLane:
 class VideoLane:
     modality: Modality = "video"
 
-    def __init__(self, settings: Settings, card: VideoModelCard, score_batch: BatchFn[np.ndarray, VideoResult]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        card: VideoModelCard,
+        score_batch: BatchFn[np.ndarray, VideoResult],
+        observer: FrameObserver | None = None,
+    ) -> None:
         self.topic, self.card = settings.topics.video_frames, card
+        self.observer = observer  # sees each scored frame with its map (the console's camera gallery)
         self.max_future_s, self.idle_after_s = settings.stream.max_future_s, settings.video.idle_after_s
         self.model = settings.triton.video_model
         self.model_version = card.version or settings.triton.video_model_version
@@ -299,6 +307,8 @@ class VideoLane:
         return item.payload.frames
 
     def measurement(self, item: WorkItem[FrameStack], result: VideoResult) -> Measurement:
+        if self.observer is not None:
+            self.observer.observe_frame(item.stream, item.event_time, item.payload.frames[-1], result.map)
         rows, columns = result.map.shape
         y, x = np.unravel_index(int(np.argmax(result.map)), result.map.shape)
         return Measurement(result.score, {}, (float((y + 0.5) / rows), float((x + 0.5) / columns)))

@@ -314,6 +314,10 @@ class Notifier:
         entry = self._store.entry(alert_id)
         return None if entry is None else self._view(entry, self._rules(), self._clock())
 
+    def status(self, alert_id: str) -> AlertStatus | None:
+        view = self.view(alert_id)
+        return None if view is None else view.status
+
     def events(self, *, since: float | None = None, alert_id: str | None = None, limit: int = 100) -> list[AlertEvent]:
         return self._store.events(since=since, alert_id=alert_id, limit=limit)
 

@@ -1,5 +1,6 @@
 """The clients the engine is given, as protocols: Kafka, the store and alerting in production (``infra.kafka``,
-``operators.influx_sink``, ``pipeline.alerting_service``), in-memory fakes in unit tests."""
+``operators.influx_sink``, ``pipeline.alerting_service``), in-memory fakes in unit tests; and what a lane may hand
+its measurements to (``FrameObserver``: the camera gallery)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 from influxdb_client import Point
 
@@ -60,3 +62,9 @@ class AlertObserver(Protocol):
     def recover(self) -> list[Alert]: ...
 
     def acknowledge(self, alert: Alert) -> None: ...
+
+
+class FrameObserver(Protocol):
+    """Sees the scored frame of every video stack with its anomaly map (the console's camera gallery)."""
+
+    def observe_frame(self, camera: str, event_time: float, frame: np.ndarray, anomaly_map: np.ndarray) -> None: ...

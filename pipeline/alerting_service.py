@@ -27,17 +27,22 @@ from aiohttp import web
 
 from core.contracts import Alert, AlertEvent, Score
 from core.settings import Settings
+from infra.store_query import StoreReader
 from operators.alerting import AlertEngine, SqliteAlertStateStore
+from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
 from operators.lifecycle import LifecycleStore
 from operators.notifier import Notifier
 from operators.outbound import OutboundPolicy
+from operators.stream_board import StreamBoard
 from operators.subscriptions import SubscriptionStore
+from pipeline.console import ConsoleSources
 from pipeline.subscriptions_api import serve_api
 
 ALERT_STATE_FILE = "alerts.sqlite"
 SUBSCRIPTIONS_FILE = "subscriptions.sqlite"
 LIFECYCLE_FILE = "lifecycle.sqlite"
+SNAPSHOTS_DIR = "snapshots"
 TICK_INTERVAL_S = 1.0
 EVENT_DRAIN_S = 5.0  # how long stop() waits for events still being published
 
@@ -70,6 +75,12 @@ async def _publish_forever(queue: asyncio.Queue[AlertEvent], publish_event: Even
             queue.task_done()
 
 
+def camera_gallery(settings: Settings) -> CameraGallery:
+    """The console's camera gallery, its alert snapshots under ``<state_dir>/snapshots``."""
+    api = settings.api
+    return CameraGallery(settings.state_dir / SNAPSHOTS_DIR, api.snapshot_keep, api.snapshot_max_age_s)
+
+
 @dataclass
 class AlertingService:
     engine: AlertEngine
@@ -77,6 +88,8 @@ class AlertingService:
     subscriptions: SubscriptionStore
     dispatcher: AlertDispatcher
     hub: AlertHub
+    board: StreamBoard
+    gallery: CameraGallery
     runner: web.AppRunner
     _alert_state: SqliteAlertStateStore
     _journal: DeliveryJournal
@@ -87,10 +100,16 @@ class AlertingService:
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, dead_letter: DeadLetterSink, publish_event: EventPublisher | None = None
+        cls,
+        settings: Settings,
+        *,
+        dead_letter: DeadLetterSink,
+        publish_event: EventPublisher | None = None,
+        gallery: CameraGallery | None = None,
     ) -> AlertingService:
-        """Opens the stores under ``state_dir``, resumes pending webhook deliveries, starts the API server and the
-        notifier's timers; every AlertEvent goes to ``publish_event`` (in order, never blocking the caller)."""
+        """Opens the stores under ``state_dir``, resumes pending webhook deliveries, starts the API server (with
+        the console; ``gallery``: the one the video lane feeds frames to) and the notifier's timers; every
+        AlertEvent goes to ``publish_event`` (in order, never blocking the caller)."""
         alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE)
         subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
         journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
@@ -113,13 +132,15 @@ class AlertingService:
                 events.put_nowait(event)
 
         notifier = Notifier(settings.alerting, lifecycle, dispatcher, on_events=queue_events)
-        runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier)
+        board, gallery = StreamBoard(), gallery or camera_gallery(settings)
+        console = ConsoleSources(board, gallery, StoreReader(settings.influx), alert_status=notifier.status)
+        runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier, console)
         engine = AlertEngine(settings.alerting, alert_state)
         ticker = asyncio.create_task(_tick_forever(notifier), name="notifier-tick")
         publisher = asyncio.create_task(_publish_forever(events, publish_event or _discard), name="alert-events")
         return cls(
-            engine, notifier, subscriptions, dispatcher, hub, runner, alert_state, journal, lifecycle, events,
-            ticker, publisher,
+            engine, notifier, subscriptions, dispatcher, hub, board, gallery, runner, alert_state, journal,
+            lifecycle, events, ticker, publisher,
         )  # fmt: skip
 
     @property
@@ -132,6 +153,9 @@ class AlertingService:
         alerts = self.engine.observe(score)
         for alert in alerts:
             self._notify(alert)
+        self.board.record(score, alerts)
+        if score.modality == "video":
+            self.gallery.record(score, alerts)
         return alerts
 
     def recover(self) -> list[Alert]:

@@ -1,6 +1,8 @@
 """REST API for alert subscriptions and the server-sent-events alert stream (aiohttp).
 
-Every ``/v1`` route needs ``Authorization: Bearer <api.token>``; ``/healthz`` does not. The server refuses to
+Every ``/v1`` route needs ``Authorization: Bearer <api.token>`` or the web console's session cookie
+(``pipeline/console.py``; with the cookie, state-changing requests also need ``X-DiffSentry-Console: 1``);
+``/healthz`` does not. The server refuses to
 start with the default development token unless ``api.allow_dev_token`` is set.
 
 A webhook URL, and the servers apprise URLs name, must pass the outbound policy (``operators/outbound.py``) when
@@ -11,7 +13,8 @@ they are created or changed, or the request is answered 422 with the reason; cre
 - ``GET /v1/subscriptions`` list, ``GET /v1/subscriptions/{id}`` get (secrets never appear)
 - ``PUT /v1/subscriptions/{id}`` replace, ``PATCH /v1/subscriptions/{id}`` JSON merge patch, ``DELETE`` remove (204)
 - ``POST /v1/subscriptions/{id}/test`` sends a synthetic notification to each of its channels (202)
-- ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or ``?stream=&modality=&min_severity=``
+- ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or
+  ``?stream=&modality=&min_severity=``; ``?include=scores`` adds every score as ``event: score`` (the console)
 - ``GET /v1/deliveries?subscription=ID&limit=N`` the delivery log (newest first) and the deliveries by outcome
 - with a ``notifier``: the alert-lifecycle routes of ``pipeline/alerts_api.py`` (alerts, ack, silences, ...)
 """
@@ -34,12 +37,14 @@ from operators.alerting import idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifier import Notifier
 from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
+from operators.stream_board import StreamBoard
 from operators.subscriptions import Selector, Subscription, SubscriptionSpec, SubscriptionStore
 from pipeline import alerts_api
 from pipeline.api_json import bad_request as _bad_request
 from pipeline.api_json import error as _error
 from pipeline.api_json import invalid
 from pipeline.api_json import json_object as _json_object
+from pipeline.console import ConsoleSources, Sessions, add_console, csrf_refusal, session_of
 
 KEEPALIVE_S = 15.0
 
@@ -48,6 +53,7 @@ HUB = web.AppKey("hub", AlertHub)
 DISPATCHER = web.AppKey("dispatcher", AlertDispatcher)
 TOKEN = web.AppKey("token", str)
 OUTBOUND = web.AppKey("outbound", OutboundPolicy)
+BOARD = web.AppKey("board", StreamBoard)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,13 +92,18 @@ async def _refused_target(request: web.Request, spec: SubscriptionSpec) -> web.R
 
 
 @web.middleware
-async def _bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``/v1``: the bearer token, or the console's session cookie (then state changes need the console header)."""
     if request.path.startswith("/v1/"):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), request.app[TOKEN].encode()):
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), request.app[TOKEN].encode()):
+            return await handler(request)
+        if not session_of(request):
             return web.json_response(
                 {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
             )
+        if (refusal := csrf_refusal(request)) is not None:
+            return refusal
     return await handler(request)
 
 
@@ -181,10 +192,27 @@ def _stream_selector(request: web.Request) -> Selector:
         raise _bad_request(str(error)) from error
 
 
+async def _next_events(alerts: asyncio.Queue[Any], scores: asyncio.Queue[Any] | None) -> list[tuple[str, Any]]:
+    """What arrives first on the alert queue or (when given) the score queue, both when both are ready;
+    TimeoutError after KEEPALIVE_S without either."""
+    waiting = {asyncio.ensure_future(alerts.get()): "alert"}
+    if scores is not None:
+        waiting[asyncio.ensure_future(scores.get())] = "score"
+    done, pending = await asyncio.wait(waiting, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if not done:
+        raise TimeoutError
+    return [(kind, task.result()) for task, kind in waiting.items() if task in done]
+
+
 async def _alert_stream(request: web.Request) -> web.StreamResponse:
     selector = _stream_selector(request)
     hub = request.app[HUB]
+    board = request.app.get(BOARD)
+    include = set(request.query.get("include", "").split(","))
     queue = hub.subscribe(selector)
+    scores = board.listen() if board is not None and "scores" in include else None
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
@@ -194,18 +222,24 @@ async def _alert_stream(request: web.Request) -> web.StreamResponse:
         await response.write(b": connected\n\n")
         while True:
             try:
-                alert = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                arrived = await _next_events(queue, scores)
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
-            if alert is None:
+            if any(item is None for _, item in arrived):
                 break
-            event = f"id: {idempotency_key(alert)}\nevent: alert\ndata: {alert.to_json().decode()}\n\n"
-            await response.write(event.encode())
+            for kind, item in arrived:
+                if kind == "alert":
+                    event = f"id: {idempotency_key(item)}\nevent: alert\ndata: {item.to_json().decode()}\n\n"
+                else:
+                    event = f"event: score\ndata: {item.to_json().decode()}\n\n"
+                await response.write(event.encode())
     except ConnectionResetError:
         pass  # the client went away
     finally:
         hub.unsubscribe(queue)
+        if scores is not None and board is not None:
+            board.unlisten(scores)
     return response
 
 
@@ -260,9 +294,11 @@ def build_app(
     dispatcher: AlertDispatcher | None = None,
     *,
     outbound: OutboundPolicy,
+    session_ttl_s: float,
     notifier: Notifier | None = None,
+    console: ConsoleSources | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_bearer_auth])
+    app = web.Application(middlewares=[_auth])
     app[TOKEN] = token
     app[OUTBOUND] = outbound
     app[STORE] = store
@@ -281,9 +317,14 @@ def build_app(
     app.router.add_get("/v1/deliveries", _deliveries)
     if notifier is not None:
         alerts_api.register(app, notifier)
+    add_console(app, Sessions(token, session_ttl_s), console)
+    if console is not None:
+        app[BOARD] = console.board
 
     async def _end_streams(app: web.Application) -> None:
         hub.close()  # lets open SSE responses finish instead of holding the shutdown
+        if console is not None:
+            console.board.close()
 
     app.on_shutdown.append(_end_streams)
     return app
@@ -295,6 +336,7 @@ async def serve_api(
     hub: AlertHub,
     dispatcher: AlertDispatcher | None = None,
     notifier: Notifier | None = None,
+    console: ConsoleSources | None = None,
 ) -> web.AppRunner:
     """Starts the API on ``api.host:api.port`` (port 0 picks a free one; see ``runner.addresses``).
 
@@ -305,8 +347,10 @@ async def serve_api(
             "api.token is the default development token, which anyone can guess: set DIFFSENTRY_API__TOKEN "
             "(or api.allow_dev_token: true on a development machine)"
         )
-    outbound = OutboundPolicy.from_settings(settings)
-    app = build_app(settings.api.token, store, hub, dispatcher, outbound=outbound, notifier=notifier)
+    app = build_app(
+        settings.api.token, store, hub, dispatcher, outbound=OutboundPolicy.from_settings(settings),
+        session_ttl_s=settings.api.session_ttl_s, notifier=notifier, console=console,
+    )  # fmt: skip
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api.host, settings.api.port).start()

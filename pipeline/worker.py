@@ -28,10 +28,10 @@ from operators.engine import StreamEngine
 from operators.influx_sink import InfluxSink, alert_event_point
 from operators.lanes import Lane, SensorLane, VideoLane
 from operators.model_cards import ModelCardError, card_path, load_ts_card, load_video_card
-from operators.ports import AlertObserver
+from operators.ports import AlertObserver, FrameObserver
 from operators.resilience import Backoff, CircuitBreaker, breaker_gauge
 from operators.triton_stage import TritonStage
-from pipeline.alerting_service import AlertingService
+from pipeline.alerting_service import AlertingService, camera_gallery
 from pipeline.health import serve_health
 
 log = logging.getLogger("diffsentry.worker")
@@ -57,13 +57,14 @@ def clients(settings: Settings) -> tuple[TritonStage, InfluxSink]:
     return scorer, store
 
 
-def lanes(settings: Settings, triton: TritonStage) -> list[Lane[Any, Any, Any]]:
-    """One lane per modality whose model card is usable; a model without a card leaves its topic unread."""
+def lanes(settings: Settings, triton: TritonStage, frames: FrameObserver | None = None) -> list[Lane[Any, Any, Any]]:
+    """One lane per modality whose model card is usable; a model without a card leaves its topic unread.
+    ``frames`` sees the video lane's scored frames with their maps (the console's camera gallery)."""
     repository, models = settings.model_repository, settings.triton
     built: list[Lane[Any, Any, Any]] = []
     for name, load_card, build in (
         (models.ts_model, load_ts_card, lambda card: SensorLane(settings, card, triton.score_ts)),
-        (models.video_model, load_video_card, lambda card: VideoLane(settings, card, triton.score_video)),
+        (models.video_model, load_video_card, lambda card: VideoLane(settings, card, triton.score_video, frames)),
     ):
         try:
             built.append(build(load_card(card_path(repository, name))))
@@ -82,7 +83,8 @@ class Worker:
         self.alerts = alerts  # None: run() starts the AlertingService (engine, subscriptions API, delivery)
         self.alerting: AlertingService | None = None
         self.triton, self.store = clients(settings)
-        self.lanes = lanes(settings, self.triton)
+        self.gallery = camera_gallery(settings)
+        self.lanes = lanes(settings, self.triton, self.gallery)
         self.engine = StreamEngine(
             settings, self.lanes, KafkaSource(settings), KafkaPublisher(settings.kafka), self.store
         )
@@ -99,7 +101,10 @@ class Worker:
         await self.engine.start()
         if self.alerts is None:
             self.alerting = await AlertingService.start(
-                self.settings, dead_letter=self.engine.publish_dead_letter, publish_event=self.publish_event
+                self.settings,
+                dead_letter=self.engine.publish_dead_letter,
+                publish_event=self.publish_event,
+                gallery=self.gallery,
             )
         try:
             await self.engine.run(self.alerts or self.alerting, stop)

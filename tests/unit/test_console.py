@@ -1,0 +1,199 @@
+"""The web console's server side against a real aiohttp server: session login, the cookie on /v1 with its CSRF
+guard, pages and static files, the stream board, the camera gallery and the store read-back's assembly."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from core.contracts import Alert, Score
+from core.settings import ApiSettings, Settings
+from infra.store_query import Sample, StoreReader
+from operators.alerting import alert_id_for, stream_key
+from operators.camera_gallery import CameraGallery
+from operators.delivery import AlertHub
+from operators.stream_board import StreamBoard
+from operators.subscriptions import SubscriptionStore
+from pipeline.console import SESSION_COOKIE, ConsoleSources, Sessions, score_history
+from pipeline.subscriptions_api import serve_api
+
+TOKEN = "console-test-token-0123456789"
+
+
+def score(t: float, value: float, anomalous: bool, modality: str = "sensor", stream: str = "pump-1") -> Score:
+    return Score(
+        modality=modality, stream=stream, event_time=t, score=value, threshold=1.0, is_anomaly=anomalous,
+        model="m", model_version="1",
+    )  # fmt: skip
+
+
+def alert(state: str, t: float, stream: str = "pump-1", modality: str = "sensor") -> Alert:
+    return Alert(
+        alert_id="al-0123456789abcdef0123", modality=modality, stream=stream, state=state, severity="warning",
+        started_at=t, event_time=t, score=2.0, threshold=1.0, model="m",
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def console_server(tmp_path: Path) -> AsyncIterator[tuple[str, ConsoleSources]]:
+    settings = Settings(state_dir=tmp_path, api=ApiSettings(port=0, token=TOKEN))
+    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    sources = ConsoleSources(
+        StreamBoard(), CameraGallery(tmp_path / "snapshots", 3, 3600), StoreReader(settings.influx)
+    )
+    runner = await serve_api(settings, store, AlertHub(), console=sources)
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}", sources
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+async def test_a_wrong_token_gets_no_cookie_and_no_data(tmp_path: Path) -> None:
+    async with console_server(tmp_path) as console:
+        url, sources = console
+        sources.board.record(score(1.0, 0.5, False), [])
+        async with httpx.AsyncClient(base_url=url) as client:
+            refused = await client.post("/console/login", data={"token": "wrong"})
+            assert refused.status_code == 401 and "set-cookie" not in refused.headers
+            assert "Wrong token" in refused.text
+            assert (await client.get("/v1/streams")).status_code == 401
+            client.cookies.set(SESSION_COOKIE, f"{int(time.time()) + 3600}.nonce.{'0' * 64}")  # forged
+            assert (await client.get("/v1/streams")).status_code == 401
+            page = await client.get("/console/")
+            assert page.status_code == 303 and page.headers["location"] == "/console/login"
+
+
+async def test_the_session_cookie_opens_v1_and_state_changes_need_the_console_header(tmp_path: Path) -> None:
+    async with console_server(tmp_path) as console:
+        url, sources = console
+        sources.board.record(score(1.0, 0.5, False), [])
+        async with httpx.AsyncClient(base_url=url) as client:
+            login = await client.post("/console/login", data={"token": TOKEN})
+            assert login.status_code == 303 and login.headers["location"] == "/console/"
+            cookie = login.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+            (stream,) = (await client.get("/v1/streams")).json()["streams"]
+            assert stream["stream"] == "pump-1" and stream["status"] == "ok" and stream["recent"] == [[1.0, 0.5, 1.0]]
+
+            spec = {"name": "console", "delivery": {"sse": True}}
+            csrf = await client.post("/v1/subscriptions", json=spec)
+            assert csrf.status_code == 403 and "X-DiffSentry-Console" in csrf.json()["error"]
+            created = await client.post("/v1/subscriptions", json=spec, headers={"X-DiffSentry-Console": "1"})
+            assert created.status_code == 201
+
+            assert '<table id="streams">' in (await client.get("/console/")).text
+            assert (await client.get("/console/static/vendor/uPlot.iife.min.js")).status_code == 200
+            logout = await client.post("/console/logout")
+            assert logout.status_code == 303 and (await client.get("/v1/streams")).status_code == 401
+
+
+async def test_the_bearer_token_needs_no_console_header(tmp_path: Path) -> None:
+    async with console_server(tmp_path) as console:
+        url, _ = console
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            assert (
+                await client.post("/v1/subscriptions", json={"name": "b", "delivery": {"sse": True}})
+            ).status_code == 201
+
+
+def test_sessions_expire_and_belong_to_their_token() -> None:
+    sessions = Sessions(TOKEN, ttl_s=60)
+    cookie = sessions.issue(now=1000.0)
+    assert sessions.valid(cookie, now=1059.0)
+    assert not sessions.valid(cookie, now=1061.0)
+    assert not Sessions("another-token-0123456789", 60).valid(cookie, now=1001.0)
+    expires, nonce, signature = cookie.split(".")
+    assert not sessions.valid(f"{int(expires) + 3600}.{nonce}.{signature}", now=1001.0)
+
+
+async def test_the_alert_stream_carries_scores_when_asked(tmp_path: Path) -> None:
+    async with console_server(tmp_path) as (url, sources):
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with (
+            httpx.AsyncClient(base_url=url, headers=headers, timeout=5) as client,
+            client.stream("GET", "/v1/alerts/stream?include=scores") as events,
+        ):
+            lines = events.aiter_lines()
+            assert await anext(lines) == ": connected"
+            sources.board.record(score(5.0, 3.0, True), [])
+            assert [await anext(lines) for _ in range(3)][1:] == [
+                "event: score",
+                f"data: {score(5.0, 3.0, True).to_json().decode()}",
+            ]
+
+
+def test_the_board_follows_a_stream_through_its_phases() -> None:
+    board = StreamBoard(recent=3)
+    phases = []
+    for t, (value, anomalous, alerts) in enumerate(
+        [(0.1, False, []), (2.0, True, []), (2.5, True, [alert("firing", 1.0)]), (2.2, True, []),
+         (0.2, False, [alert("resolved", 4.0)]), (0.1, False, []), (3.0, True, [])]
+    ):  # fmt: skip
+        board.record(score(float(t), value, anomalous), alerts)
+        phases.append(board.entries()[0].phase)
+    assert phases == ["ok", "pending", "firing", "firing", "resolved", "resolved", "pending"]
+    assert [p[0] for p in board.entries()[0].recent] == [4.0, 5.0, 6.0]
+
+
+def _frame_and_map(peak: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    anomaly_map = np.zeros((6, 9), dtype=np.float32)
+    anomaly_map[peak] = 1.0
+    return np.full((96, 144), 90, dtype=np.uint8), anomaly_map
+
+
+def test_the_gallery_keeps_the_worst_frame_of_each_video_alert_within_its_retention(tmp_path: Path) -> None:
+    gallery = CameraGallery(tmp_path, keep=2, max_age_s=3600)
+    for t, peak in ((1.0, (0, 0)), (2.0, (5, 8))):
+        gallery.observe_frame("cam", t, *_frame_and_map(peak))
+    fired = alert("firing", 1.0, stream="cam", modality="video")
+    gallery.record(score(1.0, 2.0, True, "video", "cam"), [fired])
+    gallery.record(score(2.0, 5.0, True, "video", "cam"), [])  # worse: the snapshot moves to this frame
+    snapshot = Image.open(io.BytesIO(gallery.snapshot_png(fired.alert_id) or b"")).convert("RGB")
+    width, height = snapshot.size
+    assert width >= 432
+    assert snapshot.getpixel((width - 2, height - 2)) == (255, 230, 0), "the box around the worst cell (bottom right)"
+    assert snapshot.getpixel((1, 1)) != (255, 230, 0)
+    latest = Image.open(io.BytesIO(gallery.latest_png("cam") or b"")).convert("RGB")
+    assert latest.size == snapshot.size and latest.getpixel((width - 2, height - 2))[0] == 255
+    assert gallery.cameras()[0]["alert_id"] == fired.alert_id
+    assert gallery.snapshot_png("../../etc/passwd") is None
+
+    for n in range(3):  # retention: only the newest 2 snapshots stay
+        other = alert("firing", 10.0 + n, stream="cam", modality="video").model_copy(update={"alert_id": f"al-{n}"})
+        gallery.observe_frame("cam", 10.0 + n, *_frame_and_map((1, 1)))
+        gallery.record(score(10.0 + n, 9.0, True, "video", "cam"), [other])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["al-1.png", "al-2.png"]
+    assert [info["alert_id"] for info in gallery.cameras()[0]["snapshots"]] == ["al-2", "al-1"], "newest first"
+
+
+def test_the_score_history_pairs_points_contributions_and_alert_episodes() -> None:
+    tags = (("asset", "pump-1"),)
+    scores = [
+        Sample("score", 10.0, 0.5, tags), Sample("threshold", 10.0, 1.0, tags), Sample("is_anomaly", 10.0, 0.0, tags),
+        Sample("contribution_temp", 10.0, 0.3, tags), Sample("score", 11.0, 2.0, tags),
+        Sample("threshold", 11.0, 1.0, tags), Sample("is_anomaly", 11.0, 1.0, tags),
+    ]  # fmt: skip
+    alert_tags = lambda severity: (("modality", "sensor"), ("severity", severity), ("stream", "pump-1"))  # noqa: E731
+    alerts = [
+        Sample("firing", 11.0, 1.0, alert_tags("warning")), Sample("started_at", 11.0, 10.5, alert_tags("warning")),
+        Sample("firing", 12.0, 1.0, alert_tags("critical")), Sample("started_at", 12.0, 10.5, alert_tags("critical")),
+        Sample("firing", 13.0, 0.0, alert_tags("critical")), Sample("started_at", 13.0, 10.5, alert_tags("critical")),
+        Sample("firing", 20.0, 1.0, alert_tags("warning")), Sample("started_at", 20.0, 19.0, alert_tags("warning")),
+    ]  # fmt: skip
+    history = score_history("sensor", "pump-1", scores, alerts)
+    assert history["points"] == [[10.0, 0.5, 1.0, False], [11.0, 2.0, 1.0, True]]
+    assert history["contributions"] == {"temp": [[10.0, 0.3]]}
+    key = stream_key("sensor", "pump-1")
+    assert history["episodes"] == [
+        [10.5, 13.0, alert_id_for(key, 10.5), "critical"],
+        [19.0, None, alert_id_for(key, 19.0), "warning"],
+    ]

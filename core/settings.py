@@ -36,6 +36,9 @@ class KafkaSettings(BaseModel):
     sasl_password: str | None = None
     client_id: str = "diffsentry"
     consumer_group: str = "diffsentry-worker"
+    # "tansu": the local stack's broker (its state file says so); turns on the client-side fixes of
+    # infra/tansu_compat.py. Apache Kafka ("kafka") needs none.
+    broker: Literal["kafka", "tansu"] = "kafka"
 
 
 class TopicSettings(BaseModel):
@@ -182,6 +185,23 @@ class AlertingSettings(BaseModel):
     )
 
 
+class AlertingTierSettings(BaseModel):
+    """The alerting role (``diffsentry run --role alerting``): a faust-streaming app over the scores topic whose
+    per-stream alert state is a faust Table, restored from its changelog to whichever instance owns a partition."""
+
+    app_id: str = Field(
+        default="diffsentry-alerting",
+        min_length=1,
+        description="the faust app id: its consumer group and the prefix of its changelog topic",
+    )
+    table_store: str = Field(
+        default="memory://",
+        description="faust store of the state table: memory:// restores from the changelog on every assignment",
+    )
+    session_timeout_s: float = Field(default=6.0, gt=0)  # tansu answers JoinGroup after ~session_timeout/2
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+
+
 # The API refuses to serve with it unless api.allow_dev_token says this is a development set-up.
 DEVELOPMENT_TOKEN = "diffsentry-dev-token"
 
@@ -270,6 +290,7 @@ class Settings(BaseSettings):
     sensors: SensorSettings = Field(default_factory=SensorSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    alerting_tier: AlertingTierSettings = Field(default_factory=AlertingTierSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     stack: LocalStackSettings = Field(default_factory=LocalStackSettings)

@@ -52,7 +52,7 @@ class ServiceRecord:
         if self.name == OBJECT_STORE:
             return {}  # only the broker talks to it
         if self.name == KAFKA:
-            return {"kafka": {"bootstrap_servers": self.url}}
+            return {"kafka": {"bootstrap_servers": self.url, "broker": "tansu"}}
         if self.name == TRITON:
             return {
                 "triton": {

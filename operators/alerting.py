@@ -182,6 +182,11 @@ class AlertEngine:
             self._states[key] = self._store.load(key) or StreamState()
         return self._states[key]
 
+    def forget(self) -> None:
+        """Drops the states held in memory: the store is read again (a partition moved away and may come back with
+        states another instance advanced meanwhile)."""
+        self._states.clear()
+
     def observe(self, score: Score) -> list[Alert]:
         state = self.state(score.modality, score.stream)
         if state.last_ts is not None and score.event_time <= state.last_ts:

@@ -28,7 +28,7 @@ from aiohttp import web
 from core.contracts import Alert, AlertEvent, Score
 from core.settings import Settings
 from infra.store_query import StoreReader
-from operators.alerting import AlertEngine, SqliteAlertStateStore
+from operators.alerting import AlertEngine, AlertStateStore, SqliteAlertStateStore
 from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
 from operators.lifecycle import LifecycleStore
@@ -90,8 +90,8 @@ class AlertingService:
     hub: AlertHub
     board: StreamBoard
     gallery: CameraGallery
-    runner: web.AppRunner
-    _alert_state: SqliteAlertStateStore
+    runner: web.AppRunner | None
+    _own_alert_state: SqliteAlertStateStore | None
     _journal: DeliveryJournal
     _lifecycle: LifecycleStore
     _events: asyncio.Queue[AlertEvent]
@@ -106,11 +106,15 @@ class AlertingService:
         dead_letter: DeadLetterSink,
         publish_event: EventPublisher | None = None,
         gallery: CameraGallery | None = None,
+        alert_state: AlertStateStore | None = None,
+        api: bool = True,
     ) -> AlertingService:
         """Opens the stores under ``state_dir``, resumes pending webhook deliveries, starts the API server (with
         the console; ``gallery``: the one the video lane feeds frames to) and the notifier's timers; every
-        AlertEvent goes to ``publish_event`` (in order, never blocking the caller)."""
-        alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE)
+        AlertEvent goes to ``publish_event`` (in order, never blocking the caller). ``alert_state``: where the
+        engine keeps stream states (None: a sqlite file in ``state_dir``); ``api=False``: no API server (the
+        alerting role, whose API instances run apart)."""
+        own_alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE) if alert_state is None else None
         subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
         journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
         hub = AlertHub()
@@ -134,17 +138,18 @@ class AlertingService:
         notifier = Notifier(settings.alerting, lifecycle, dispatcher, on_events=queue_events)
         board, gallery = StreamBoard(), gallery or camera_gallery(settings)
         console = ConsoleSources(board, gallery, StoreReader(settings.influx), alert_status=notifier.status)
-        runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier, console)
-        engine = AlertEngine(settings.alerting, alert_state)
+        runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier, console) if api else None
+        engine = AlertEngine(settings.alerting, alert_state or own_alert_state)
         ticker = asyncio.create_task(_tick_forever(notifier), name="notifier-tick")
         publisher = asyncio.create_task(_publish_forever(events, publish_event or _discard), name="alert-events")
         return cls(
-            engine, notifier, subscriptions, dispatcher, hub, board, gallery, runner, alert_state, journal,
+            engine, notifier, subscriptions, dispatcher, hub, board, gallery, runner, own_alert_state, journal,
             lifecycle, events, ticker, publisher,
         )  # fmt: skip
 
     @property
     def api_url(self) -> str:
+        assert self.runner is not None, "started without the API"
         host, port = self.runner.addresses[0][:2]
         return f"http://{host}:{port}"
 
@@ -166,6 +171,12 @@ class AlertingService:
             self._notify(alert)
         return alerts
 
+    def notify_recovered(self, alerts: list[Alert]) -> None:
+        """Alerts another instance emitted but never published (the alerting tier finds them in a stream's state):
+        to the notifier like ``recover``'s, which takes each transition once."""
+        for alert in alerts:
+            self._notify(alert)
+
     def _notify(self, alert: Alert) -> None:
         """To the live SSE feed (every transition, as the console shows them), and to the notifier, which decides
         what subscribers receive."""
@@ -178,7 +189,8 @@ class AlertingService:
     async def stop(self) -> None:
         """Stops the API, the timers, the event publishing (after the events made so far, for up to
         ``EVENT_DRAIN_S``) and the deliveries (pending ones resume at the next start) and closes the stores."""
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
         self._ticker.cancel()
         try:
             await asyncio.wait_for(self._events.join(), EVENT_DRAIN_S)
@@ -188,6 +200,7 @@ class AlertingService:
         await asyncio.gather(self._ticker, self._publisher, return_exceptions=True)
         await self.dispatcher.stop()
         self._lifecycle.close()
-        self._alert_state.close()
+        if self._own_alert_state is not None:
+            self._own_alert_state.close()
         self.subscriptions.close()
         self._journal.close()

@@ -1,6 +1,9 @@
-"""The worker's ``/healthz`` and Prometheus ``/metrics`` endpoint."""
+"""The ``/healthz`` and Prometheus ``/metrics`` endpoint of every role of ``diffsentry run``."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,12 +34,28 @@ async def serve_health(
         }
         return web.json_response(body, status=200 if consuming and not failing else 503)
 
-    async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return await _serve(settings, health)
 
+
+async def _prometheus(_: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _serve(settings: StreamSettings, health: Callable[[web.Request], Any]) -> web.AppRunner:
     app = web.Application()
-    app.add_routes([web.get("/healthz", health), web.get("/metrics", prometheus)])
+    app.add_routes([web.get("/healthz", health), web.get("/metrics", _prometheus)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
     return runner
+
+
+async def serve_status(settings: StreamSettings, status: Callable[[], tuple[bool, dict[str, Any]]]) -> web.AppRunner:
+    """``/healthz`` and ``/metrics`` of a role without a scoring engine (alerting, api): ``status()`` says whether
+    it is ready (200, else 503) and what to report."""
+
+    async def health(_: web.Request) -> web.Response:
+        ready, body = status()
+        return web.json_response(body, status=200 if ready else 503)
+
+    return await _serve(settings, health)

@@ -21,8 +21,8 @@ import asyncio
 import logging
 from typing import Any
 
-from core.contracts import AlertEvent
-from core.settings import Settings
+from core.contracts import Alert, AlertEvent, Score
+from core.settings import Settings, StreamSettings
 from infra.kafka import KafkaPublisher, KafkaSource
 from operators.engine import StreamEngine
 from operators.influx_sink import InfluxSink, alert_event_point
@@ -37,24 +37,32 @@ from pipeline.health import serve_health
 log = logging.getLogger("diffsentry.worker")
 
 
-def clients(settings: Settings) -> tuple[TritonStage, InfluxSink]:
-    """Triton and the store, each behind its own circuit breaker, retried by the one policy."""
-    triton, influx, stream = settings.triton, settings.influx, settings.stream
-    retry = Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s)
+def _retry(stream: StreamSettings) -> Backoff:
+    return Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s)
 
-    def breaker(service: str) -> CircuitBreaker:
-        return CircuitBreaker(stream.breaker_failures, stream.breaker_reset_s, on_state=breaker_gauge(service))
 
-    scorer = TritonStage(
-        triton.grpc_url, triton.ts_model, triton.video_model, triton.ts_model_version, triton.video_model_version,
-        request_timeout_s=triton.request_timeout_s, backoff=retry, breaker=breaker("triton"),
-    )  # fmt: skip
-    store = InfluxSink(
+def _breaker(stream: StreamSettings, service: str) -> CircuitBreaker:
+    return CircuitBreaker(stream.breaker_failures, stream.breaker_reset_s, on_state=breaker_gauge(service))
+
+
+def store_client(settings: Settings) -> InfluxSink:
+    """The store behind its circuit breaker, retried by the one policy."""
+    influx, stream = settings.influx, settings.stream
+    return InfluxSink(
         influx.url, influx.token, influx.org, influx.bucket, batch_size=stream.sink_batch_size,
         flush_interval_s=stream.sink_flush_interval_ms / 1000, timeout_ms=stream.sink_timeout_ms,
-        backoff=retry, breaker=breaker("store"),
+        backoff=_retry(stream), breaker=_breaker(stream, "store"),
     )  # fmt: skip
-    return scorer, store
+
+
+def clients(settings: Settings) -> tuple[TritonStage, InfluxSink]:
+    """Triton and the store, each behind its own circuit breaker, retried by the one policy."""
+    triton, stream = settings.triton, settings.stream
+    scorer = TritonStage(
+        triton.grpc_url, triton.ts_model, triton.video_model, triton.ts_model_version, triton.video_model_version,
+        request_timeout_s=triton.request_timeout_s, backoff=_retry(stream), breaker=_breaker(stream, "triton"),
+    )  # fmt: skip
+    return scorer, store_client(settings)
 
 
 def lanes(settings: Settings, triton: TritonStage, frames: FrameObserver | None = None) -> list[Lane[Any, Any, Any]]:
@@ -73,6 +81,20 @@ def lanes(settings: Settings, triton: TritonStage, frames: FrameObserver | None 
     if not built:
         raise ModelCardError(f"no usable model card under {repository}: nothing to score")
     return built
+
+
+class ScoresOnly:
+    """The scoring role's ``AlertObserver``: no alert state in this process; the alerting role computes the
+    transitions from the scores topic."""
+
+    def observe(self, score: Score) -> list[Alert]:
+        return []
+
+    def recover(self) -> list[Alert]:
+        return []
+
+    def acknowledge(self, alert: Alert) -> None:
+        raise AssertionError("the scoring role emits no alerts to acknowledge")
 
 
 class Worker:

@@ -55,10 +55,13 @@ def worker_environment(config: Path, environ: dict[str, str] | None = None) -> d
 
 
 class WorkerProcess:
-    """One ``diffsentry run`` subprocess."""
+    """One ``diffsentry run`` subprocess (``role``: its ``--role``)."""
 
-    def __init__(self, settings: Settings, work_dir: Path | None = None, log_level: str = "WARNING") -> None:
+    def __init__(
+        self, settings: Settings, work_dir: Path | None = None, log_level: str = "WARNING", role: str = "all"
+    ) -> None:
         self.settings = resolved_settings(settings)
+        self.role = role
         self.work_dir = (work_dir or self.settings.state_dir).resolve()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         port = self.settings.stream.metrics_port
@@ -81,7 +84,7 @@ class WorkerProcess:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "run", "--log-level", self.log_level],
+                [sys.executable, "-m", "pipeline.cli", "run", "--role", self.role, "--log-level", self.log_level],
                 cwd=self.settings.state_dir,
                 env=worker_environment(self.config),
                 stdin=subprocess.DEVNULL,

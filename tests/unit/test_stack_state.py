@@ -26,7 +26,7 @@ def test_the_object_store_gives_settings_nothing_and_its_url_is_the_s3_api() -> 
     assert store.url == "http://127.0.0.1:18333"
     assert store.settings_values() == {}
     assert ServiceRecord(KAFKA, 1, "tansu", {"kafka": 19092}, "k.log").settings_values() == {
-        "kafka": {"bootstrap_servers": "127.0.0.1:19092"}
+        "kafka": {"bootstrap_servers": "127.0.0.1:19092", "broker": "tansu"}
     }
 
 

@@ -32,7 +32,7 @@ from operators.model_cards import card_path, load_ts_card
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv
 from pipeline.worker_process import WorkerProcess
-from tests.integration.test_stream_pipeline import MODELS, SKAB_FILE, Stack
+from tests.integration.test_stream_pipeline import MODELS, SKAB_FILE, Stack, expected_window_ends, stored_points
 
 pytestmark = pytest.mark.integration
 
@@ -217,7 +217,7 @@ async def test_scaling_alerting_mid_alert_moves_the_state_and_the_alert_resolves
     if not SKAB_FILE.exists():
         pytest.skip(f"SKAB data not found at {SKAB_FILE}")
     settings = tier_settings(stack)
-    anomalous, normal, (start, end) = replay_tables()
+    anomalous, _, (start, end) = replay_tables()
     # One anomalous stream per partition: whichever partitions the new instance takes, one of them is firing.
     streams: dict[int, str] = {}
     while len(streams) < PARTITIONS:
@@ -267,3 +267,89 @@ async def test_scaling_alerting_mid_alert_moves_the_state_and_the_alert_resolves
         assert_one_episode(on_topic, stream)
     # The moved streams fired on the first instance and resolved on the second: it resolved, never fired.
     assert second_stats["resolved"] == len(moved) and second_stats["fired"] == 0, second_stats
+
+
+@pytest.mark.skip(reason="not passing yet: after the kills some windows were missing from the store within 240 s")
+async def test_killing_a_scoring_worker_and_an_alerting_instance_loses_no_window_and_no_episode(
+    stack: Stack, tmp_path: Path
+) -> None:
+    if not SKAB_FILE.exists():
+        pytest.skip(f"SKAB data not found at {SKAB_FILE}")
+    started = time.monotonic()
+    settings = tier_settings(stack)
+    anomalous, normal, (start, end) = replay_tables()
+    suffix = uuid.uuid4().hex[:6]
+    anomaly, normals = f"anomaly-{suffix}", [f"normal-{i}-{suffix}" for i in range(9)]
+    tables = {anomaly: anomalous, **{stream: normal for stream in normals}}
+    expected = expected_window_ends(normal, anomaly)  # the same timeline for every stream
+    await create_declared_topics(settings)
+
+    def role(name: str) -> WorkerProcess:
+        return WorkerProcess(settings, tmp_path, "INFO", role=name)
+
+    api, scoring, alerting = role("api"), [role("scoring") for _ in range(3)], [role("alerting") for _ in range(2)]
+    replacements = [role("scoring"), role("alerting")]
+    processes = [api, *scoring, *alerting, *replacements]
+    half = next(i for i, t in enumerate(anomalous.times) if t > (start + end) / 2)
+
+    def part(table: ReplayTable, rows: slice) -> ReplayTable:
+        return ReplayTable(table.channels, table.times[rows], table.rows[rows])
+
+    receiver = WebhookReceiver(SECRET)
+    await receiver.start()
+    try:
+        for process in (api, *scoring, *alerting):
+            process.start()
+        await asyncio.gather(*(p.wait_ready(120) for p in (api, *scoring, *alerting)))
+        await subscribe(api, receiver, anomaly)
+        await asyncio.gather(
+            *(publish(settings, part(t, slice(0, half)), s, 0, False, progress=False) for s, t in tables.items())
+        )
+
+        async def fired() -> bool:
+            return any(a.stream == anomaly for a in await alerts_on_topic(settings, 1.0))
+
+        assert await wait_until(fired, 120), "the anomaly fires"
+        owner = await owner_of(partition_of(anomaly), alerting)
+        replay = asyncio.gather(
+            *(publish(settings, part(t, slice(half, None)), s, 40, False, progress=False) for s, t in tables.items())
+        )
+        await asyncio.sleep(2.0)
+        scoring[0].kill()  # SIGKILL, mid-replay: uncommitted readings are scored again by the others
+        owner.kill()  # the owner of the firing stream's state
+        for process in replacements:
+            process.start()
+        await replay
+        await asyncio.gather(*(p.wait_ready(120) for p in replacements))
+
+        async def all_stored() -> bool:
+            for stream in tables:
+                if set(await stored_points(stack.store_url, "sensor_scores_score", asset=stream)) != expected:
+                    return False
+            return True
+
+        async def resolved_and_delivered() -> bool:
+            on_topic = await alerts_on_topic(settings, 1.0)
+            done = {a.state for a in on_topic if a.stream == anomaly} == {"firing", "resolved"}
+            return done and {a.state for a in receiver.alerts} == {"firing", "resolved"}
+
+        assert await wait_until(all_stored, 240), "every window of every stream in the store"
+        assert await wait_until(resolved_and_delivered, 180), [p.log_tail(1500) for p in alerting + replacements]
+    finally:
+        stop_all(processes)
+        await receiver.stop()
+    for stream in tables:  # each window once: duplicates only overwrite the same event time
+        assert set(await stored_points(stack.store_url, "sensor_scores_score", asset=stream)) == expected
+    on_topic = await alerts_on_topic(settings)
+    assert {a.stream for a in on_topic} == {anomaly}, "the normal streams never alert"
+    first = assert_one_episode(on_topic, anomaly)
+    assert start <= first.started_at <= end
+    # Each transition reached the subscriber at least once, always under one idempotency key.
+    keys_by_transition: dict[str, set[str]] = {}
+    for key, notification in zip(receiver.keys, receiver.notifications, strict=True):
+        for alert in notification.alerts:
+            assert alert.alert_id == first.alert_id
+            keys_by_transition.setdefault(alert.state, set()).add(key)
+    assert {state: len(keys) for state, keys in keys_by_transition.items()} == {"firing": 1, "resolved": 1}
+    assert receiver.counts.bad_signatures == 0
+    print(f"kill test wall time {time.monotonic() - started:.0f} s")

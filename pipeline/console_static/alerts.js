@@ -40,7 +40,7 @@ const silenceButton = (alert) => el("button", { type: "button", onclick: () => o
 function activeRow(alert) {
   const acknowledged = alert.acknowledgement !== null;
   const ack = alert.acknowledgement;
-  return el("tr", { "data-alert": alert.alert_id, "data-status": alert.status },
+  return el("tr", { "data-alert": alert.alert_id, "data-status": alert.status, "data-stream": alert.stream },
     el("td", {}, streamLink(alert)),
     el("td", {}, alert.severity),
     el("td", {}, badge(alert.status), acknowledged
@@ -56,7 +56,7 @@ function activeRow(alert) {
   );
 }
 
-const historyRow = (alert) => el("tr", { "data-alert": alert.alert_id, "data-status": alert.status },
+const historyRow = (alert) => el("tr", { "data-alert": alert.alert_id, "data-status": alert.status, "data-stream": alert.stream },
   el("td", {}, streamLink(alert)), el("td", {}, alert.severity), el("td", {}, badge(alert.status)),
   el("td", {}, time(alert.started_at)), el("td", {}, time(alert.event_time)), el("td", {}, silenceButton(alert)));
 

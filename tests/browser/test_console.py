@@ -148,7 +148,9 @@ def test_the_camera_page_shows_a_ped2_anomaly_with_its_map_and_snapshot(signed_i
     snapshot = "#snapshots figure[data-alert] img"
     WebDriverWait(signed_in, 180, poll_frequency=0.2).until(lambda d: image_width(d, snapshot) > 0)
     replay.join(timeout=120)
-    assert image_width(signed_in, f'figure[data-camera="{CAMERA}"] img') >= 432, "the latest frame with its map"
+    latest = f'figure[data-camera="{CAMERA}"] img'  # re-rendered by each refresh: loaded again each time
+    WebDriverWait(signed_in, 30, poll_frequency=0.2).until(lambda d: image_width(d, latest) > 0)
+    assert image_width(signed_in, latest) >= 432, "the latest frame with its map"
 
     headers = {"Authorization": f"Bearer {console.token}"}
     alert_id = signed_in.execute_script("return document.querySelector('#snapshots figure').dataset.alert")

@@ -1,5 +1,5 @@
 """Notification delivery: every channel of every matching subscription, with retries and a dead-letter topic;
-and the live fan-out of alerts to SSE listeners (:class:`AlertHub`, fed by the caller).
+and the live fan-out of alerts and alert-lifecycle events to SSE listeners (:class:`AlertHub`, fed by the caller).
 
 ``AlertDispatcher.submit(notification)`` only writes a journal row per matching subscription and channel
 (``operators/channels.py``: the webhook, each apprise URL) and starts a task, so the scoring path never waits on a
@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from core.contracts import Alert, DeadLetter, Notification, decode
+from core.contracts import Alert, AlertEvent, DeadLetter, Notification, decode
 from core.settings import DeliverySettings
 from operators.channels import WEBHOOK_CHANNEL, ChannelFactory, DeliveryFailure, channel_ids
 from operators.notifications import synthetic_notification, transition_notification
@@ -159,11 +159,13 @@ class DeliveryJournal:
 
 
 class AlertHub:
-    """Live fan-out of alerts to server-sent-events listeners; a slow listener loses its oldest alerts."""
+    """Live fan-out to server-sent-events listeners: alerts by selector, and every AlertEvent (acknowledged,
+    suppressed, ...) to those listening for events. A slow listener loses its oldest items."""
 
     def __init__(self, queue_size: int = 256) -> None:
         self._queue_size = queue_size
         self._listeners: dict[asyncio.Queue[Alert | None], Selector] = {}
+        self._event_listeners: set[asyncio.Queue[AlertEvent | None]] = set()
         self.dropped = 0
 
     def subscribe(self, selector: Selector) -> asyncio.Queue[Alert | None]:
@@ -174,25 +176,39 @@ class AlertHub:
     def unsubscribe(self, queue: asyncio.Queue[Alert | None]) -> None:
         self._listeners.pop(queue, None)
 
+    def listen_events(self) -> asyncio.Queue[AlertEvent | None]:
+        """A queue of every AlertEvent from now on."""
+        queue: asyncio.Queue[AlertEvent | None] = asyncio.Queue(self._queue_size)
+        self._event_listeners.add(queue)
+        return queue
+
+    def unlisten_events(self, queue: asyncio.Queue[AlertEvent | None]) -> None:
+        self._event_listeners.discard(queue)
+
     def publish(self, alert: Alert) -> int:
         """Hands the alert to every matching listener without waiting; returns how many took it."""
-        delivered = 0
-        for queue, selector in list(self._listeners.items()):
-            if not selector.matches(alert):
-                continue
-            if queue.full():
-                queue.get_nowait()
-                self.dropped += 1
-            queue.put_nowait(alert)
-            delivered += 1
-        return delivered
+        matching = [queue for queue, selector in list(self._listeners.items()) if selector.matches(alert)]
+        for queue in matching:
+            self._put(queue, alert)
+        return len(matching)
+
+    def publish_event(self, event: AlertEvent) -> int:
+        """Hands the event to every event listener without waiting; returns how many took it."""
+        listeners = list(self._event_listeners)
+        for queue in listeners:
+            self._put(queue, event)
+        return len(listeners)
 
     def close(self) -> None:
         """Ends every listener's stream (``None`` is the end marker)."""
-        for queue in list(self._listeners):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+        for queue in [*self._listeners, *self._event_listeners]:
+            self._put(queue, None)
+
+    def _put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        if queue.full():
+            queue.get_nowait()
+            self.dropped += 1
+        queue.put_nowait(item)
 
 
 class AlertDispatcher:

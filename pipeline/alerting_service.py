@@ -3,6 +3,7 @@
     scores --AlertEngine (event time)--> transitions --Notifier (wall clock: silences, acks, grouping, repeat)-->
         notifications --AlertDispatcher--> webhooks, SSE
     every AlertEvent the Notifier makes (transitions, timers, API calls) --> ``publish_event`` (topic and store)
+        and the AlertHub (SSE ``event: alert_event``, the console's live pages)
 
 Usage from the scoring loop (scores in, alert transitions out to the alerts topic)::
 
@@ -111,9 +112,9 @@ class AlertingService:
     ) -> AlertingService:
         """Opens the stores under ``state_dir``, resumes pending webhook deliveries, starts the API server (with
         the console; ``gallery``: the one the video lane feeds frames to) and the notifier's timers; every
-        AlertEvent goes to ``publish_event`` (in order, never blocking the caller). ``alert_state``: where the
-        engine keeps stream states (None: a sqlite file in ``state_dir``); ``api=False``: no API server (the
-        alerting role, whose API instances run apart)."""
+        AlertEvent goes to the hub's event listeners and to ``publish_event`` (in order, never blocking the
+        caller). ``alert_state``: where the engine keeps stream states (None: a sqlite file in ``state_dir``);
+        ``api=False``: no API server (the alerting role, whose API instances run apart)."""
         own_alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE) if alert_state is None else None
         subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
         journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
@@ -134,6 +135,7 @@ class AlertingService:
         def queue_events(made: list[AlertEvent]) -> None:
             for event in made:
                 events.put_nowait(event)
+                hub.publish_event(event)
 
         notifier = Notifier(settings.alerting, lifecycle, dispatcher, on_events=queue_events)
         board, gallery = StreamBoard(), gallery or camera_gallery(settings)

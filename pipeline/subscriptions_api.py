@@ -14,7 +14,8 @@ they are created or changed, or the request is answered 422 with the reason; cre
 - ``PUT /v1/subscriptions/{id}`` replace, ``PATCH /v1/subscriptions/{id}`` JSON merge patch, ``DELETE`` remove (204)
 - ``POST /v1/subscriptions/{id}/test`` sends a synthetic notification to each of its channels (202)
 - ``GET /v1/alerts/stream`` server-sent events, filtered by ``?subscription=ID`` or
-  ``?stream=&modality=&min_severity=``; ``?include=scores`` adds every score as ``event: score`` (the console)
+  ``?stream=&modality=&min_severity=``; ``?include=events,scores`` adds every AlertEvent as ``event: alert_event``
+  and every score as ``event: score`` (the console; neither is filtered by the selector)
 - ``GET /v1/deliveries?subscription=ID&limit=N`` the delivery log (newest first) and the deliveries by outcome
 - with a ``notifier``: the alert-lifecycle routes of ``pipeline/alerts_api.py`` (alerts, ack, silences, ...)
 """
@@ -192,12 +193,10 @@ def _stream_selector(request: web.Request) -> Selector:
         raise _bad_request(str(error)) from error
 
 
-async def _next_events(alerts: asyncio.Queue[Any], scores: asyncio.Queue[Any] | None) -> list[tuple[str, Any]]:
-    """What arrives first on the alert queue or (when given) the score queue, both when both are ready;
-    TimeoutError after KEEPALIVE_S without either."""
-    waiting = {asyncio.ensure_future(alerts.get()): "alert"}
-    if scores is not None:
-        waiting[asyncio.ensure_future(scores.get())] = "score"
+async def _next_items(queues: dict[str, asyncio.Queue[Any]]) -> list[tuple[str, Any]]:
+    """What arrives first on any of the queues (by kind), all of those ready at once; TimeoutError after
+    KEEPALIVE_S without any."""
+    waiting = {asyncio.ensure_future(queue.get()): kind for kind, queue in queues.items()}
     done, pending = await asyncio.wait(waiting, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
@@ -206,13 +205,22 @@ async def _next_events(alerts: asyncio.Queue[Any], scores: asyncio.Queue[Any] | 
     return [(kind, task.result()) for task, kind in waiting.items() if task in done]
 
 
+def _sse(kind: str, item: Any) -> bytes:
+    if kind == "alert":
+        return f"id: {idempotency_key(item)}\nevent: alert\ndata: {item.to_json().decode()}\n\n".encode()
+    return f"event: {kind}\ndata: {item.to_json().decode()}\n\n".encode()
+
+
 async def _alert_stream(request: web.Request) -> web.StreamResponse:
     selector = _stream_selector(request)
     hub = request.app[HUB]
     board = request.app.get(BOARD)
     include = set(request.query.get("include", "").split(","))
-    queue = hub.subscribe(selector)
-    scores = board.listen() if board is not None and "scores" in include else None
+    queues: dict[str, asyncio.Queue[Any]] = {"alert": hub.subscribe(selector)}
+    if "events" in include:
+        queues["alert_event"] = hub.listen_events()
+    if board is not None and "scores" in include:
+        queues["score"] = board.listen()
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
@@ -222,24 +230,22 @@ async def _alert_stream(request: web.Request) -> web.StreamResponse:
         await response.write(b": connected\n\n")
         while True:
             try:
-                arrived = await _next_events(queue, scores)
+                arrived = await _next_items(queues)
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             if any(item is None for _, item in arrived):
                 break
             for kind, item in arrived:
-                if kind == "alert":
-                    event = f"id: {idempotency_key(item)}\nevent: alert\ndata: {item.to_json().decode()}\n\n"
-                else:
-                    event = f"event: score\ndata: {item.to_json().decode()}\n\n"
-                await response.write(event.encode())
+                await response.write(_sse(kind, item))
     except ConnectionResetError:
         pass  # the client went away
     finally:
-        hub.unsubscribe(queue)
-        if scores is not None and board is not None:
-            board.unlisten(scores)
+        hub.unsubscribe(queues["alert"])
+        if "alert_event" in queues:
+            hub.unlisten_events(queues["alert_event"])
+        if "score" in queues and board is not None:
+            board.unlisten(queues["score"])
     return response
 
 

@@ -21,7 +21,7 @@ from core.settings import Settings
 from core.stack_state import running_stack_addresses
 from infra import stack as local_stack
 from infra.kafka import create_declared_topics
-from pipeline.demo import run_settings
+from pipeline.demo import DEMO_ALERTING, run_settings
 from pipeline.demo_models import DemoModels, data_dir, ensure_models
 from pipeline.worker_process import WorkerProcess
 
@@ -29,6 +29,9 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 WINDOW = (1280, 900)
 MODELS = DemoModels()
 PED2_CLIP = "04"  # anomalous from frame 30 (the demo's clip)
+# The demo's event-time alerting; every transition goes out at once (no grouping wait) and is never repeated, so
+# what the webhook receiver gets is exactly what acknowledging and silencing let through.
+ALERTING = DEMO_ALERTING.model_copy(update={"group_wait_s": 0.0, "repeat_interval_s": None})
 
 
 @dataclass
@@ -77,7 +80,7 @@ def console(tmp_path_factory: pytest.TempPathFactory, browser: webdriver.Chrome)
     worker = None
     try:
         stack = Settings(**paths, **running_stack_addresses(paths["state_dir"]))
-        worker = WorkerProcess(run_settings(stack, f"console-{uuid.uuid4().hex[:8]}"))
+        worker = WorkerProcess(run_settings(stack, f"console-{uuid.uuid4().hex[:8]}", ALERTING))
         asyncio.run(create_declared_topics(worker.settings))
         worker.start()
         asyncio.run(worker.wait_ready())

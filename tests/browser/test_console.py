@@ -1,29 +1,35 @@
 """The console in a real headless Chromium against one running DiffSentry (tests/browser/conftest.py): log in, a
 SKAB anomaly turning a stream firing on the live overview, the stream page's chart holding the store's points, the
-camera page showing a Ped2 anomaly's frame with its map and its alert's snapshot, subscriptions made in the UI.
+camera page showing a Ped2 anomaly's frame with its map and its alert's snapshot, subscriptions made in the UI,
+and acknowledging and silencing from the alerts page changing what a webhook receiver gets.
 Each test saves its page's screenshot under docs/console/ (shown in the README)."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from infra.victoria_metrics import export_series
+from operators.webhook_receiver import WebhookReceiver
 from pipeline.console import SESSION_COOKIE
 from pipeline.demo import expected_window_count, replay_video
-from pipeline.ingest_sensors import publish, read_sensor_csv
-from tests.browser.conftest import MODELS, PED2_CLIP, SCREENSHOTS, Console
+from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv
+from tests.browser.conftest import MODELS, PED2_CLIP, SCREENSHOTS, WINDOW, Console
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,6 +60,7 @@ def sign_in(driver: WebDriver, console: Console, token: str) -> None:
     field.clear()
     field.send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, 30).until(staleness_of(field))  # the answer's page has replaced the form
 
 
 @pytest.fixture
@@ -141,7 +148,9 @@ def test_the_camera_page_shows_a_ped2_anomaly_with_its_map_and_snapshot(signed_i
     snapshot = "#snapshots figure[data-alert] img"
     WebDriverWait(signed_in, 180, poll_frequency=0.2).until(lambda d: image_width(d, snapshot) > 0)
     replay.join(timeout=120)
-    assert image_width(signed_in, f'figure[data-camera="{CAMERA}"] img') >= 432, "the latest frame with its map"
+    latest = f'figure[data-camera="{CAMERA}"] img'  # re-rendered by each refresh: loaded again each time
+    WebDriverWait(signed_in, 30, poll_frequency=0.2).until(lambda d: image_width(d, latest) > 0)
+    assert image_width(signed_in, latest) >= 432, "the latest frame with its map"
 
     headers = {"Authorization": f"Bearer {console.token}"}
     alert_id = signed_in.execute_script("return document.querySelector('#snapshots figure').dataset.alert")
@@ -175,3 +184,167 @@ def test_a_subscription_made_in_the_console_is_stored_and_deleted(signed_in: Web
     signed_in.switch_to.alert.accept()
     WebDriverWait(signed_in, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "tr[data-subscription]"))
     assert httpx.get(f"{console.url}/v1/subscriptions/{made[0]['id']}", headers=headers).status_code == 404
+
+
+# --- acknowledge and silence from the alerts page, seen by a webhook receiver ------------------------------------
+
+SHIFT_S = 3600.0  # each further replay of the experiment runs this much later in event time (past the cooldown)
+REPLAY_FROM = 400  # rows of the experiment replayed again: from a while before its anomaly (rows 570-968) to the end
+
+
+@pytest.fixture(scope="module")
+def webhook(console: Console) -> Iterator[WebhookReceiver]:
+    """A local webhook receiver (on a loop of its own, in a thread) subscribed to the replayed asset's alerts."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    receiver = WebhookReceiver("browser-test-secret")
+    asyncio.run_coroutine_threadsafe(receiver.start(), loop).result(10)
+    headers = {"Authorization": f"Bearer {console.token}"}
+    spec = {
+        "name": "control room hook",
+        "selector": {"stream": MODELS.asset, "modality": "sensor"},
+        "delivery": {"webhook_url": receiver.url},
+        "secret": receiver.secret,
+    }
+    created = httpx.post(f"{console.url}/v1/subscriptions", json=spec, headers=headers).raise_for_status().json()
+    try:
+        yield receiver
+    finally:
+        httpx.delete(f"{console.url}/v1/subscriptions/{created['id']}", headers=headers)
+        asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def replay_rows(console: Console, start: int, stop: int | None, shift_s: float) -> None:
+    """Rows ``start:stop`` of the experiment, ``shift_s`` later in event time, as fast as the worker takes them."""
+    table = read_sensor_csv(console.data / MODELS.sensor_file)
+    part = ReplayTable(table.channels, [t + shift_s for t in table.times[start:stop]], table.rows[start:stop])
+    asyncio.run(publish(console.settings, part, MODELS.asset, speed=0, loop=False, progress=False))
+
+
+def api_get(console: Console, path: str) -> Any:
+    headers = {"Authorization": f"Bearer {console.token}"}
+    return httpx.get(f"{console.url}{path}", headers=headers, timeout=10).raise_for_status().json()
+
+
+def delivered_states(receiver: WebhookReceiver, alert_id: str, after: float = 0.0) -> list[str]:
+    return [
+        alert.state
+        for notification in list(receiver.notifications)
+        if notification.created_at > after
+        for alert in notification.alerts
+        if alert.alert_id == alert_id
+    ]
+
+
+def click(driver: WebDriver, xpath: str, timeout_s: float = 10.0) -> None:
+    """Clicks the element, found again if the page re-rendered it in between (live pages do)."""
+    WebDriverWait(driver, timeout_s, 0.2, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.XPATH, xpath).click() or True
+    )
+
+
+def text_of(driver: WebDriver, css: str, timeout_s: float = 10.0) -> str:
+    """The text of the first element matching ``css`` once there is one (found again if re-rendered)."""
+    return WebDriverWait(driver, timeout_s, 0.2, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, css).text
+    )
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float, message: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.3)
+    return result
+
+
+def test_acknowledging_in_the_console_stops_escalations_but_its_resolve_is_delivered(
+    signed_in: WebDriver, console: Console, sensor_replay: threading.Thread, webhook: WebhookReceiver
+):
+    sensor_replay.join(timeout=180)
+    (first,) = [a for a in api_get(console, "/v1/alerts?status=all")["alerts"] if a["stream"] == MODELS.asset]
+    # The replay stops a little after the row where the first replay's alert started, so the new alert stays firing.
+    table = read_sensor_csv(console.data / MODELS.sensor_file)
+    firing_row = bisect.bisect_left(table.times, first["started_at"]) + 20
+    replay_rows(console, REPLAY_FROM, firing_row, SHIFT_S)
+
+    signed_in.get(f"{console.url}/console/alerts")
+    firing = f'#active tr[data-stream="{MODELS.asset}"][data-status="firing"]:not([data-alert="{first["alert_id"]}"])'
+    alert_id = WebDriverWait(signed_in, 120, 0.2, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, firing).get_attribute("data-alert")
+    )
+    wait_until(lambda: delivered_states(webhook, alert_id), 30, "the firing alert reaches the receiver")
+    click(signed_in, f"//table[@id='active']//tr[@data-alert='{alert_id}']//button[text()='Acknowledge']")
+    signed_in.find_element(By.ID, "ack-by").send_keys("ana")
+    signed_in.find_element(By.ID, "ack-comment").send_keys("checking the valve")
+    signed_in.find_element(By.CSS_SELECTOR, "#ack-form button[type=submit]").click()
+    acknowledged = text_of(signed_in, f'#active tr[data-alert="{alert_id}"][data-status="acknowledged"]')
+    assert "by ana: checking the valve" in acknowledged
+    logged = text_of(signed_in, f'#events tr[data-kind="acknowledged"][data-alert="{alert_id}"]')
+    assert "ana" in logged and "checking the valve" in logged
+    (ack,) = [e for e in api_get(console, f"/v1/events?alert_id={alert_id}")["events"] if e["kind"] == "acknowledged"]
+
+    signed_in.get(f"{console.url}/console/")
+    wait_for(signed_in, f'tr[data-stream="{MODELS.asset}"][data-status="acknowledged"]', 10)
+
+    replay_rows(console, firing_row, None, SHIFT_S)
+    wait_until(lambda: "resolved" in delivered_states(webhook, alert_id), 120, "the resolve is delivered")
+    assert delivered_states(webhook, alert_id, after=ack["at"]) == ["resolved"], "no escalation after the ack"
+
+
+def test_a_silence_made_from_an_alert_in_the_console_keeps_the_streams_next_alert_from_the_receiver(
+    signed_in: WebDriver, console: Console, webhook: WebhookReceiver
+):
+    signed_in.get(f"{console.url}/console/alerts")
+    click(signed_in, f"//table[@id='history']//tr[@data-stream='{MODELS.asset}']//button[text()='Silence…']")
+    form = {name: signed_in.find_element(By.ID, f"silence-{name}") for name in ("stream", "modality", "model")}
+    assert {name: field.get_attribute("value") for name, field in form.items()} == {
+        "stream": MODELS.asset, "modality": "sensor", "model": "*",
+    }, "the matchers are the alert's stream and modality"  # fmt: skip
+    signed_in.find_element(By.ID, "silence-by").send_keys("ana")
+    signed_in.find_element(By.ID, "silence-comment").send_keys("valve replaced, recalibrating")
+    signed_in.find_element(By.CSS_SELECTOR, "#silence-form button[type=submit]").click()
+    assert f"stream={MODELS.asset}, modality=sensor" in text_of(signed_in, '#silences tr[data-state="active"]')
+
+    signed_in.find_element(By.ID, "window-name").send_keys("camera service")
+    window_stream = signed_in.find_element(By.ID, "window-stream")
+    window_stream.clear()
+    window_stream.send_keys("ped2-*")
+    window_zone = signed_in.find_element(By.ID, "window-tz")
+    window_zone.clear()
+    window_zone.send_keys("Europe/Berlin")
+    signed_in.find_element(By.ID, "window-by").send_keys("ana")
+    signed_in.find_element(By.CSS_SELECTOR, "#window-form button[type=submit]").click()
+    assert "Europe/Berlin" in text_of(signed_in, "#windows tr[data-window]")
+
+    known = {a["alert_id"] for a in api_get(console, "/v1/alerts?status=all")["alerts"]}
+    journalled = len(api_get(console, "/v1/deliveries?limit=500")["deliveries"])
+    replay_rows(console, REPLAY_FROM, None, 2 * SHIFT_S)
+
+    def silenced_episode() -> tuple[str, list[str]] | None:
+        for event in api_get(console, "/v1/events?limit=1000")["events"]:
+            if event["kind"] == "resolved" and event["stream"] == MODELS.asset and event["alert_id"] not in known:
+                events = api_get(console, f"/v1/events?alert_id={event['alert_id']}")["events"]
+                return event["alert_id"], [e["kind"] for e in events]
+        return None
+
+    alert_id, kinds = wait_until(silenced_episode, 180, "the replayed anomaly fires and resolves")
+    assert kinds[:2] == ["fired", "suppressed"] and kinds[-2:] == ["resolved", "suppressed"], kinds
+    assert delivered_states(webhook, alert_id) == [], "nothing of the silenced alert reaches the receiver"
+    assert len(api_get(console, "/v1/deliveries?limit=500")["deliveries"]) == journalled, "nor is queued for it"
+    wait_for(signed_in, f'#events tr[data-kind="suppressed"][data-alert="{alert_id}"]', 10)
+    wait_for(signed_in, f'#history tr[data-alert="{alert_id}"][data-status="resolved"]', 10)
+    signed_in.set_window_size(WINDOW[0], 1600)
+    signed_in.execute_script("window.scrollTo(0, 0)")
+    screenshot(signed_in, "alerts")
+    signed_in.set_window_size(*WINDOW)
+
+    click(signed_in, "//table[@id='silences']//tr[@data-state='active']//button[text()='End now']")
+    wait_for(signed_in, '#silences tr[data-state="expired"]', 10)
+    click(signed_in, "//table[@id='windows']//button[text()='Delete']")
+    WebDriverWait(signed_in, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#windows tr[data-window]"))
+    assert api_get(console, "/v1/maintenance-windows")["maintenance_windows"] == []
+    assert [s["state"] for s in api_get(console, "/v1/silences")["silences"]] == ["expired"]

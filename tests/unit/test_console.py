@@ -3,24 +3,27 @@ guard, pages and static files, the stream board, the camera gallery and the stor
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from core.contracts import Alert, Score
-from core.settings import ApiSettings, Settings
+from core.contracts import Alert, AlertEvent, DeadLetter, Score, decode
+from core.settings import AlertingSettings, ApiSettings, Settings
 from infra.store_query import Sample, StoreReader
 from operators.alerting import alert_id_for, stream_key
 from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertHub
 from operators.stream_board import StreamBoard
 from operators.subscriptions import SubscriptionStore
+from pipeline.alerting_service import AlertingService
 from pipeline.console import SESSION_COOKIE, ConsoleSources, Sessions, score_history
 from pipeline.subscriptions_api import serve_api
 
@@ -129,6 +132,59 @@ async def test_the_alert_stream_carries_scores_when_asked(tmp_path: Path) -> Non
                 "event: score",
                 f"data: {score(5.0, 3.0, True).to_json().decode()}",
             ]
+
+
+async def test_the_alert_stream_carries_every_lifecycle_event_of_the_alerting_service(tmp_path: Path) -> None:
+    """The wiring ``diffsentry run`` uses: the Notifier's events (a transition, an API call) reach SSE listeners
+    that ask for ``include=events``, and the overview's status follows the acknowledgement."""
+
+    async def no_dead_letters(letter: DeadLetter) -> None:
+        raise AssertionError(letter)
+
+    settings = Settings(
+        state_dir=tmp_path, api=ApiSettings(port=0, token=TOKEN),
+        alerting=AlertingSettings(for_s=0, for_points=1, resolve_for_s=0, cooldown_s=0),
+    )  # fmt: skip
+    service = await AlertingService.start(settings, dead_letter=no_dead_letters)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with (
+            httpx.AsyncClient(base_url=service.api_url, headers=headers, timeout=5) as client,
+            client.stream("GET", "/v1/alerts/stream?include=events") as stream,
+        ):
+            events = _sse_events(stream)
+
+            async def next_event() -> tuple[str | None, Any]:
+                return await asyncio.wait_for(anext(events), 5)
+
+            assert await next_event() == (None, None), "connected"
+            [fired] = service.observe(score(10.0, 3.0, True))
+            arrived = [await next_event() for _ in range(2)]
+            assert arrived[0] == ("alert", fired)
+            assert arrived[1][0] == "alert_event" and (arrived[1][1].kind, arrived[1][1].alert_id) == (
+                "fired", fired.alert_id,
+            )  # fmt: skip
+            ack = {"by": "ana", "comment": "on it", "expires_in_s": 600}
+            assert (await client.post(f"/v1/alerts/{fired.alert_id}/ack", json=ack)).status_code == 200
+            kind, event = await next_event()
+            assert kind == "alert_event" and event.kind == "acknowledged" and event.actor == "ana"
+            assert event.until is not None and event.until > time.time() + 590
+            (stream_view,) = (await client.get("/v1/streams")).json()["streams"]
+            assert stream_view["status"] == "acknowledged"
+    finally:
+        await service.stop()
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, Any]]:
+    """(kind, decoded message) per server-sent event; (None, None) for the first comment."""
+    kind = None
+    async for line in response.aiter_lines():
+        if line == ": connected":
+            yield None, None
+        elif line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield kind, decode(AlertEvent if kind == "alert_event" else Alert, line.removeprefix("data: ").encode())
 
 
 def test_the_board_follows_a_stream_through_its_phases() -> None:

@@ -5,7 +5,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from core.contracts import Alert, DeadLetter, Notification, Severity, decode
+from core.contracts import Alert, AlertEvent, DeadLetter, Notification, Severity, decode
 from core.settings import DeliverySettings
 from operators.channels import fingerprint, render_alertmanager, render_text, sign, verify_signature
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
@@ -148,6 +148,21 @@ async def test_hub_fans_out_by_selector_and_a_slow_listener_loses_its_oldest() -
     hub.unsubscribe(pumps)
     hub.unsubscribe(fans)
     assert hub.publish(_alert("pump-1", 9)) == 0  # nobody listens any more
+
+
+async def test_hub_gives_every_event_to_event_listeners_only_and_ends_them_at_close() -> None:
+    hub = AlertHub(queue_size=2)
+    alerts = hub.subscribe(Selector())
+    events = [hub.listen_events(), hub.listen_events()]
+    made = [AlertEvent(event_id=f"ev-{n}", kind="acknowledged", at=float(n), alert_id="al-1") for n in range(3)]
+    for event in made:
+        assert hub.publish_event(event) == 2
+    assert alerts.empty(), "alert listeners get alerts, not events"
+    assert [events[0].get_nowait() for _ in range(2)] == made[1:], "a slow listener loses its oldest"
+    hub.unlisten_events(events[0])
+    assert hub.publish_event(made[0]) == 1
+    hub.close()
+    assert [await asyncio.wait_for(events[1].get(), 1) for _ in range(2)] == [made[0], None]
 
 
 def test_journal_drops_old_finished_deliveries_and_keeps_pending_ones(tmp_path, monkeypatch) -> None:

@@ -1,6 +1,6 @@
 """``diffsentry run``: the streaming worker against the configured broker, Triton and store, until SIGINT/SIGTERM.
 
-``--role`` splits it for scaling out (README, "Scaling out"):
+``--role`` splits it for scaling out (README, "Roles: scoring workers, an alerting tier, API instances"):
 
 - ``all`` (default): one process does everything, as the demo and a small site run it;
 - ``scoring``: readings and frames in, scores (keyed by stream) and the store out, no alert state; run several;

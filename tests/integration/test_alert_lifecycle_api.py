@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from core import settings as settings_module
 from core.contracts import Alert, AlertEvent, DeadLetter, Score
-from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings
+from core.settings import AlertGroup, AlertingSettings, ApiSettings, DeliverySettings, Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
 from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
 from operators.lifecycle import LifecycleStore
@@ -81,12 +81,12 @@ class Lifecycle:
 
 
 @asynccontextmanager
-async def lifecycle(state_dir: Path) -> AsyncIterator[Lifecycle]:
+async def lifecycle(state_dir: Path, alerting: AlertingSettings = QUICK) -> AsyncIterator[Lifecycle]:
     settings = Settings(
         state_dir=state_dir,
         api=ApiSettings(port=0, token=TOKEN),
         delivery=DeliverySettings(backoff_base_s=0.01, backoff_jitter=0.0, allowed_targets=["127.0.0.1/32"]),
-        alerting=QUICK,
+        alerting=alerting,
     )
     subscriptions = SubscriptionStore(state_dir / "subscriptions.sqlite")
     journal = DeliveryJournal(state_dir / "subscriptions.sqlite")
@@ -113,7 +113,7 @@ async def lifecycle(state_dir: Path) -> AsyncIterator[Lifecycle]:
     await hook.start()
     client = httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        rig = Lifecycle(AlertEngine(QUICK, alert_state), notifier, dispatcher, client, hook, clock, base_url)
+        rig = Lifecycle(AlertEngine(alerting, alert_state), notifier, dispatcher, client, hook, clock, base_url)
         body = {"name": "ops", "delivery": {"webhook_url": hook.url}, "secret": SECRET}
         await rig.ok("POST", "/v1/subscriptions", 201, json=body)
         yield rig
@@ -273,6 +273,78 @@ async def test_maintenance_windows_are_created_listed_applied_and_deleted(tmp_pa
             "/v1/maintenance-windows", json={**body, "timezone": "Nowhere/City", "start": "2"}
         )
         assert wrong.status_code == 400 and len(wrong.json()["reasons"]) == 2
+
+
+async def test_a_maintenance_window_in_berlin_keeps_its_local_hours_across_both_dst_changes(tmp_path: Path) -> None:
+    """Sunday 02:00-04:00 Europe/Berlin: 60 min of UTC on the spring-forward Sunday (02:00-03:00 does not exist),
+    180 min on the fall-back Sunday (02:00-03:00 happens twice), 120 min on an ordinary one."""
+    async with lifecycle(tmp_path) as rig:
+        body = {"name": "Sunday shutdown", "matchers": {"stream": "pump-*"}, "weekdays": [6], "start": "02:00",
+                "end": "04:00", "timezone": "Europe/Berlin", "created_by": "ana"}  # fmt: skip
+        await rig.ok("POST", "/v1/maintenance-windows", 201, json=body)
+        spring, autumn = 1_774_742_400.0, 1_792_886_400.0  # 2026-03-29 and 2026-10-25, 00:00 UTC
+        hour = 3600.0
+        cases = [
+            ("pump-spring-before", spring + 0.5 * hour, False),  # 01:30 CET
+            ("pump-spring-in", spring + 1.5 * hour, True),  # 03:30 CEST
+            ("pump-spring-after", spring + 2.5 * hour, False),  # 04:30 CEST
+            ("pump-autumn-in-first", autumn + 0.5 * hour, True),  # 02:30 CEST
+            ("pump-autumn-in-second", autumn + 1.5 * hour, True),  # 02:30 CET, the same wall time again
+            ("pump-autumn-in-last", autumn + 2.5 * hour, True),  # 03:30 CET
+            ("pump-autumn-after", autumn + 3.5 * hour, False),  # 04:30 CET
+        ]
+        for stream, wall_time, _ in cases:
+            rig.clock.now = wall_time
+            rig.score(stream, 1.5)
+        delivered = {stream for stream, _ in await rig.delivered()}
+        assert delivered == {stream for stream, _, silenced in cases if not silenced}
+        suppressed = {e["stream"] for e in (await rig.ok("GET", "/v1/events"))["events"] if e["kind"] == "suppressed"}
+        assert suppressed == {stream for stream, _, silenced in cases if silenced}
+
+
+async def test_one_group_within_group_wait_is_one_webhook_and_a_firing_alert_repeats(tmp_path: Path) -> None:
+    """Through the real dispatcher, journal and receiver: two streams of one group in one request, then a repeat
+    of both after repeat_interval_s with a new idempotency key, then nothing more once both resolved."""
+    grouped = QUICK.model_copy(
+        update={
+            "group_wait_s": 30.0,
+            "repeat_interval_s": 600.0,
+            "groups": [AlertGroup(name="pump-house", stream="pump-*")],
+        }
+    )
+    async with lifecycle(tmp_path, grouped) as rig:
+        rig.score("pump-1", 1.5)
+        rig.clock.now += 10
+        rig.score("pump-2", 3.0)
+        rig.notifier.tick()
+        assert await rig.delivered() == []  # the group still waits
+        rig.clock.now = START + 30
+        rig.notifier.tick()
+        assert await rig.delivered() == [("pump-1", "firing"), ("pump-2", "firing")]
+        [first] = rig.hook.notifications
+        assert (first.group, first.reason) == ("pump-house", "transition")
+
+        rig.clock.now = START + 30 + 600
+        rig.notifier.tick()
+        await rig.dispatcher.drain()
+        assert [(n.reason, sorted(a.stream for a in n.alerts)) for n in rig.hook.notifications] == [
+            ("transition", ["pump-1", "pump-2"]),
+            ("repeat", ["pump-1", "pump-2"]),
+        ]
+        assert len(set(rig.hook.keys)) == 2 and rig.hook.counts.duplicates == 0
+        rig.notifier.tick()  # the same instant again: no second repeat
+        rig.score("pump-1", 0.1)
+        rig.score("pump-2", 0.1)
+        rig.clock.now += 30
+        rig.notifier.tick()
+        rig.clock.now += 3 * 600
+        rig.notifier.tick()
+        await rig.dispatcher.drain()
+        assert [n.reason for n in rig.hook.notifications] == ["transition", "repeat", "transition"]
+        assert sorted((a.stream, a.state) for a in rig.hook.notifications[-1].alerts) == [
+            ("pump-1", "resolved"),
+            ("pump-2", "resolved"),
+        ]
 
 
 async def test_events_by_time_and_limit_and_bad_queries(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ async def stand_in_suite(args: argparse.Namespace) -> dict:
     addresses = running_stack_addresses(stack_settings.state_dir)
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group="bench"),
-        triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
+        triton=TritonSettings(grpc_urls=addresses["triton"]["grpc_urls"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
         stream=StreamSettings(metrics_port=0, session_timeout_ms=3000, max_batch=args.max_batch),
         model_repository=models,
@@ -253,7 +253,7 @@ def run_settings(
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group=f"bench-{run}"),
         topics=TopicSettings(**topics),
-        triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
+        triton=TritonSettings(grpc_urls=addresses["triton"]["grpc_urls"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
         sensors=SensorSettings(assets=["*"], mode=mode),
         stream=StreamSettings(metrics_port=0, session_timeout_ms=3000, max_batch=max_batch),

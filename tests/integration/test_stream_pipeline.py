@@ -96,7 +96,7 @@ class Stack:
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=self.bootstrap, consumer_group=f"worker-{suffix}"),
             topics=topics,
-            triton=TritonSettings(grpc_url=self.triton_url, request_timeout_s=5.0),
+            triton=TritonSettings(grpc_urls=[self.triton_url], request_timeout_s=5.0),
             influx=InfluxSettings(url=self.store_url),
             sensors=SensorSettings(**sensor_overrides),
             stream=StreamSettings(metrics_port=0, breaker_reset_s=0.5, backoff_max_s=0.5, session_timeout_ms=3000),
@@ -292,7 +292,7 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
 
 
 async def test_triton_stage_rejects_a_wrong_shape_permanently_and_scores_the_rest(stack: Stack) -> None:
-    stage = TritonStage(stack.triton_url, "ts_diffusion", "video_diffusion")
+    stage = TritonStage([stack.triton_url], "ts_diffusion", "video_diffusion")
     try:
         good = TsRequest("a", np.zeros((16, 8), dtype=np.float32), "reconstruction")
         wrong = TsRequest("b", np.zeros((15, 8), dtype=np.float32), "reconstruction")
@@ -310,12 +310,12 @@ async def test_triton_stage_rejects_a_wrong_shape_permanently_and_scores_the_res
 
 async def test_scoring_waits_while_triton_is_down_and_completes_after_restart(stack: Stack) -> None:
     stage = TritonStage(
-        stack.triton_url,
+        [stack.triton_url],
         "ts_diffusion",
         "video_diffusion",
         request_timeout_s=2.0,
         backoff=Backoff(initial_s=0.05, max_s=0.5),
-        breaker=CircuitBreaker(failure_threshold=2, reset_timeout_s=0.5),
+        breaker=lambda _: CircuitBreaker(failure_threshold=2, reset_timeout_s=0.5),
     )
     request = TsRequest("a", np.ones((16, 8), dtype=np.float32), "reconstruction")
     try:

@@ -73,15 +73,18 @@ def reading(asset: str, t: float, channels: tuple[str, ...], rng: np.random.Gene
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def produce_backlog(settings: Settings, channels: tuple[str, ...], assets: int, per_asset: int) -> None:
+def bench_assets(count: int) -> list[str]:
+    return [f"bench-{a}" for a in range(count)]
+
+
+async def produce_backlog(settings: Settings, channels: tuple[str, ...], assets: list[str], per_asset: int) -> None:
     producer = kafka.producer(settings.kafka, "bench", linger_ms=20)
     await producer.start()
     rng = np.random.default_rng(0)
     try:
         pending = []
         for t in progress_bar(range(per_asset), desc="backlog", unit="step"):
-            for a in range(assets):
-                asset = f"bench-{a}"
+            for asset in assets:
                 pending.append(
                     await producer.send(
                         settings.topics.sensor_readings, reading(asset, 1e9 + t, channels, rng), key=asset.encode()
@@ -171,7 +174,7 @@ async def stand_in_suite(args: argparse.Namespace) -> dict:
     addresses = running_stack_addresses(stack_settings.state_dir)
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group="bench"),
-        triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
+        triton=TritonSettings(grpc_urls=addresses["triton"]["grpc_urls"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
         stream=StreamSettings(metrics_port=0, session_timeout_ms=3000, max_batch=args.max_batch),
         model_repository=models,
@@ -181,7 +184,7 @@ async def stand_in_suite(args: argparse.Namespace) -> dict:
     worker = WorkerProcess(settings, work)
     try:
         await create_declared_topics(settings)
-        await produce_backlog(settings, card.channels, args.assets, args.readings_per_asset)
+        await produce_backlog(settings, card.channels, bench_assets(args.assets), args.readings_per_asset)
         per_asset = (args.readings_per_asset - card.window) // card.stride + 1
         expected = per_asset * args.assets
         worker.start()
@@ -253,7 +256,7 @@ def run_settings(
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group=f"bench-{run}"),
         topics=TopicSettings(**topics),
-        triton=TritonSettings(grpc_url=addresses["triton"]["grpc_url"]),
+        triton=TritonSettings(grpc_urls=addresses["triton"]["grpc_urls"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
         sensors=SensorSettings(assets=["*"], mode=mode),
         stream=StreamSettings(metrics_port=0, session_timeout_ms=3000, max_batch=max_batch),
@@ -292,7 +295,7 @@ async def sensor_capacity(
     settings = run_settings(addresses, models, work, run, max_batch, mode)
     per_asset = windows // assets + card.window - 1
     await create_declared_topics(settings)
-    await produce_backlog(settings, card.channels, assets, per_asset)
+    await produce_backlog(settings, card.channels, bench_assets(assets), per_asset)
     (work / run).mkdir()
     worker = WorkerProcess(settings, work / run)
     worker.start()
@@ -434,7 +437,8 @@ async def trained_suite(args: argparse.Namespace) -> dict:
             },
             "headline_run": {"streams": headline["streams"], "max_batch": headline["max_batch"]},
             "stream": StreamSettings().model_dump(),
-            "triton": "python backend, KIND_CPU, 1 torch thread per instance (ts: 1 instance, video: 2)",
+            "triton": f"python backend, KIND_CPU, {base.triton.instance_count} instance(s) per model "
+            "(triton.instance_count), 1 torch thread per instance",
             "machine": platform.platform(),
             "cpu_cores": os.cpu_count(),
             "python": platform.python_version(),

@@ -52,13 +52,26 @@ class TopicSettings(BaseModel):
 
 
 class TritonSettings(BaseModel):
-    grpc_url: str = "127.0.0.1:8001"
+    """``grpc_urls``: the Triton replicas the worker scores on, balanced over the healthy ones (operators/
+    triton_stage.py); ``http_url``: the one server the local stack's model control and health checks talk to."""
+
+    grpc_urls: list[str] = Field(default_factory=lambda: ["127.0.0.1:8001"], min_length=1)
     http_url: str = "127.0.0.1:8000"
+    instance_count: int = Field(
+        default=1, ge=1, description="instances of each model per Triton server (instance_group) in trained configs"
+    )
     request_timeout_s: float = 10.0
     ts_model: str = "ts_diffusion"
     ts_model_version: str = ""
     video_model: str = "video_diffusion"
     video_model_version: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way_to_name_the_servers(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "grpc_url" in values:
+            raise ValueError("triton.grpc_url is gone: list the servers in triton.grpc_urls")
+        return values
 
 
 class InfluxSettings(BaseModel):

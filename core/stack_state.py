@@ -57,7 +57,7 @@ class ServiceRecord:
             return {
                 "triton": {
                     "http_url": f"127.0.0.1:{self.ports['http']}",
-                    "grpc_url": f"127.0.0.1:{self.ports['grpc']}",
+                    "grpc_urls": [f"127.0.0.1:{self.ports['grpc']}"],
                 }
             }
         return {"influx": {"url": self.url, "flavor": "victoriametrics"}}

@@ -233,6 +233,25 @@ def _start_triton(settings: Settings, state: StackState, state_dir: Path) -> Ser
     return _spawn_triton(settings.model_repository, ports, state_dir, _remembered(state, TRITON))
 
 
+def start_triton_replica(model_repository: Path, state_dir: Path, timeout_s: float = 180.0) -> ServiceRecord:
+    """One more tritonserver like the stack's, on free ports, serving ``model_repository`` (and the template
+    repository); its log and python environment in ``state_dir`` (one per replica), healthy when this returns.
+    Not recorded in any stack state: the caller stops it (:func:`stop_service`). Another Triton replica for
+    ``triton.grpc_urls`` on one machine (the benchmark and the failover tests), or a Triton alone."""
+    record = _spawn_triton(model_repository, {"http": 0, "grpc": 0, "metrics": 0}, state_dir, {})
+    try:
+        wait_healthy([record], timeout_s)
+    except BaseException:
+        stop_service(record, 10.0)
+        raise
+    return record
+
+
+def grpc_url(record: ServiceRecord) -> str:
+    """The gRPC address (``127.0.0.1:port``) of a Triton record."""
+    return f"127.0.0.1:{record.ports['grpc']}"
+
+
 @contextmanager
 def triton_only(model_repository: Path, timeout_s: float = 180.0, stop_timeout_s: float = 20.0) -> Iterator[str]:
     """The stack's Triton alone, on free ports, serving ``model_repository`` (and the template repository) from a
@@ -241,10 +260,9 @@ def triton_only(model_repository: Path, timeout_s: float = 180.0, stop_timeout_s
     For commands that measure a model they have just written (``evaluate video``) without touching, or needing,
     a running stack."""
     with tempfile.TemporaryDirectory(prefix="diffsentry-triton-") as tmp:
-        record = _spawn_triton(model_repository, {"http": 0, "grpc": 0, "metrics": 0}, Path(tmp), {})
+        record = start_triton_replica(model_repository, Path(tmp), timeout_s)
         try:
-            wait_healthy([record], timeout_s)
-            yield f"127.0.0.1:{record.ports['grpc']}"
+            yield grpc_url(record)
         finally:
             stop_service(record, stop_timeout_s)
 

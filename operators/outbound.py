@@ -113,7 +113,7 @@ def own_ports(settings: Settings) -> dict[int, str]:
         if (port := _port_of(server.strip())) is not None:
             ports[port] = "kafka.bootstrap_servers"
     for what, address in [
-        ("triton.grpc_url", settings.triton.grpc_url),
+        *(("triton.grpc_urls", url) for url in settings.triton.grpc_urls),
         ("triton.http_url", settings.triton.http_url),
         ("influx.url", settings.influx.url),
     ]:

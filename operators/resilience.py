@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -98,6 +98,12 @@ class CircuitBreaker:
             if self._on_state is not None:
                 self._on_state(state)
 
+    def reopens_in(self) -> float:
+        """Seconds until an open breaker lets a trial call through; 0 when it is not open."""
+        if self.state != "open":
+            return 0.0
+        return max(0.0, self.reset_timeout_s - (self._clock() - self._opened_at))
+
     def allow(self) -> bool:
         """Whether a call may go now (taking the single half-open trial slot if that is what is free)."""
         state = self.state
@@ -111,7 +117,7 @@ class CircuitBreaker:
     async def acquire(self) -> None:
         """Wait until a call may go."""
         while not self.allow():
-            wait = max(0.01, self.reset_timeout_s - (self._clock() - self._opened_at)) if self._state == "open" else 1.0
+            wait = max(0.01, self.reopens_in()) if self._state == "open" else 1.0
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=wait)
@@ -135,6 +141,15 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._set("open")
         await self._notify()
+
+
+class BreakerView(Protocol):
+    """What health checks read of a breaker (or of several seen as one service)."""
+
+    @property
+    def state(self) -> BreakerState: ...
+
+    def failing_for(self) -> float: ...
 
 
 def breaker_gauge(service: str) -> Callable[[BreakerState], None]:

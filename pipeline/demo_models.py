@@ -96,7 +96,9 @@ def train_ts(settings: Settings, models: DemoModels) -> Path:
     detector, report = fit_detector(tables, config, models.ts_epochs)
     seconds = time.perf_counter() - started
     # SKAB samples once a second.
-    return write_model_repository(detector, report, settings.model_repository, "skab", seconds, sample_period_s=1.0)
+    return write_model_repository(
+        detector, report, settings.model_repository, "skab", seconds, 1.0, instances=settings.triton.instance_count
+    )
 
 
 def train_video(settings: Settings, models: DemoModels) -> Path:
@@ -111,7 +113,9 @@ def train_video(settings: Settings, models: DemoModels) -> Path:
             height=settings.video.height, width=settings.video.width, base_channels=models.video_base_channels
         )
         train = TrainSettings(steps=models.video_steps, batch_size=models.video_batch, seed=models.seed)
-        fitted = fit(subset, settings.model_repository, config, train, holdout=1, quantile=0.99)
+        fitted = fit(
+            subset, settings.model_repository, config, train, 1, 0.99, instances=settings.triton.instance_count
+        )
     return fitted.model_dir
 
 

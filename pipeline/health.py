@@ -10,11 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.settings import StreamSettings
 from operators.engine import StreamEngine
-from operators.resilience import CircuitBreaker
+from operators.resilience import BreakerView
 
 
 async def serve_health(
-    settings: StreamSettings, engine: StreamEngine, breakers: dict[str, CircuitBreaker]
+    settings: StreamSettings, engine: StreamEngine, breakers: dict[str, BreakerView]
 ) -> web.AppRunner:
     """``/healthz``: 200 while consuming ("degraded" while a breaker is not closed); 503 before consuming starts and
     once a service has been failing for ``unhealthy_after_s``, so an orchestrator restarts a worker that cannot

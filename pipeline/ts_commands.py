@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from core.settings import get_settings
+
 if TYPE_CHECKING:
     from triton_models.timeseries.detector import ModelConfig
 
@@ -63,7 +65,9 @@ def train(
     config.channels = first.channels
     started = time.perf_counter()
     detector, report = fit_detector({name: t.values for name, t in tables.items()}, config, epochs, risk=risk)
-    directory = write_model_repository(detector, report, out, data.name, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    instances = get_settings().triton.instance_count
+    directory = write_model_repository(detector, report, out, data.name, seconds, instances=instances)
     plot_losses(directory / "loss.png", report.losses)
     typer.echo(f"wrote {directory} (loss curve {directory / 'loss.png'})")
 
@@ -101,7 +105,10 @@ def evaluate(
     )
     if model_out is not None:
         seconds = results["training"]["seconds"]
-        write_model_repository(detector, report, model_out, bench.name, seconds, evaluation=results["best"])
+        instances = get_settings().triton.instance_count
+        write_model_repository(
+            detector, report, model_out, bench.name, seconds, evaluation=results["best"], instances=instances
+        )
     results["wall_seconds"] = time.perf_counter() - started
     results["command"] = "diffsentry evaluate ts " + " ".join(sys.argv[3:])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def _fit(
     frames: Path, repository: Path, config: VideoModelConfig, settings: TrainSettings, holdout: int, quantile: float
 ) -> FitResult:
     try:
-        return fit(frames, repository, config, settings, holdout, quantile)
+        return fit(frames, repository, config, settings, holdout, quantile, get_settings().triton.instance_count)
     except TooFewClipsError as error:
         raise typer.BadParameter(str(error)) from error
 

@@ -21,7 +21,7 @@ async def score_through_triton(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Send windows [N, K+1, H, W] uint8 as ``concurrency`` parallel streams of requests (as several cameras would);
     returns scores [N], maps [N, h, w] and the wall-clock seconds."""
-    stage = TritonStage(grpc_url, ts_model="", video_model=model, backoff=EVALUATION_BACKOFF)  # video only
+    stage = TritonStage([grpc_url], ts_model="", video_model=model, backoff=EVALUATION_BACKOFF)  # video only
     scores: list[float] = [0.0] * len(windows)
     maps: list[np.ndarray | None] = [None] * len(windows)
     starts = list(range(0, len(windows), frames_per_request))

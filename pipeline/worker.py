@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from core.contracts import Alert, AlertEvent, Score
@@ -29,8 +30,8 @@ from operators.influx_sink import InfluxSink, alert_event_point
 from operators.lanes import Lane, SensorLane, VideoLane
 from operators.model_cards import ModelCardError, card_path, load_ts_card, load_video_card
 from operators.ports import AlertObserver, FrameObserver
-from operators.resilience import Backoff, CircuitBreaker, breaker_gauge
-from operators.triton_stage import TritonStage
+from operators.resilience import Backoff, BreakerState, CircuitBreaker, breaker_gauge
+from operators.triton_stage import TritonStage, replica_breaker_gauge
 from pipeline.alerting_service import AlertingService, camera_gallery
 from pipeline.health import serve_health
 
@@ -41,8 +42,8 @@ def _retry(stream: StreamSettings) -> Backoff:
     return Backoff(initial_s=stream.backoff_initial_s, max_s=stream.backoff_max_s)
 
 
-def _breaker(stream: StreamSettings, service: str) -> CircuitBreaker:
-    return CircuitBreaker(stream.breaker_failures, stream.breaker_reset_s, on_state=breaker_gauge(service))
+def _breaker(stream: StreamSettings, on_state: Callable[[BreakerState], None]) -> CircuitBreaker:
+    return CircuitBreaker(stream.breaker_failures, stream.breaker_reset_s, on_state=on_state)
 
 
 def store_client(settings: Settings) -> InfluxSink:
@@ -51,16 +52,17 @@ def store_client(settings: Settings) -> InfluxSink:
     return InfluxSink(
         influx.url, influx.token, influx.org, influx.bucket, batch_size=stream.sink_batch_size,
         flush_interval_s=stream.sink_flush_interval_ms / 1000, timeout_ms=stream.sink_timeout_ms,
-        backoff=_retry(stream), breaker=_breaker(stream, "store"),
+        backoff=_retry(stream), breaker=_breaker(stream, breaker_gauge("store")),
     )  # fmt: skip
 
 
 def clients(settings: Settings) -> tuple[TritonStage, InfluxSink]:
-    """Triton and the store, each behind its own circuit breaker, retried by the one policy."""
+    """Triton (a breaker per replica) and the store (one breaker), retried by the one policy."""
     triton, stream = settings.triton, settings.stream
     scorer = TritonStage(
-        triton.grpc_url, triton.ts_model, triton.video_model, triton.ts_model_version, triton.video_model_version,
-        request_timeout_s=triton.request_timeout_s, backoff=_retry(stream), breaker=_breaker(stream, "triton"),
+        triton.grpc_urls, triton.ts_model, triton.video_model, triton.ts_model_version, triton.video_model_version,
+        request_timeout_s=triton.request_timeout_s, backoff=_retry(stream),
+        breaker=lambda url: _breaker(stream, on_state=replica_breaker_gauge(url)),
     )  # fmt: skip
     return scorer, store_client(settings)
 

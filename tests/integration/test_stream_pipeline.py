@@ -11,6 +11,8 @@ import asyncio
 import io
 import json
 import math
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -39,12 +41,14 @@ from core.stack_state import TRITON, VICTORIA_METRICS, StackState
 from infra import stack as local_stack_services
 from infra.kafka import create_declared_topics
 from infra.processes import free_port, stop_process
+from infra.services import grpc_url, start_triton_replica, stop_service
 from operators.model_cards import card_path, load_ts_card
 from operators.resilience import Backoff, CircuitBreaker
 from operators.triton_stage import PermanentScoringError, TritonStage, TsRequest
 from operators.windowing import SensorWindower
 from pipeline.demo_models import data_dir
 from pipeline.ingest_sensors import publish, read_sensor_csv, readings
+from pipeline.prometheus_text import parse_metrics, total
 from pipeline.worker import Worker
 from pipeline.worker_process import WorkerProcess
 
@@ -96,7 +100,7 @@ class Stack:
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=self.bootstrap, consumer_group=f"worker-{suffix}"),
             topics=topics,
-            triton=TritonSettings(grpc_url=self.triton_url, request_timeout_s=5.0),
+            triton=TritonSettings(grpc_urls=[self.triton_url], request_timeout_s=5.0),
             influx=InfluxSettings(url=self.store_url),
             sensors=SensorSettings(**sensor_overrides),
             stream=StreamSettings(metrics_port=0, breaker_reset_s=0.5, backoff_max_s=0.5, session_timeout_ms=3000),
@@ -292,7 +296,7 @@ async def test_bad_inputs_go_to_dead_letter_with_reasons_and_the_pipeline_contin
 
 
 async def test_triton_stage_rejects_a_wrong_shape_permanently_and_scores_the_rest(stack: Stack) -> None:
-    stage = TritonStage(stack.triton_url, "ts_diffusion", "video_diffusion")
+    stage = TritonStage([stack.triton_url], "ts_diffusion", "video_diffusion")
     try:
         good = TsRequest("a", np.zeros((16, 8), dtype=np.float32), "reconstruction")
         wrong = TsRequest("b", np.zeros((15, 8), dtype=np.float32), "reconstruction")
@@ -310,12 +314,12 @@ async def test_triton_stage_rejects_a_wrong_shape_permanently_and_scores_the_res
 
 async def test_scoring_waits_while_triton_is_down_and_completes_after_restart(stack: Stack) -> None:
     stage = TritonStage(
-        stack.triton_url,
+        [stack.triton_url],
         "ts_diffusion",
         "video_diffusion",
         request_timeout_s=2.0,
         backoff=Backoff(initial_s=0.05, max_s=0.5),
-        breaker=CircuitBreaker(failure_threshold=2, reset_timeout_s=0.5),
+        breaker=lambda _: CircuitBreaker(failure_threshold=2, reset_timeout_s=0.5),
     )
     request = TsRequest("a", np.ones((16, 8), dtype=np.float32), "reconstruction")
     try:
@@ -375,6 +379,30 @@ async def test_triton_outage_mid_stream_loses_no_window(stack: Stack, skab_table
     errors_before = metric_total("diffsentry_triton_errors")
     await replay_with_fault(stack, skab_table, stack.settings(), f"triton-fault-{uuid.uuid4().hex[:6]}", restart_triton)
     assert metric_total("diffsentry_triton_errors") > errors_before  # the outage did hit the worker
+
+
+async def test_a_triton_replica_killed_mid_stream_loses_no_window(stack: Stack, skab_table, tmp_path: Path) -> None:
+    replica = await asyncio.to_thread(start_triton_replica, MODELS, tmp_path / "replica")
+    settings = stack.settings()
+    settings = settings.model_copy(
+        update={"triton": settings.triton.model_copy(update={"grpc_urls": [stack.triton_url, grpc_url(replica)]})}
+    )
+
+    async def answered_by_the_replica() -> float:
+        async with httpx.AsyncClient(timeout=5) as client:
+            text = (await client.get(f"http://127.0.0.1:{replica.ports['metrics']}/metrics")).text
+        return total(parse_metrics(text), "nv_inference_request_success", 'model="ts_diffusion"')
+
+    async def kill_the_replica() -> None:
+        assert await wait_for(answered_by_the_replica, timeout_s=30, interval_s=0.1), "the replica got no request"
+        os.kill(replica.pid, signal.SIGKILL)
+
+    errors_before = metric_total("diffsentry_triton_errors")
+    try:
+        await replay_with_fault(stack, skab_table, settings, f"replica-kill-{uuid.uuid4().hex[:6]}", kill_the_replica)
+    finally:
+        stop_service(replica, 10.0)
+    assert metric_total("diffsentry_triton_errors") > errors_before  # the kill did hit the worker
 
 
 async def test_store_outage_mid_stream_loses_no_point(stack: Stack, skab_table) -> None:

@@ -25,7 +25,7 @@ def _batch() -> np.ndarray:
 
 
 async def test_grpc_aio_inference_echoes_and_runs_this_source_tree(local_stack: Settings) -> None:
-    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_url)
+    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_urls[0])
     try:
         request = grpcclient.InferInput("INPUT", [3, 4], "FP32")
         request.set_data_from_numpy(_batch())
@@ -56,7 +56,7 @@ async def test_a_model_written_after_start_is_served_after_load_model(local_stac
     config = target / "config.pbtxt"
     config.write_text(config.read_text().replace(f'name: "{PING_MODEL}"', f'name: "{name}"'))
     load_model(local_stack, name)
-    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_url)
+    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_urls[0])
     try:
         request = grpcclient.InferInput("INPUT", [1, 2], "FP32")
         request.set_data_from_numpy(np.array([[1.0, -2.0]], dtype=np.float32))

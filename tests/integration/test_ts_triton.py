@@ -74,7 +74,7 @@ async def test_triton_scores_equal_in_process_scores(local_stack) -> None:
         modes = [TS_MODES[(i // 2 + j) % 2] for j in range(size)]
         requests.append((windows, streams, modes))
 
-    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_url)
+    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_urls[0])
     try:
         # Concurrent requests so the dynamic batcher merges windows of different requests, streams and modes.
         results = await asyncio.gather(*(client.infer(MODEL_NAME, _request(*r)) for r in requests))
@@ -108,7 +108,7 @@ async def test_unknown_mode_is_an_error_for_that_request_only(local_stack) -> No
     write_model_repository(detector, report, local_stack.model_repository, "synthetic pumps", seconds=0.0)
     stack.load_model(local_stack, MODEL_NAME)
     windows = np.zeros((1, LENGTH, CHANNELS), dtype=np.float32)
-    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_url)
+    client = grpcclient.InferenceServerClient(local_stack.triton.grpc_urls[0])
     try:
         good, bad = await asyncio.gather(
             client.infer(MODEL_NAME, _request(windows, ["pump-a"], [IMPUTATION])),

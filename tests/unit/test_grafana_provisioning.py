@@ -152,7 +152,7 @@ def test_the_data_source_is_the_compose_influxdb_in_flux_with_the_workers_org_bu
     assert resolved["jsonData"]["organization"] == influx_env["DOCKER_INFLUXDB_INIT_ORG"]
     assert resolved["jsonData"]["defaultBucket"] == influx_env["DOCKER_INFLUXDB_INIT_BUCKET"]
     assert resolved["secureJsonData"]["token"] == influx_env["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
-    worker_env = compose["services"]["worker"]["environment"]
+    worker_env = compose["services"]["scoring"]["environment"]  # the role that writes the scores
     assert all(env[name] == _compose_value(worker_env[name]) for name in GRAFANA_VARIABLE.findall(text))
 
 

@@ -40,3 +40,11 @@ def test_video_configs_declare_the_shared_names() -> None:
 def test_mode_names() -> None:
     assert names.TS_MODES == (names.IMPUTATION, names.RECONSTRUCTION) == ("imputation", "reconstruction")
     assert names.VIDEO_SCORINGS == (names.FORECAST, names.RECONSTRUCT) == ("forecast", "reconstruct")
+
+
+def test_instance_count_is_the_instance_group_of_both_models() -> None:
+    for pbtxt in (
+        ts_config_pbtxt(ModelConfig(["a", "b"]), instances=3),
+        video_config_pbtxt(VideoModelConfig(), instances=3),
+    ):
+        assert re.search(r"^instance_group \[ \{ count: 3 kind: KIND_CPU \} \]$", pbtxt, re.M), pbtxt

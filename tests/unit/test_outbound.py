@@ -138,7 +138,7 @@ def test_own_ports_come_from_the_settings_and_the_running_stack(tmp_path: Path) 
     settings = Settings(
         state_dir=tmp_path,
         kafka=KafkaSettings(bootstrap_servers="127.0.0.1:19092,[::1]:19093"),
-        triton=TritonSettings(grpc_url="127.0.0.1:8001", http_url="127.0.0.1:8000"),
+        triton=TritonSettings(grpc_urls=["127.0.0.1:8001"], http_url="127.0.0.1:8000"),
         api=ApiSettings(port=8088),
         stream=StreamSettings(metrics_port=0),
     )

@@ -44,7 +44,7 @@ def _write_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> N
 def test_defaults_without_any_configuration() -> None:
     settings = Settings()
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
-    assert settings.triton.grpc_url == "127.0.0.1:8001"
+    assert settings.triton.grpc_urls == ["127.0.0.1:8001"]
     assert settings.influx.flavor == "auto"
     assert settings.topics.partitions == 4
     assert settings.stack.kafka_port == 0
@@ -101,7 +101,7 @@ def test_a_running_local_stack_replaces_the_default_addresses(isolated_environme
     settings = Settings()
     assert settings.kafka.bootstrap_servers == "127.0.0.1:19092"
     assert settings.triton.http_url == "127.0.0.1:18000"
-    assert settings.triton.grpc_url == "127.0.0.1:18001"
+    assert settings.triton.grpc_urls == ["127.0.0.1:18001"]
     assert settings.influx.url == "http://127.0.0.1:18428"
     assert settings.influx.flavor == "victoriametrics"
     assert settings.influx.bucket == "diffsentry"
@@ -116,7 +116,7 @@ def test_explicit_configuration_wins_over_a_running_local_stack(
     settings = Settings()
     assert settings.kafka.bootstrap_servers == "kafka.plant:9092"
     assert settings.influx.url == "http://influx.plant:8086"
-    assert settings.triton.grpc_url == "127.0.0.1:18001"
+    assert settings.triton.grpc_urls == ["127.0.0.1:18001"]
 
 
 def test_a_stack_whose_processes_are_gone_is_ignored(isolated_environment: Path) -> None:
@@ -164,3 +164,18 @@ def test_an_explicit_path_wins_and_an_empty_one_is_unset(tmp_path: Path, monkeyp
     assert Settings(state_dir=tmp_path).model_repository == Path("/srv/models")
     monkeypatch.setenv("DIFFSENTRY_MODEL_REPOSITORY", "")
     assert Settings(state_dir=tmp_path).model_repository == tmp_path / "model_repository"
+
+
+def test_triton_replicas_are_a_list_and_the_single_url_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFSENTRY_TRITON__GRPC_URLS", '["triton-1:8001", "triton-2:8001"]')
+    monkeypatch.setenv("DIFFSENTRY_TRITON__INSTANCE_COUNT", "2")
+    settings = Settings()
+    assert settings.triton.grpc_urls == ["triton-1:8001", "triton-2:8001"]
+    assert settings.triton.instance_count == 2
+    monkeypatch.setenv("DIFFSENTRY_TRITON__GRPC_URL", "triton:8001")
+    with pytest.raises(ValueError, match=r"triton\.grpc_url is gone: list the servers in triton\.grpc_urls"):
+        Settings()
+    monkeypatch.delenv("DIFFSENTRY_TRITON__GRPC_URL")
+    monkeypatch.setenv("DIFFSENTRY_TRITON__GRPC_URLS", "[]")
+    with pytest.raises(ValueError, match="at least 1 item"):
+        Settings()

@@ -29,10 +29,16 @@ __all__ = ["TritonPythonModel"]
 
 
 def config_pbtxt(
-    config: ModelConfig, max_batch_size: int = 64, queue_delay_us: int = 2000, kind: str = "KIND_CPU", threads: int = 1
+    config: ModelConfig,
+    max_batch_size: int = 64,
+    queue_delay_us: int = 2000,
+    kind: str = "KIND_CPU",
+    threads: int = 1,
+    instances: int = 1,
 ) -> str:
     """SCORE is [-1, 1] on the wire: Triton rejects an empty per-item shape in a batching model (dims: [ ]).
-    KIND_CPU for this project's CPU machines; on a GPU host use ``kind="KIND_GPU"`` (the model then runs on CUDA)."""
+    KIND_CPU for this project's CPU machines; on a GPU host use ``kind="KIND_GPU"`` (the model then runs on CUDA).
+    ``instances`` model instances per server (``triton.instance_count``), each a python stub process."""
     length, channels = config.window, len(config.channels)
     return f"""name: "{MODEL_NAME}"
 backend: "python"
@@ -50,7 +56,7 @@ output [
   {{ name: "{STEP_SCORES}" data_type: TYPE_FP32 dims: [ {length} ] }},
   {{ name: "{CHANNEL_SCORES}" data_type: TYPE_FP32 dims: [ {channels} ] }}
 ]
-instance_group [ {{ count: 1 kind: {kind} }} ]
+instance_group [ {{ count: {instances} kind: {kind} }} ]
 parameters {{ key: "TORCH_NUM_THREADS" value: {{ string_value: "{threads}" }} }}
 """
 
@@ -125,12 +131,13 @@ def write_model_repository(
     seconds: float,
     sample_period_s: float = 1.0,
     evaluation: dict[str, Any] | None = None,
+    instances: int = 1,
 ) -> Path:
     """Write the model directory of a detector fitted by ``fit_detector`` (``report``) in ``seconds`` on the data
-    named ``source``; ``evaluation``: benchmark metrics for the card."""
+    named ``source``; ``evaluation``: benchmark metrics for the card; ``instances``: see :func:`config_pbtxt`."""
     directory = Path(repository) / MODEL_NAME
     detector.save(directory / "1")
     (directory / "1" / "model.py").write_text(MODEL_PY)
-    (directory / "config.pbtxt").write_text(config_pbtxt(detector.config))
+    (directory / "config.pbtxt").write_text(config_pbtxt(detector.config, instances=instances))
     _model_card(detector, report, source, seconds, sample_period_s, evaluation).write(directory)
     return directory

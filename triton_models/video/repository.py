@@ -41,13 +41,13 @@ SCORE_SEMANTICS = (
 )
 
 
-def config_pbtxt(config: VideoModelConfig, max_batch_size: int = 64, instances: int = 2) -> str:
+def config_pbtxt(config: VideoModelConfig, max_batch_size: int = 64, instances: int = 1) -> str:
     """Batched I/O: FRAMES uint8 [-1, K+1, H, W]; SCORE fp32, produced as [-1] (reshape) but, since Triton needs
     non-empty dims for batched tensors, delivered to clients as [-1, 1]; MAP fp32 [-1, h, w].
 
-    ``instances`` CPU instances of one torch thread each: on a small shared machine, parallel instances keep the
-    cores busy without the spin-waiting of oversubscribed intra-op threads (2 threads under contention trained
-    5x slower than 1 here)."""
+    ``instances`` CPU instances (``triton.instance_count``) of one torch thread each: on a small shared machine,
+    parallel instances keep the cores busy without the spin-waiting of oversubscribed intra-op threads (2 threads
+    under contention trained 5x slower than 1 here)."""
     map_h, map_w = config.map_shape
     return f"""name: "{MODEL_NAME}"
 backend: "python"
@@ -90,7 +90,7 @@ def export_model(
     training: Training,
     scoring_selection: dict[str, Any],
     losses: list[float],
-    instances: int = 2,
+    instances: int = 1,
 ) -> Path:
     """Write the model directory into ``repository``; returns it."""
     config = model.config

@@ -89,10 +89,16 @@ class FitResult:
 
 
 def fit(
-    frames: Path, repository: Path, config: VideoModelConfig, settings: TrainSettings, holdout: int, quantile: float
+    frames: Path,
+    repository: Path,
+    config: VideoModelConfig,
+    settings: TrainSettings,
+    holdout: int,
+    quantile: float,
+    instances: int = 1,
 ) -> FitResult:
     """Train on all clips but the last ``holdout`` ones; on those, choose the scoring setting by synthetic
-    anomalies and set the threshold (both label-free); export to ``repository``."""
+    anomalies and set the threshold (both label-free); export to ``repository`` (``instances`` per server)."""
     clips = load_clips(frames, config.width, config.height)
     names = sorted(clips)
     if len(names) <= holdout:
@@ -135,5 +141,5 @@ def fit(
         "synthetic_frames": {"normal": len(synthetic.normal), "anomalous": len(synthetic.anomalous)},
         "candidates": table,
     }
-    model_dir = export_model(result.model, repository, served, training, selection, result.losses)
+    model_dir = export_model(result.model, repository, served, training, selection, result.losses, instances)
     return FitResult(result.model, threshold, model_dir, table, result.seconds, selection_seconds)

@@ -180,9 +180,6 @@ class SubscriptionStore:
         raw["secret"] = self._cipher.decrypt(secret) if secret is not None else None
         return SubscriptionSpec.model_validate(raw)
 
-    def close(self) -> None:
-        """The database is the caller's (it closes it); kept so every store closes the same way."""
-
     def create(self, spec: SubscriptionSpec) -> tuple[Subscription, str | None]:
         """Stores a new subscription; returns it and the secret generated for a webhook sent without one."""
         generated = None

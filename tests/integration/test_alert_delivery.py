@@ -20,7 +20,7 @@ from core import settings as settings_module
 from core.contracts import Alert, DeadLetter, Notification, Score, Severity, decode
 from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings, TritonSettings
 from operators.alerting import AlertEngine, idempotency_key
-from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
+from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
 from operators.subscriptions import SubscriptionStore
@@ -28,6 +28,7 @@ from operators.webhook_receiver import WebhookReceiver
 from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
 from pipeline.subscriptions_api import serve_api
+from tests.state import delivery_journal, subscription_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -78,8 +79,8 @@ async def service(
         delivery=delivery,
         triton=triton or TritonSettings(),
     )
-    store = SubscriptionStore(settings.state_dir / "subscriptions.sqlite")
-    journal = DeliveryJournal(settings.state_dir / "subscriptions.sqlite")
+    store = subscription_store(settings.state_dir / "subscriptions.sqlite")
+    journal = delivery_journal(settings.state_dir / "subscriptions.sqlite")
     hub = AlertHub()
     dead_letters: list[DeadLetter] = []
 
@@ -105,8 +106,6 @@ async def service(
         await client.aclose()
         await runner.cleanup()
         await dispatcher.stop()
-        store.close()
-        journal.close()
 
 
 @asynccontextmanager
@@ -561,14 +560,9 @@ async def test_delivery_checks_the_target_again_and_redacts_credentials(tmp_path
 
 
 async def test_the_api_refuses_the_development_token_unless_allowed(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    store = subscription_store(tmp_path / "subscriptions.sqlite")
     hub = AlertHub()
-    try:
-        with pytest.raises(ValueError, match="default development token"):
-            await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0)), store, hub)
-        runner = await serve_api(
-            Settings(state_dir=tmp_path, api=ApiSettings(port=0, allow_dev_token=True)), store, hub
-        )
-        await runner.cleanup()
-    finally:
-        store.close()
+    with pytest.raises(ValueError, match="default development token"):
+        await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0)), store, hub)
+    runner = await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0, allow_dev_token=True)), store, hub)
+    await runner.cleanup()

@@ -77,7 +77,6 @@ class DeliveryJournal:
 
     def __init__(self, database: StateDatabase, instance_id: str, lease_s: float) -> None:
         self._database = database
-        self._engine = database.engine
         self.instance_id = instance_id
         self._lease_s = lease_s
 
@@ -91,7 +90,7 @@ class DeliveryJournal:
             & (_deliveries.c.grp == notification.group)
             & (_deliveries.c.outcome == "pending")
         )
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             oldest = db.execute(
                 select(_deliveries.c.claimed_by, _deliveries.c.lease_until)
                 .where(lane)
@@ -122,7 +121,7 @@ class DeliveryJournal:
         pending delivery this instance now holds, in the order they were recorded."""
         now = time.time()
         pending = _deliveries.c.outcome == "pending"
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             db.execute(
                 update(_deliveries)
                 .where(pending & ((_deliveries.c.claimed_by == self.instance_id) | (_deliveries.c.lease_until < now)))
@@ -137,7 +136,7 @@ class DeliveryJournal:
 
     def release(self) -> int:
         """Lets another instance take this one's pending deliveries at its next claim (a clean stop)."""
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             return db.execute(
                 update(_deliveries)
                 .where((_deliveries.c.outcome == "pending") & (_deliveries.c.claimed_by == self.instance_id))
@@ -146,7 +145,7 @@ class DeliveryJournal:
 
     def pending(self) -> list[PendingDelivery]:
         """Every delivery not finished yet, whoever holds it, in the order they were recorded."""
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             rows = db.execute(_SELECT_PENDING.where(_deliveries.c.outcome == "pending").order_by(_deliveries.c.seq))
             return [_pending(*row) for row in rows]
 
@@ -155,7 +154,7 @@ class DeliveryJournal:
     ) -> bool:
         """Records an attempt's outcome; False when this instance no longer holds the delivery (another took it
         over after this one's lease expired: its outcome counts, not this one's)."""
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             return (
                 db.execute(
                     update(_deliveries)
@@ -172,7 +171,7 @@ class DeliveryJournal:
 
     def prune(self, finished_before: float) -> int:
         """Drops finished deliveries last updated before ``finished_before`` (epoch seconds); pending ones stay."""
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             return db.execute(
                 delete(_deliveries).where(
                     (_deliveries.c.outcome != "pending") & (_deliveries.c.updated_at < finished_before)
@@ -187,7 +186,7 @@ class DeliveryJournal:
         )
         if subscription_id is not None:
             query = query.where(_deliveries.c.subscription_id == subscription_id)
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             rows = db.execute(query).all()
         counts = {"pending": 0, "delivered": 0, "dead_lettered": 0, "cancelled": 0, "attempts": 0}
         for outcome, count, attempts in rows:
@@ -203,7 +202,7 @@ class DeliveryJournal:
         ).order_by(c.updated_at.desc(), c.seq.desc())
         if subscription_id is not None:
             query = query.where(c.subscription_id == subscription_id)
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             rows = db.execute(query.limit(limit)).all()
         names = ("subscription_id", "notification_id", "channel", "outcome", "attempts", "error", "updated_at")
         return [dict(zip(names, row, strict=True)) for row in rows]

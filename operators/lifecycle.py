@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import Connection, Executable, Row, delete, insert, select, update
+from sqlalchemy import Executable, Row, delete, insert, select, update
 
 from core.contracts import Alert, AlertEvent, EventTime, Location, Modality, Severity, decode
 from operators.state_db import (
@@ -201,43 +200,23 @@ class LifecycleStore:
     """Everything the Notifier must not forget across a restart, in the state database (``operators/state_db.py``).
 
     Each method is one short statement; ``transaction()`` makes several of them (one transition handled) atomic,
-    on the connection it holds for the thread that opened it.
+    and what other stores of the same database do inside it (the journal rows of a notification) joins it.
     """
 
     def __init__(self, database: StateDatabase) -> None:
         self._database = database
-        self._engine = database.engine
-        self._lock = threading.RLock()
-        self._connection: Connection | None = None  # the open transaction's, while the lock's owner holds one
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._connection is not None:  # nested: part of the open one
-                yield
-                return
-            with self._engine.begin() as connection:
-                self._connection = connection
-                try:
-                    yield
-                finally:
-                    self._connection = None
-
-    @contextmanager
-    def _db(self) -> Iterator[Connection]:
-        with self._lock:
-            if self._connection is not None:
-                yield self._connection
-                return
-            with self._engine.begin() as connection:
-                yield connection
+        with self._database.transaction():
+            yield
 
     def _rows(self, statement: Executable) -> list[Row[Any]]:
-        with self._db() as db:
+        with self._database.transaction() as db:
             return list(db.execute(statement).all())
 
     def _run(self, statement: Executable) -> int:
-        with self._db() as db:
+        with self._database.transaction() as db:
             return db.execute(statement).rowcount
 
     # silences

@@ -12,7 +12,9 @@ and no query needs a thread hop or an async driver.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     Index,
@@ -150,11 +153,28 @@ def state_database_url(url: str | None, state_dir: Path) -> str:
     return url or sqlite_url(state_dir / SQLITE_FILE)
 
 
-@dataclass(frozen=True)
 class StateDatabase:
-    """An engine on a migrated database; the stores share one (and its connection pool)."""
+    """An engine on a migrated database; the stores share one (its connection pool, and a thread's transaction)."""
 
-    engine: Engine
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._local = threading.local()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """The thread's open transaction when there is one (what runs here joins it: the Notifier's handling of a
+        transition and the journal rows of its notification commit together), else a new one, committed at the end.
+        """
+        current: Connection | None = getattr(self._local, "connection", None)
+        if current is not None:
+            yield current
+            return
+        with self.engine.begin() as connection:
+            self._local.connection = connection
+            try:
+                yield connection
+            finally:
+                self._local.connection = None
 
     @classmethod
     def open(cls, url: str) -> StateDatabase:

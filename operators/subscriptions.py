@@ -147,12 +147,11 @@ class SubscriptionStore:
 
     def __init__(self, database: StateDatabase, cipher: SecretCipher) -> None:
         self._database = database
-        self._engine = database.engine
         self._cipher = cipher
         self._check_key()
 
     def _check_key(self) -> None:
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             db.execute(
                 self._database.insert(state_meta)
                 .values(name=_KEY_CHECK, value=self._cipher.encrypt(_KEY_CHECK))
@@ -188,7 +187,7 @@ class SubscriptionStore:
             spec = spec.model_copy(update={"secret": generated})
         subscription_id = "sub-" + uuid.uuid4().hex[:16]
         now = time.time()
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             db.execute(
                 insert(subscriptions).values(
                     id=subscription_id, created_at=now, updated_at=now, **self._row_values(spec)
@@ -199,12 +198,12 @@ class SubscriptionStore:
         return subscription, generated
 
     def get(self, subscription_id: str) -> Subscription | None:
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             row = db.execute(_SELECT_ROWS.where(subscriptions.c.id == subscription_id)).one_or_none()
         return self._from_row(*row) if row else None
 
     def list(self) -> list[Subscription]:
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             rows = db.execute(_SELECT_ROWS.order_by(subscriptions.c.created_at, subscriptions.c.id)).all()
         return [self._from_row(*row) for row in rows]
 
@@ -233,12 +232,12 @@ class SubscriptionStore:
         return SubscriptionSpec.model_validate(merged)
 
     def delete(self, subscription_id: str) -> bool:
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             return db.execute(delete(subscriptions).where(subscriptions.c.id == subscription_id)).rowcount > 0
 
     def _spec(self, subscription_id: str) -> SubscriptionSpec | None:
         columns = (subscriptions.c.spec, subscriptions.c.secret, subscriptions.c.apprise_urls)
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             row = db.execute(select(*columns).where(subscriptions.c.id == subscription_id)).one_or_none()
         return self._decrypted(*row) if row else None
 
@@ -246,7 +245,7 @@ class SubscriptionStore:
         if spec.delivery.webhook_url is not None and spec.secret is None:
             # Only creation generates a secret (and returns it once); an update cannot show one, so it must bring it.
             raise ValueError("a webhook needs a secret: send one with this update")
-        with self._engine.begin() as db:
+        with self._database.transaction() as db:
             db.execute(
                 update(subscriptions)
                 .where(subscriptions.c.id == subscription_id)

@@ -79,6 +79,7 @@ class LocalStackSettings(BaseModel):
     victoria_metrics_port: int = 0
     # S3 API of a durable stack's object store (`stack up --durable`); its internal listeners always take free ports.
     object_store_port: int = 0
+    postgres_port: int = 0  # `stack up --with-postgres`
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 20.0
 

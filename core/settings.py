@@ -233,13 +233,16 @@ class DeliverySettings(BaseModel):
         description="Fernet key encrypting webhook secrets at rest; none: webhook-secrets.key in the state dir "
         "(instances sharing a database need the same key)",
     )
-    instance_id: str = Field(
-        default_factory=socket.gethostname,
+    instance_id: str | None = Field(
+        default=None,
         min_length=1,
         max_length=200,
         description="who claims deliveries in a shared journal: unique per instance sharing a database, and the "
-        "same across a restart (which then resumes its deliveries at once); default: the host name",
+        "same across a restart (which then resumes its deliveries at once); none: the host name",
     )
+
+    def instance(self) -> str:
+        return self.instance_id or socket.gethostname()
     claim_lease_s: float = Field(
         default=30.0,
         gt=0,

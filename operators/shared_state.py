@@ -23,14 +23,14 @@ class SharedState:
     def open(cls, settings: Settings) -> SharedState:
         """The stores on ``database.url`` (default: ``<state_dir>/state.sqlite``), its schema migrated to head;
         secrets under ``delivery.secrets_key`` or the key file in the state dir, deliveries claimed as
-        ``delivery.instance_id``."""
+        ``delivery.instance_id`` (default: the host name)."""
         database = StateDatabase.open(state_database_url(settings.database.url, settings.state_dir))
         delivery = settings.delivery
         cipher = SecretCipher.load(delivery.secrets_key, settings.state_dir / KEY_FILE)
         return cls(
             database,
             SubscriptionStore(database, cipher),
-            DeliveryJournal(database, delivery.instance_id, delivery.claim_lease_s),
+            DeliveryJournal(database, delivery.instance(), delivery.claim_lease_s),
             LifecycleStore(database),
         )
 

@@ -23,12 +23,13 @@ from operators.alerting import AlertEngine, idempotency_key
 from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
+from operators.shared_state import SharedState
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
 from pipeline.subscriptions_api import serve_api
-from tests.state import delivery_journal, subscription_store
+from tests.state import subscription_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -48,7 +49,7 @@ FAST_RETRIES = DeliverySettings(
 
 @dataclass
 class Service:
-    """What `diffsentry run` wires together: store, journal, hub, dispatcher, API server."""
+    """What `diffsentry run` wires together: the shared state's stores, hub, dispatcher, API server."""
 
     store: SubscriptionStore
     dispatcher: AlertDispatcher
@@ -79,8 +80,8 @@ async def service(
         delivery=delivery,
         triton=triton or TritonSettings(),
     )
-    store = subscription_store(settings.state_dir / "subscriptions.sqlite")
-    journal = delivery_journal(settings.state_dir / "subscriptions.sqlite")
+    shared = SharedState.open(settings)
+    store = shared.subscriptions
     hub = AlertHub()
     dead_letters: list[DeadLetter] = []
 
@@ -89,7 +90,7 @@ async def service(
 
     dispatcher = AlertDispatcher(
         store,
-        journal,
+        shared.journal,
         settings=settings.delivery,
         dead_letter=to_dead_letter,
         source_topic=settings.topics.alerts,
@@ -106,6 +107,7 @@ async def service(
         await client.aclose()
         await runner.cleanup()
         await dispatcher.stop()
+        shared.close()
 
 
 @asynccontextmanager

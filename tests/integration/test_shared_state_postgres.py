@@ -180,7 +180,7 @@ def _spawn_instance(settings: Settings, log: Path) -> subprocess.Popen[str]:
         "DIFFSENTRY_API__PORT": "0",
         "DIFFSENTRY_API__TOKEN": TOKEN,
         "DIFFSENTRY_DELIVERY__SECRETS_KEY": str(delivery.secrets_key),
-        "DIFFSENTRY_DELIVERY__INSTANCE_ID": delivery.instance_id,
+        "DIFFSENTRY_DELIVERY__INSTANCE_ID": delivery.instance(),
         "DIFFSENTRY_DELIVERY__CLAIM_LEASE_S": str(delivery.claim_lease_s),
         "DIFFSENTRY_DELIVERY__ALLOWED_TARGETS": '["127.0.0.1/32"]',
         "DIFFSENTRY_DELIVERY__MAX_ATTEMPTS": str(delivery.max_attempts),

@@ -243,6 +243,7 @@ class DeliverySettings(BaseModel):
 
     def instance(self) -> str:
         return self.instance_id or socket.gethostname()
+
     claim_lease_s: float = Field(
         default=30.0,
         gt=0,

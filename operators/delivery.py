@@ -465,7 +465,7 @@ class AlertDispatcher:
             try:
                 await self._dead_letter(letter)
             except Exception:
-                # Left pending: the next start tries the channel again rather than losing the notification.
+                # Left pending: the next claim round tries the channel again rather than losing the notification.
                 log.exception("dead-lettering a failed delivery to %s failed; it stays pending", subscription_id)
                 record(attempts, "pending", reason)
                 return

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from core.private_files import make_private
+from operators.sqlite_store import open_database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_FILE = "state.sqlite"
@@ -200,19 +200,11 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         # pool_pre_ping: a connection the server dropped (a restart) is replaced instead of failing a request.
         return create_engine(url, pool_pre_ping=True)
-    if parsed.database:
-        path = Path(parsed.database)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        make_private(path)  # holds subscriptions (encrypted secrets) and alert history; sqlite gives -wal/-shm its mode
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30.0})
-
-    @event.listens_for(engine, "connect")
-    def _connect(connection: Any, _record: Any) -> None:
-        connection.isolation_level = None  # transactions are begun below, not by the driver's guesswork
-        # WAL with synchronous=NORMAL loses nothing when the process dies (only on power loss) and keeps a commit
-        # in microseconds; FULL fsyncs each commit (~4 ms here).
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+    if not parsed.database:
+        raise ValueError(f"database.url {url!r}: a sqlite URL names a file (sqlite:///path/state.sqlite)")
+    path = Path(parsed.database)
+    # The one way sqlite files are opened (WAL, private, autocommit: transactions are begun below, not by the driver).
+    engine = create_engine(url, creator=lambda: open_database(path))
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:

@@ -1,4 +1,6 @@
-"""The shared-state stores on a sqlite file, as the unit and integration tests open them."""
+"""The shared-state stores on a sqlite file, as the unit and integration tests open them: each on a database of its
+own, so stores that must share one transaction (a Notifier's lifecycle and its dispatcher's journal) come from
+``operators.shared_state.SharedState.open`` instead."""
 
 from __future__ import annotations
 

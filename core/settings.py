@@ -240,10 +240,6 @@ class DeliverySettings(BaseModel):
         description="who claims deliveries in a shared journal: unique per instance sharing a database, and the "
         "same across a restart (which then resumes its deliveries at once); none: the host name",
     )
-
-    def instance(self) -> str:
-        return self.instance_id or socket.gethostname()
-
     claim_lease_s: float = Field(
         default=30.0,
         gt=0,
@@ -260,6 +256,10 @@ class DeliverySettings(BaseModel):
                 if not _HOST_NAME.fullmatch(entry):
                     raise ValueError(f"{entry!r} is neither a CIDR (or address) nor a host name") from None
         return entries
+
+    def instance(self) -> str:
+        """The instance id deliveries are claimed under."""
+        return self.instance_id or socket.gethostname()
 
 
 class DatabaseSettings(BaseModel):

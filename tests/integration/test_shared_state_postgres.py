@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,7 @@ from core.settings import ApiSettings, DatabaseSettings, DeliverySettings, Setti
 from infra.postgres import postgres_data_dir
 from infra.processes import free_port
 from infra.services import start_postgres, stop_service, wait_healthy
-from operators.state_db import notification_deliveries
+from operators.state_db import StateDatabase, notification_deliveries
 from operators.webhook_receiver import WebhookReceiver
 from tests.integration.api_instance import api_instance
 
@@ -203,3 +204,19 @@ def _listening_url(process: subprocess.Popen[str]) -> str:
     if not line.startswith("listening "):
         raise AssertionError(f"the instance did not start (exit {process.poll()}): {line!r}")
     return line.split()[1]
+
+
+def test_instances_starting_together_migrate_one_at_a_time(database_url: str) -> None:
+    def open_and_count() -> int:
+        database = StateDatabase.open(database_url)
+        try:
+            with database.transaction() as db:
+                return len(db.execute(select(notification_deliveries.c.seq)).all())
+        finally:
+            database.close()
+
+    pool = ThreadPoolExecutor(4)
+    try:  # without the migration lock they fail ("already exists") or wait on each other's catalog locks
+        assert list(pool.map(lambda _: open_and_count(), range(4), timeout=60)) == [0, 0, 0, 0]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

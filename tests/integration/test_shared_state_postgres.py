@@ -26,7 +26,7 @@ from core.settings import ApiSettings, DatabaseSettings, DeliverySettings, Setti
 from infra.postgres import postgres_data_dir
 from infra.processes import free_port
 from infra.services import start_postgres, stop_service, wait_healthy
-from operators.state_db import StateDatabase, notification_deliveries
+from operators.state_db import StateDatabase, notification_deliveries, subscriptions
 from operators.webhook_receiver import WebhookReceiver
 from tests.integration.api_instance import api_instance
 
@@ -96,8 +96,11 @@ async def test_two_instances_see_the_same_subscriptions_and_silences(tmp_path: P
         assert listed["id"] == created["id"] and listed["has_secret"] and "secret" not in listed
         assert (await on_b.patch(f"/v1/subscriptions/{created['id']}", json={"name": "renamed"})).status_code == 200
         assert (await on_a.get(f"/v1/subscriptions/{created['id']}")).json()["name"] == "renamed"
-        # b decrypts the secret a stored: it signs with it
+        # b decrypts the secret a stored (it signs with it); in the database it is only ciphertext
         assert b.shared.subscriptions.get(created["id"]).secret == SECRET  # type: ignore[union-attr]
+        with a.shared.database.transaction() as db:
+            (row,) = db.execute(select(subscriptions)).all()
+        assert SECRET not in repr(tuple(row))
 
         silence = {"matchers": {"stream": "pump-*"}, "ends_at": time.time() + 3600, "created_by": "ops"}
         made = await on_a.post("/v1/silences", json=silence)

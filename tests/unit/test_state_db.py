@@ -1,6 +1,8 @@
-"""The state database on sqlite: migrations, one transaction across stores, delivery claims and their leases."""
+"""The state database on sqlite: migrations, one transaction across stores, delivery claims and their leases, the
+import of the files of the version before."""
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,13 @@ from cryptography.fernet import Fernet
 from sqlalchemy import inspect, select
 
 from core.contracts import Alert, DeadLetter, Notification
-from core.settings import DeliverySettings
+from core.settings import DeliverySettings, Settings
 from operators.delivery import AlertDispatcher, DeliveryJournal
-from operators.lifecycle import LifecycleStore
+from operators.lifecycle import LifecycleStore, Silence
 from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
-from operators.secrets_at_rest import SecretCipher, WrongSecretsKey
+from operators.secrets_at_rest import KEY_FILE, SecretCipher, WrongSecretsKey
+from operators.shared_state import SharedState
 from operators.state_db import StateDatabase, metadata, notification_deliveries, sqlite_url
 from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
@@ -139,3 +142,50 @@ async def test_a_dead_instances_pending_delivery_is_completed_by_the_other(tmp_p
     finally:
         await survivor.stop()
         await receiver.stop()
+
+
+def test_the_sqlite_files_of_the_version_before_are_imported_once(tmp_path: Path) -> None:
+    cipher = SecretCipher.load(None, tmp_path / KEY_FILE)
+    spec = SubscriptionSpec(name="ops", delivery=Delivery(webhook_url="http://203.0.113.7/hook"))
+    pending = _notification(1)
+    legacy = sqlite3.connect(tmp_path / "subscriptions.sqlite")  # as the stores of that version made it
+    legacy.execute(
+        "CREATE TABLE subscriptions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, secret TEXT, created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL, apprise_urls TEXT)"
+    )
+    legacy.execute(
+        "INSERT INTO subscriptions VALUES ('sub-old', ?, ?, 1.0, 2.0, NULL)",
+        (spec.model_dump_json(exclude={"secret"}), cipher.encrypt(SECRET)),
+    )
+    legacy.execute(
+        "CREATE TABLE notification_deliveries (subscription_id TEXT NOT NULL, notification_id TEXT NOT NULL,"
+        " channel TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " outcome TEXT NOT NULL DEFAULT 'pending', last_error TEXT, updated_at REAL NOT NULL,"
+        " PRIMARY KEY (subscription_id, notification_id, channel))"
+    )
+    legacy.execute(
+        "INSERT INTO notification_deliveries VALUES ('sub-old', ?, 'webhook', ?, 2, 'pending', 'HTTP 503', 3.0)",
+        (pending.notification_id, pending.to_json().decode()),
+    )
+    legacy.commit()
+    legacy.close()
+    silence = Silence(id="sil-1", ends_at=10.0, starts_at=1.0, created_at=1.0, created_by="ops")
+    legacy = sqlite3.connect(tmp_path / "lifecycle.sqlite")
+    legacy.execute(
+        "CREATE TABLE silences (id TEXT PRIMARY KEY, body TEXT NOT NULL, ends_at REAL NOT NULL,"
+        " expiry_announced INTEGER NOT NULL DEFAULT 0)"
+    )
+    legacy.execute("INSERT INTO silences VALUES ('sil-1', ?, 10.0, 0)", (silence.model_dump_json(),))
+    legacy.commit()
+    legacy.close()
+
+    settings = Settings(state_dir=tmp_path, delivery=DeliverySettings(instance_id="here"))
+    shared = SharedState.open(settings)
+    assert shared.subscriptions.get("sub-old").secret == SECRET  # type: ignore[union-attr]
+    (delivery,) = shared.journal.claim()
+    assert delivery.notification == pending and delivery.attempts == 2
+    assert shared.lifecycle.silences() == [silence]
+    assert not (tmp_path / "subscriptions.sqlite").exists() and (tmp_path / "subscriptions.sqlite.imported").exists()
+    shared.close()
+    again = SharedState.open(settings)
+    assert len(again.subscriptions.list()) == 1 and len(again.journal.pending()) == 1

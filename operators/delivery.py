@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,9 +116,10 @@ class DeliveryJournal:
             ).rowcount
         return claimed_by if added else None
 
-    def claim(self) -> list[PendingDelivery]:
+    def claim(self, running: Collection[tuple[str, str, str]] = ()) -> list[PendingDelivery]:
         """Renews this instance's leases, takes over the pending deliveries whose lease expired; returns every
-        pending delivery this instance now holds, in the order they were recorded."""
+        pending delivery this instance now holds, in the order they were recorded, but those ``running`` already
+        (keys: subscription, channel, notification id)."""
         now = time.time()
         pending = _deliveries.c.outcome == "pending"
         with self._database.transaction() as db:
@@ -128,11 +129,11 @@ class DeliveryJournal:
                 .values(claimed_by=self.instance_id, lease_until=now + self._lease_s)
             )
             rows = db.execute(
-                _SELECT_PENDING.where(pending & (_deliveries.c.claimed_by == self.instance_id)).order_by(
-                    _deliveries.c.seq
-                )
+                select(_deliveries.c.notification_id, *_SELECT_PENDING.selected_columns)
+                .where(pending & (_deliveries.c.claimed_by == self.instance_id))
+                .order_by(_deliveries.c.seq)
             ).all()
-        return [_pending(*row) for row in rows]
+        return [_pending(*row[1:]) for row in rows if (row[1], row[2], row[0]) not in running]
 
     def release(self) -> int:
         """Lets another instance take this one's pending deliveries at its next claim (a clean stop)."""
@@ -302,13 +303,10 @@ class AlertDispatcher:
 
     def _claim(self) -> int:
         """Spawns the held deliveries not running here yet; returns how many."""
-        spawned = 0
-        for delivery in self._journal.claim():
-            key = (delivery.subscription_id, delivery.channel, delivery.notification.notification_id)
-            if key not in self._in_flight:
-                self._spawn(delivery.subscription_id, delivery.channel, delivery.notification, delivery.attempts)
-                spawned += 1
-        return spawned
+        held = self._journal.claim(running=self._in_flight)
+        for delivery in held:
+            self._spawn(delivery.subscription_id, delivery.channel, delivery.notification, delivery.attempts)
+        return len(held)
 
     async def _claim_forever(self) -> None:
         while True:

@@ -82,6 +82,7 @@ notification_deliveries = Table(
     UniqueConstraint("subscription_id", "notification_id", "channel", name="notification_deliveries_once"),
     Index("notification_deliveries_by_time", "updated_at"),
     Index("notification_deliveries_pending", "outcome", "lease_until"),
+    Index("notification_deliveries_by_lane", "subscription_id", "channel", "grp", "seq"),
 )
 silences = Table(
     "silences",

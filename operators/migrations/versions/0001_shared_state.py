@@ -80,6 +80,12 @@ def upgrade() -> None:
     )
     op.create_index("notification_deliveries_by_time", "notification_deliveries", ["updated_at"], unique=False)
     op.create_index(
+        "notification_deliveries_by_lane",
+        "notification_deliveries",
+        ["subscription_id", "channel", "grp", "seq"],
+        unique=False,
+    )
+    op.create_index(
         "notification_deliveries_pending", "notification_deliveries", ["outcome", "lease_until"], unique=False
     )
     op.create_table(
@@ -126,6 +132,7 @@ def downgrade() -> None:
     op.drop_table("silences")
     op.drop_table("pending_notifications")
     op.drop_index("notification_deliveries_pending", table_name="notification_deliveries")
+    op.drop_index("notification_deliveries_by_lane", table_name="notification_deliveries")
     op.drop_index("notification_deliveries_by_time", table_name="notification_deliveries")
     op.drop_table("notification_deliveries")
     op.drop_table("maintenance_windows")

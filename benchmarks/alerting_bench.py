@@ -20,12 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from core.contracts import Alert, DeadLetter, Score
-from core.settings import AlertingSettings, DeliverySettings
+from core.settings import AlertingSettings, DeliverySettings, Settings
 from operators.alerting import AlertEngine, AlertStateStore, MemoryAlertStateStore, SqliteAlertStateStore
-from operators.delivery import AlertDispatcher, DeliveryJournal
+from operators.delivery import AlertDispatcher
 from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
-from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
+from operators.shared_state import SharedState
+from operators.subscriptions import Delivery, SubscriptionSpec
 from operators.webhook_receiver import WebhookReceiver
 from triton_models.progress import progress_bar
 
@@ -80,8 +81,8 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
     secret = "benchmark-secret-0123456789"
     receiver = WebhookReceiver(secret)
     url = await receiver.start()
-    store = SubscriptionStore(state_dir / f"subs-{concurrency}.sqlite")
-    journal = DeliveryJournal(state_dir / f"subs-{concurrency}.sqlite")
+    shared = SharedState.open(Settings(state_dir=state_dir / f"delivery-{concurrency}"))
+    store, journal = shared.subscriptions, shared.journal
     store.create(SubscriptionSpec(name="bench", delivery=Delivery(webhook_url=url), secret=secret))
 
     async def no_dead_letters(letter: DeadLetter) -> None:
@@ -125,8 +126,7 @@ async def bench_delivery(concurrency: int, state_dir: Path) -> dict[str, float]:
     assert len(receiver.alerts) == ALERTS and receiver.counts.bad_signatures == 0
     await dispatcher.stop()
     await receiver.stop()
-    store.close()
-    journal.close()
+    shared.close()
     return {
         "concurrency": concurrency,
         "deliveries": ALERTS,

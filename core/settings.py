@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +95,7 @@ class LocalStackSettings(BaseModel):
     victoria_metrics_port: int = 0
     # S3 API of a durable stack's object store (`stack up --durable`); its internal listeners always take free ports.
     object_store_port: int = 0
+    postgres_port: int = 0  # `stack up --with-postgres`
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 20.0
 
@@ -261,7 +263,20 @@ class DeliverySettings(BaseModel):
     )
     secrets_key: str | None = Field(
         default=None,
-        description="Fernet key encrypting webhook secrets at rest; none: webhook-secrets.key in the state dir",
+        description="Fernet key encrypting webhook secrets at rest; none: webhook-secrets.key in the state dir "
+        "(instances sharing a database need the same key)",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="who claims deliveries in a shared journal: unique per instance sharing a database, and the "
+        "same across a restart (which then resumes its deliveries at once); none: the host name",
+    )
+    claim_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="an instance renews its delivery claims every third of this; a dead one's are taken over after it",
     )
 
     @field_validator("allowed_targets")
@@ -274,6 +289,20 @@ class DeliverySettings(BaseModel):
                 if not _HOST_NAME.fullmatch(entry):
                     raise ValueError(f"{entry!r} is neither a CIDR (or address) nor a host name") from None
         return entries
+
+    def instance(self) -> str:
+        """The instance id deliveries are claimed under."""
+        return self.instance_id or socket.gethostname()
+
+
+class DatabaseSettings(BaseModel):
+    """Where subscriptions, silences, acknowledgements, the alert registry and the delivery journal live."""
+
+    url: str | None = Field(
+        default=None,
+        description="a SQLAlchemy URL, postgresql+psycopg://user@host:port/db for several instances; "
+        "none: the sqlite file <state_dir>/state.sqlite (one instance)",
+    )
 
 
 class VideoSettings(BaseModel):
@@ -306,6 +335,7 @@ class Settings(BaseSettings):
     alerting_tier: AlertingTierSettings = Field(default_factory=AlertingTierSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
     state_dir: Path = Path(".diffsentry")

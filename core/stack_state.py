@@ -21,12 +21,15 @@ TRITON = "triton"
 VICTORIA_METRICS = "victoria-metrics"
 # The S3 store (SeaweedFS) that keeps the broker's data in durable mode; in memory mode the stack has no such service.
 OBJECT_STORE = "object-store"
+# PostgreSQL for the shared state of several instances (`stack up --with-postgres`); without it, sqlite in state_dir.
+POSTGRES = "postgres"
+POSTGRES_ROLE = "diffsentry"
 SERVICES = (KAFKA, TRITON, VICTORIA_METRICS)
 
 
-def stack_services(durable: bool) -> tuple[str, ...]:
+def stack_services(durable: bool, postgres: bool = False) -> tuple[str, ...]:
     """The services of a stack in this mode, in the order they are listed."""
-    return (*SERVICES, OBJECT_STORE) if durable else SERVICES
+    return (*SERVICES, *((OBJECT_STORE,) if durable else ()), *((POSTGRES,) if postgres else ()))
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ServiceRecord:
             return f"127.0.0.1:{self.ports['kafka']}"
         if self.name == OBJECT_STORE:
             return f"http://127.0.0.1:{self.ports['s3.port']}"
+        if self.name == POSTGRES:
+            return f"postgresql+psycopg://{POSTGRES_ROLE}@127.0.0.1:{self.ports['postgres']}/postgres"
         return f"http://127.0.0.1:{self.ports['http']}"
 
     def settings_values(self) -> dict[str, Any]:
@@ -53,6 +58,8 @@ class ServiceRecord:
             return {}  # only the broker talks to it
         if self.name == KAFKA:
             return {"kafka": {"bootstrap_servers": self.url, "broker": "tansu"}}
+        if self.name == POSTGRES:
+            return {"database": {"url": self.url}}
         if self.name == TRITON:
             return {
                 "triton": {
@@ -68,6 +75,8 @@ class StackState:
     services: dict[str, ServiceRecord] = field(default_factory=dict)
     # The broker's storage mode; it outlives `stack down`, so a stack started durable restarts durable.
     durable: bool = False
+    # Whether the stack runs PostgreSQL; like ``durable`` it outlives `stack down`.
+    postgres: bool = False
     # Processes that run against the stack and stop with it (`diffsentry demo --keep` leaves its worker here):
     # `stack down` stops them first. They provide no settings.
     attached: dict[str, ServiceRecord] = field(default_factory=dict)
@@ -82,6 +91,7 @@ class StackState:
         return cls(
             services={name: ServiceRecord(**record) for name, record in data.get("services", {}).items()},
             durable=data.get("durable", False),
+            postgres=data.get("postgres", False),
             attached={name: ServiceRecord(**record) for name, record in data.get("attached", {}).items()},
         )
 
@@ -91,6 +101,7 @@ class StackState:
         tmp = path.with_suffix(".tmp")
         payload = {
             "durable": self.durable,
+            "postgres": self.postgres,
             "services": {name: asdict(r) for name, r in self.services.items()},
             "attached": {name: asdict(r) for name, r in self.attached.items()},
         }

@@ -32,13 +32,19 @@ def stack_up(
         help="Keep the broker's topics, records and offsets across restarts (in an object store in the state dir), "
         "or in memory only. Default: the mode this state dir last ran in (memory for a new one).",
     ),
+    postgres: bool | None = typer.Option(
+        None,
+        "--with-postgres/--without-postgres",
+        help="Run PostgreSQL for the shared state (subscriptions, silences, the delivery journal) of several "
+        "instances; commands run against the stack then use it as database.url. Default: as this state dir last ran.",
+    ),
 ) -> None:
-    """Start the local stack (tansu, tritonserver, VictoriaMetrics, and with --durable SeaweedFS); what already
-    runs is kept, not duplicated."""
+    """Start the local stack (tansu, tritonserver, VictoriaMetrics, with --durable SeaweedFS, with --with-postgres
+    PostgreSQL); what already runs is kept, not duplicated."""
     _quiet_kafka_client()
     settings = get_settings()
     try:
-        statuses = stack.up(settings, durable=durable)
+        statuses = stack.up(settings, durable=durable, postgres=postgres)
     except stack.StackError as error:
         typer.echo(f"stack up failed: {error}", err=True)
         raise typer.Exit(1) from error

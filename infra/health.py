@@ -10,11 +10,13 @@ from core.settings import InfluxSettings, KafkaSettings, Settings, TritonSetting
 from core.stack_state import (
     KAFKA,
     OBJECT_STORE,
+    POSTGRES,
     TRITON,
     ServiceRecord,
     StackState,
 )
 from infra import kafka as kafka_clients
+from infra.postgres import postgres_healthy
 from infra.processes import BROKER_BUCKET
 from triton_models.paths import PING_MODEL
 
@@ -78,6 +80,8 @@ def service_url(settings: Settings, name: str) -> str:
         return settings.kafka.bootstrap_servers
     if name == TRITON:
         return http_base(settings.triton.http_url)
+    if name == POSTGRES:
+        return settings.database.url or ""
     return settings.influx.url
 
 
@@ -87,6 +91,8 @@ def default_url(name: str) -> str:
         return KafkaSettings().bootstrap_servers
     if name == TRITON:
         return http_base(TritonSettings().http_url)
+    if name == POSTGRES:
+        return ""  # none: the sqlite file in the state dir
     return InfluxSettings().url
 
 
@@ -107,6 +113,8 @@ def service_healthy(settings: Settings, name: str) -> bool:
         return kafka_healthy(settings.kafka)
     if name == TRITON:
         return triton_healthy(settings.triton.http_url)
+    if name == POSTGRES:
+        return settings.database.url is not None and postgres_healthy(settings.database.url)
     return influx_healthy(settings.influx.url)
 
 
@@ -117,4 +125,6 @@ def record_healthy(record: ServiceRecord) -> bool:
         return triton_healthy(record.url)
     if record.name == OBJECT_STORE:
         return object_store_healthy(record.url)
+    if record.name == POSTGRES:
+        return postgres_healthy(record.url)
     return influx_healthy(record.url)

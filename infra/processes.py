@@ -136,7 +136,10 @@ def spawn(
     state_dir: Path,
     env: dict[str, str] | None = None,
     data_dir: Path | None = None,
+    user: str | None = None,
 ) -> ServiceRecord:
+    """Starts ``command`` in a session of its own, logging to ``<state_dir>/logs/<name>.log``; as ``user`` when given
+    (it then runs in ``data_dir``, since the state dir may be out of that user's reach)."""
     for role, port in ports.items():
         if _port_in_use(port):
             raise StackError(f"{name}: port {port} ({role}) is already in use; configure another one or 0 for free")
@@ -150,8 +153,9 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=state_dir,
+            cwd=data_dir if user is not None else state_dir,
             start_new_session=True,
+            user=user,
         )
     _children[process.pid] = process
     # Popen can return while the kernel still sets up the new program: /proc/<pid>/cmdline reads empty for a moment
@@ -177,12 +181,13 @@ def log_tail(record: ServiceRecord, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def stop_process(pid: int, executable: str, timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL of its process group after ``timeout_s``; only if ``pid`` still runs ``executable``."""
+def stop_process(pid: int, executable: str, timeout_s: float, stop_signal: int = signal.SIGTERM) -> None:
+    """``stop_signal``, then SIGKILL of its process group after ``timeout_s``; only if ``pid`` still runs
+    ``executable``."""
     if not process_runs(pid, executable):
         _reap(pid)
         return
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, stop_signal)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _reap(pid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import sysconfig
 import tempfile
@@ -17,6 +18,7 @@ from core.settings import Settings
 from core.stack_state import (
     KAFKA,
     OBJECT_STORE,
+    POSTGRES,
     TRITON,
     VICTORIA_METRICS,
     ServiceRecord,
@@ -24,6 +26,7 @@ from core.stack_state import (
     process_runs,
 )
 from infra.health import record_healthy
+from infra.postgres import postgres_bin_dir, postgres_data_dir, prepare_cluster, server_command
 from infra.processes import (
     BROKER_BUCKET,
     HEALTH_POLL_S,
@@ -286,22 +289,38 @@ def _start_victoria_metrics(settings: Settings, state: StackState, state_dir: Pa
     return spawn(VICTORIA_METRICS, command, ports, state_dir, data_dir=data_dir)
 
 
+def _start_postgres(settings: Settings, state: StackState, state_dir: Path) -> ServiceRecord:
+    ports = allocate_ports({"postgres": settings.stack.postgres_port}, _remembered(state, POSTGRES))
+    return start_postgres(state_dir, ports["postgres"])
+
+
+def start_postgres(state_dir: Path, port: int) -> ServiceRecord:
+    """PostgreSQL with the cluster of ``state_dir`` (initialised on first start) on 127.0.0.1:``port``."""
+    data_dir = postgres_data_dir(state_dir)
+    user = prepare_cluster(data_dir)
+    return spawn(POSTGRES, server_command(data_dir, port), {"postgres": port}, state_dir, data_dir=data_dir, user=user)
+
+
 STARTERS: dict[str, Callable[[Settings, StackState, Path], ServiceRecord]] = {
     KAFKA: _start_kafka,
     TRITON: _start_triton,
     VICTORIA_METRICS: _start_victoria_metrics,
     OBJECT_STORE: _start_object_store,
+    POSTGRES: _start_postgres,
 }
 BINARIES: dict[str, Callable[[], Path]] = {
     KAFKA: tansu_binary,
     TRITON: tritonserver_dir,
     VICTORIA_METRICS: victoria_metrics_binary,
     OBJECT_STORE: weed_binary,
+    POSTGRES: postgres_bin_dir,
 }
 # The broker last: in durable mode it needs the store's address, and Triton's slower start overlaps the store's.
-START_ORDER = (OBJECT_STORE, TRITON, VICTORIA_METRICS, KAFKA)
+START_ORDER = (OBJECT_STORE, POSTGRES, TRITON, VICTORIA_METRICS, KAFKA)
 # Triton first: its models may still talk to the others while they drain; the store after the broker that uses it.
-STOP_ORDER = (TRITON, KAFKA, VICTORIA_METRICS, OBJECT_STORE)
+STOP_ORDER = (TRITON, KAFKA, VICTORIA_METRICS, OBJECT_STORE, POSTGRES)
+# PostgreSQL's SIGTERM waits for every client to disconnect; SIGINT ("fast") ends their sessions and stops cleanly.
+STOP_SIGNALS = {POSTGRES: signal.SIGINT}
 
 
 def wait_healthy(records: list[ServiceRecord], timeout_s: float) -> None:
@@ -322,6 +341,6 @@ def wait_healthy(records: list[ServiceRecord], timeout_s: float) -> None:
 
 
 def stop_service(record: ServiceRecord, timeout_s: float) -> None:
-    stop_process(record.pid, record.executable, timeout_s)
+    stop_process(record.pid, record.executable, timeout_s, STOP_SIGNALS.get(record.name, signal.SIGTERM))
     if record.name == OBJECT_STORE:
         remove_weed_sockets(record)

@@ -6,7 +6,9 @@
 - Triton: the ``tritonserver`` bundled in PyPI ``nvidia-pytriton``, python backend, explicit model control
   (every model of the template repository and of ``Settings.model_repository`` is loaded at start;
   :func:`load_model` (re)loads one after training wrote it);
-- the InfluxDB v2 write API: VictoriaMetrics (Debian ``victoria-metrics``).
+- the InfluxDB v2 write API: VictoriaMetrics (Debian ``victoria-metrics``);
+- with ``--with-postgres``, PostgreSQL (Debian ``postgresql``, :mod:`infra.postgres`) for the shared state of
+  several instances; its URL becomes ``database.url`` of every command run against the stack.
 
 Pids, ports and logs live in ``Settings.state_dir`` (see :mod:`core.stack_state`); :func:`up` starts only what is not
 running and healthy already, :func:`down` stops by pid only what the state file records.
@@ -29,6 +31,7 @@ from core.settings import Settings
 from core.stack_state import (
     KAFKA,
     OBJECT_STORE,
+    POSTGRES,
     ServiceRecord,
     StackState,
     process_runs,
@@ -67,11 +70,12 @@ def _mode(durable: bool) -> str:
     return "durable" if durable else "memory"
 
 
-def up(settings: Settings, durable: bool | None = None) -> list[ServiceStatus]:
+def up(settings: Settings, durable: bool | None = None, postgres: bool | None = None) -> list[ServiceStatus]:
     """Start the services that are not running yet, wait until all are healthy, create the declared topics.
 
-    ``durable``: keep the broker's data in the object store (True) or in memory (False); None keeps the mode the
-    state dir last ran in (memory for a new one).
+    ``durable``: keep the broker's data in the object store (True) or in memory (False); ``postgres``: run
+    PostgreSQL too (True) or not (False); None keeps what the state dir last ran with (memory, no PostgreSQL for a new
+    one).
     """
     state_dir = settings.state_dir.resolve()
     with _locked(state_dir):
@@ -84,7 +88,11 @@ def up(settings: Settings, durable: bool | None = None) -> list[ServiceStatus]:
                     f"`diffsentry stack down` before starting it in {_mode(durable)} mode"
                 )
             state.durable = durable
-        services = stack_services(state.durable)
+        if postgres is not None and postgres != state.postgres:
+            if not postgres and POSTGRES in running:
+                raise StackError("PostgreSQL runs; `diffsentry stack down` before starting the stack without it")
+            state.postgres = postgres
+        services = stack_services(state.durable, state.postgres)
         if OBJECT_STORE in state.services and OBJECT_STORE not in running:
             remove_weed_sockets(state.services[OBJECT_STORE])  # a store that stopped without `down`
         # The broker reads the store's address at its start: a store that has to start again takes the broker along.
@@ -135,8 +143,8 @@ def down(settings: Settings) -> list[str]:
             record = state.services.get(name)
             if record is not None:
                 stop_service(record, settings.stack.stop_timeout_s)
-        StackState(durable=state.durable).save(state_dir)
-    return [*attached, *(name for name in stack_services(state.durable) if name in running)]
+        StackState(durable=state.durable, postgres=state.postgres).save(state_dir)
+    return [*attached, *(name for name in stack_services(state.durable, state.postgres) if name in running)]
 
 
 def attach(settings: Settings, record: ServiceRecord) -> None:
@@ -156,7 +164,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
     running = state.running()
     settings = addresses_in_use(settings)
     statuses = []
-    for name in stack_services(state.durable):
+    for name in stack_services(state.durable, state.postgres):
         record = running.get(name)
         if name == OBJECT_STORE:
             # Not a configured service: only the local stack's broker uses it, at the address the state records.

@@ -9,7 +9,9 @@ firing, even across retries); everything else runs concurrently, at most ``concu
 Each delivery is tried until it succeeds, fails permanently (a webhook's 4xx other than 408/425/429, a target the
 outbound policy refuses) or runs out of attempts (``operators.resilience``: exponential backoff with jitter,
 ``max_attempts``); then it goes to the dead-letter sink, the notification JSON as payload.
-The journal (sqlite) makes delivery at-least-once across restarts: ``start`` resumes deliveries left pending.
+The journal (the state database) makes delivery at-least-once across restarts and instances: ``start`` resumes
+deliveries left pending, and instances sharing a PostgreSQL journal send each delivery once, taking over those of an
+instance that died once its claims' lease runs out (:class:`DeliveryJournal`).
 Finished deliveries (delivered, dead-lettered, cancelled) leave the journal ``journal_retention_s`` after their last
 update, so it does not grow without bound; a notification submitted again after that is delivered again (receivers
 dedupe on the ``Idempotency-Key`` header, the notification id).
@@ -20,22 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import delete, func, select, update
 
 from core.contracts import Alert, AlertEvent, DeadLetter, Notification, decode
 from core.settings import DeliverySettings
-from operators.channels import WEBHOOK_CHANNEL, ChannelFactory, DeliveryFailure, channel_ids
-from operators.notifications import synthetic_notification, transition_notification
+from operators.channels import ChannelFactory, DeliveryFailure, channel_ids
+from operators.notifications import synthetic_notification
 from operators.outbound import OutboundPolicy
 from operators.resilience import Backoff, call_with_retry
-from operators.sqlite_store import open_database
+from operators.state_db import StateDatabase, notification_deliveries
 from operators.subscriptions import Selector, Subscription, SubscriptionStore
 
 log = logging.getLogger(__name__)
@@ -54,91 +55,140 @@ class PendingDelivery:
     attempts: int
 
 
+_deliveries = notification_deliveries
+_SELECT_PENDING = select(
+    _deliveries.c.subscription_id, _deliveries.c.channel, _deliveries.c.payload, _deliveries.c.attempts
+)
+
+
+def _pending(subscription_id: str, channel: str, payload: str, attempts: int) -> PendingDelivery:
+    return PendingDelivery(subscription_id, channel, decode(Notification, payload), attempts)
+
+
 class DeliveryJournal:
-    """One row per (subscription, notification, channel): what is pending, delivered, dead-lettered or cancelled."""
+    """One row per (subscription, notification, channel): what is pending, delivered, dead-lettered or cancelled,
+    and which instance sends it.
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = open_database(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS notification_deliveries ("
-            " subscription_id TEXT NOT NULL, notification_id TEXT NOT NULL, channel TEXT NOT NULL,"
-            " payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT 'pending',"
-            " last_error TEXT, updated_at REAL NOT NULL, PRIMARY KEY (subscription_id, notification_id, channel))"
+    Several instances may share the journal (PostgreSQL): each row is claimed by one ``instance_id`` until its
+    ``lease_until``; only the claimer sends it, and :meth:`claim` (run at start and every ``lease_s / 3``) renews this
+    instance's leases and takes over pending rows whose lease expired (an instance that died). A new row joins the
+    claim of the oldest pending row of its lane (subscription, channel, group) when that is another instance's, so a
+    lane is sent by one instance at a time and in order, even while its rows move to another instance."""
+
+    def __init__(self, database: StateDatabase, instance_id: str, lease_s: float) -> None:
+        self._database = database
+        self.instance_id = instance_id
+        self._lease_s = lease_s
+
+    def add(self, subscription_id: str, channel: str, notification: Notification) -> str | None:
+        """Records a delivery to make; returns the instance that will send it (this one, or the one whose claim its
+        lane is under), or None when it was already recorded (for this subscription and channel)."""
+        now = time.time()
+        lane = (
+            (_deliveries.c.subscription_id == subscription_id)
+            & (_deliveries.c.channel == channel)
+            & (_deliveries.c.grp == notification.group)
+            & (_deliveries.c.outcome == "pending")
         )
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS notification_deliveries_by_time ON notification_deliveries (updated_at)"
-        )
-        self._adopt_alert_deliveries()
+        with self._database.transaction() as db:
+            oldest = db.execute(
+                select(_deliveries.c.claimed_by, _deliveries.c.lease_until)
+                .where(lane)
+                .order_by(_deliveries.c.seq)
+                .limit(1)
+            ).one_or_none()
+            claimed_by, lease_until = oldest if oldest is not None else (self.instance_id, 0.0)
+            if claimed_by == self.instance_id:
+                lease_until = now + self._lease_s
+            added = db.execute(
+                self._database.insert(_deliveries)
+                .values(
+                    subscription_id=subscription_id,
+                    notification_id=notification.notification_id,
+                    channel=channel,
+                    grp=notification.group,
+                    payload=notification.to_json().decode(),
+                    updated_at=now,
+                    claimed_by=claimed_by,
+                    lease_until=lease_until,
+                )
+                .on_conflict_do_nothing()
+            ).rowcount
+        return claimed_by if added else None
 
-    def _adopt_alert_deliveries(self) -> None:
-        """A journal of the version that delivered alerts (table ``deliveries``): its pending webhook deliveries
-        become one-alert notifications, so an upgrade loses none; its finished ones are dropped."""
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "deliveries" not in tables:
-            return
-        rows = self._db.execute(
-            "SELECT subscription_id, payload, attempts FROM deliveries WHERE outcome = 'pending' ORDER BY rowid"
-        ).fetchall()
-        for subscription_id, payload, attempts in rows:
-            notification = transition_notification(decode(Alert, payload))
-            if self.add(subscription_id, WEBHOOK_CHANNEL, notification):
-                self.record(subscription_id, WEBHOOK_CHANNEL, notification.notification_id, attempts, "pending", None)
-        self._db.execute("DROP TABLE deliveries")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def add(self, subscription_id: str, channel: str, notification: Notification) -> bool:
-        """Records a delivery to make; False when it was already recorded (for this subscription and channel)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO notification_deliveries"
-                " (subscription_id, notification_id, channel, payload, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (subscription_id, notification.notification_id, channel, notification.to_json().decode(), time.time()),
+    def claim(self, running: Collection[tuple[str, str, str]] = ()) -> list[PendingDelivery]:
+        """Renews this instance's leases, takes over the pending deliveries whose lease expired; returns every
+        pending delivery this instance now holds, in the order they were recorded, but those ``running`` already
+        (keys: subscription, channel, notification id)."""
+        now = time.time()
+        pending = _deliveries.c.outcome == "pending"
+        with self._database.transaction() as db:
+            db.execute(
+                update(_deliveries)
+                .where(pending & ((_deliveries.c.claimed_by == self.instance_id) | (_deliveries.c.lease_until < now)))
+                .values(claimed_by=self.instance_id, lease_until=now + self._lease_s)
             )
-        return cursor.rowcount > 0
+            rows = db.execute(
+                select(_deliveries.c.notification_id, *_SELECT_PENDING.selected_columns)
+                .where(pending & (_deliveries.c.claimed_by == self.instance_id))
+                .order_by(_deliveries.c.seq)
+            ).all()
+        return [_pending(*row[1:]) for row in rows if (row[1], row[2], row[0]) not in running]
+
+    def release(self) -> int:
+        """Lets another instance take this one's pending deliveries at its next claim (a clean stop)."""
+        with self._database.transaction() as db:
+            return db.execute(
+                update(_deliveries)
+                .where((_deliveries.c.outcome == "pending") & (_deliveries.c.claimed_by == self.instance_id))
+                .values(lease_until=0.0)
+            ).rowcount
 
     def pending(self) -> list[PendingDelivery]:
-        """Every delivery not finished yet, in the order they were recorded."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT subscription_id, channel, payload, attempts FROM notification_deliveries"
-                " WHERE outcome = 'pending' ORDER BY rowid"
-            ).fetchall()
-        return [
-            PendingDelivery(subscription_id, channel, decode(Notification, payload), attempts)
-            for subscription_id, channel, payload, attempts in rows
-        ]
+        """Every delivery not finished yet, whoever holds it, in the order they were recorded."""
+        with self._database.transaction() as db:
+            rows = db.execute(_SELECT_PENDING.where(_deliveries.c.outcome == "pending").order_by(_deliveries.c.seq))
+            return [_pending(*row) for row in rows]
 
     def record(
         self, subscription_id: str, channel: str, notification_id: str, attempts: int, outcome: str, error: str | None
-    ) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE notification_deliveries SET attempts = ?, outcome = ?, last_error = ?, updated_at = ?"
-                " WHERE subscription_id = ? AND notification_id = ? AND channel = ?",
-                (attempts, outcome, error, time.time(), subscription_id, notification_id, channel),
+    ) -> bool:
+        """Records an attempt's outcome; False when this instance no longer holds the delivery (another took it
+        over after this one's lease expired: its outcome counts, not this one's)."""
+        with self._database.transaction() as db:
+            return (
+                db.execute(
+                    update(_deliveries)
+                    .where(
+                        (_deliveries.c.subscription_id == subscription_id)
+                        & (_deliveries.c.notification_id == notification_id)
+                        & (_deliveries.c.channel == channel)
+                        & (_deliveries.c.claimed_by == self.instance_id)
+                    )
+                    .values(attempts=attempts, outcome=outcome, last_error=error, updated_at=time.time())
+                ).rowcount
+                > 0
             )
 
     def prune(self, finished_before: float) -> int:
         """Drops finished deliveries last updated before ``finished_before`` (epoch seconds); pending ones stay."""
-        with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM notification_deliveries WHERE outcome != 'pending' AND updated_at < ?", (finished_before,)
-            )
-        return cursor.rowcount
+        with self._database.transaction() as db:
+            return db.execute(
+                delete(_deliveries).where(
+                    (_deliveries.c.outcome != "pending") & (_deliveries.c.updated_at < finished_before)
+                )
+            ).rowcount
 
     def summary(self, subscription_id: str | None = None) -> dict[str, int]:
         """Deliveries by outcome (those still in the journal), plus the attempts they took; of one subscription
         or of all."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT outcome, COUNT(*), SUM(attempts) FROM notification_deliveries"
-                " WHERE ?1 IS NULL OR subscription_id = ?1 GROUP BY outcome",
-                (subscription_id,),
-            ).fetchall()
+        query = select(_deliveries.c.outcome, func.count(), func.sum(_deliveries.c.attempts)).group_by(
+            _deliveries.c.outcome
+        )
+        if subscription_id is not None:
+            query = query.where(_deliveries.c.subscription_id == subscription_id)
+        with self._database.transaction() as db:
+            rows = db.execute(query).all()
         counts = {"pending": 0, "delivered": 0, "dead_lettered": 0, "cancelled": 0, "attempts": 0}
         for outcome, count, attempts in rows:
             counts[outcome] = count
@@ -147,13 +197,14 @@ class DeliveryJournal:
 
     def recent(self, subscription_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The latest deliveries, most recently updated first: the delivery log."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT subscription_id, notification_id, channel, outcome, attempts, last_error, updated_at"
-                " FROM notification_deliveries WHERE ?1 IS NULL OR subscription_id = ?1"
-                " ORDER BY updated_at DESC, rowid DESC LIMIT ?2",
-                (subscription_id, limit),
-            ).fetchall()
+        c = _deliveries.c
+        query = select(
+            c.subscription_id, c.notification_id, c.channel, c.outcome, c.attempts, c.last_error, c.updated_at
+        ).order_by(c.updated_at.desc(), c.seq.desc())
+        if subscription_id is not None:
+            query = query.where(c.subscription_id == subscription_id)
+        with self._database.transaction() as db:
+            rows = db.execute(query.limit(limit)).all()
         names = ("subscription_id", "notification_id", "channel", "outcome", "attempts", "error", "updated_at")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
@@ -247,11 +298,14 @@ class AlertDispatcher:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_per_lane: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._in_flight: set[tuple[str, str, str]] = set()  # (subscription, channel, notification id)
+        self._claimer: asyncio.Task[None] | None = None
         self._started = False
         self._pruned_at = -math.inf
 
     async def start(self) -> int:
-        """Opens the HTTP client and resumes deliveries a previous run left pending; returns how many."""
+        """Opens the HTTP client, resumes the deliveries this instance holds (a previous run's included) and those
+        of instances whose lease expired, then keeps claiming every ``claim_lease_s / 3``; returns how many."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._settings.timeout_s, follow_redirects=False)
         self._channels = ChannelFactory(
@@ -259,16 +313,39 @@ class AlertDispatcher:
         )
         self._started = True
         self._prune_journal()
-        pending = self._journal.pending()
-        for delivery in pending:
+        resumed = self._claim()
+        self._claimer = asyncio.create_task(self._claim_forever(), name="delivery-claims")
+        return resumed
+
+    def _claim(self) -> int:
+        """Spawns the held deliveries not running here yet; returns how many."""
+        held = self._journal.claim(running=self._in_flight)
+        for delivery in held:
             self._spawn(delivery.subscription_id, delivery.channel, delivery.notification, delivery.attempts)
-        return len(pending)
+        return len(held)
+
+    async def _claim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.claim_lease_s / 3)
+            try:
+                taken = self._claim()
+            except Exception:  # the database away for a moment: the next round tries again, leases permitting
+                log.exception("claiming deliveries failed")
+                continue
+            if taken:
+                log.info("took over %d pending deliveries", taken)
 
     async def stop(self) -> None:
-        """Stops in-flight deliveries (they stay pending in the journal for the next start)."""
+        """Stops in-flight deliveries; they stay pending in the journal, released for another instance to take at
+        once (or this one at its next start)."""
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+            self._claimer = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._journal.release()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -310,9 +387,12 @@ class AlertDispatcher:
     def _queue(self, subscription: Subscription, notification: Notification) -> int:
         queued = 0
         for channel in channel_ids(subscription):
-            if self._journal.add(subscription.id, channel, notification):
+            sender = self._journal.add(subscription.id, channel, notification)
+            if sender is None:
+                continue
+            queued += 1
+            if sender == self._journal.instance_id:  # else its lane is another instance's: that one sends it
                 self._spawn(subscription.id, channel, notification, 0)
-                queued += 1
         return queued
 
     def _prune_journal(self) -> None:
@@ -327,13 +407,16 @@ class AlertDispatcher:
 
     def _spawn(self, subscription_id: str, channel: str, notification: Notification, attempts: int) -> None:
         lane = (subscription_id, channel, notification.group)
+        key = (subscription_id, channel, notification.notification_id)
         previous = self._last_per_lane.get(lane)
         task = asyncio.create_task(self._deliver(subscription_id, channel, notification, attempts, previous))
         self._tasks.add(task)
+        self._in_flight.add(key)
         self._last_per_lane[lane] = task
 
         def _done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
+            self._in_flight.discard(key)
             if self._last_per_lane.get(lane) is finished:
                 del self._last_per_lane[lane]
 
@@ -396,7 +479,7 @@ class AlertDispatcher:
             try:
                 await self._dead_letter(letter)
             except Exception:
-                # Left pending: the next start tries the channel again rather than losing the notification.
+                # Left pending: the next claim round tries the channel again rather than losing the notification.
                 log.exception("dead-lettering a failed delivery to %s failed; it stays pending", subscription_id)
                 record(attempts, "pending", reason)
                 return

@@ -1,5 +1,6 @@
 """What operators do about alerts, and what became of each alert: silences, maintenance windows,
-acknowledgements, the alert registry and the AlertEvent log, kept durably in sqlite.
+acknowledgements, the alert registry and the AlertEvent log, kept durably in the state database (shared by the
+instances that share it).
 
 All times here are wall-clock seconds since the epoch (the Notifier's clock), not event time: a silence for "the
 next two hours" means the operator's next two hours, whatever the event times of replayed scores are.
@@ -9,20 +10,27 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, time
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import Executable, Row, delete, insert, select, update
 
 from core.contracts import Alert, AlertEvent, EventTime, Location, Modality, Severity, decode
-from operators.sqlite_store import open_database
+from operators.state_db import (
+    StateDatabase,
+    acknowledgements,
+    alert_events,
+    alert_registry,
+    handled_transitions,
+    maintenance_windows,
+    pending_notifications,
+    silences,
+)
 
 SilenceState = Literal["pending", "active", "expired"]
 AlertStatus = Literal["firing", "acknowledged", "silenced", "resolved"]
@@ -188,188 +196,162 @@ class PendingTransition:
     since: float
 
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, body TEXT NOT NULL, ends_at REAL NOT NULL,"
-    " expiry_announced INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS maintenance_windows (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS acknowledgements (alert_id TEXT PRIMARY KEY, body TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS alert_registry (alert_id TEXT PRIMARY KEY, alert TEXT NOT NULL, state TEXT NOT NULL,"
-    " updated_at REAL NOT NULL, notified_at REAL, repeat_count INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS handled_transitions (key TEXT PRIMARY KEY, at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS pending_notifications (alert_id TEXT PRIMARY KEY, grp TEXT NOT NULL,"
-    " alert TEXT NOT NULL, since REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS alert_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL,"
-    " at REAL NOT NULL, alert_id TEXT, body TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS alert_events_by_alert ON alert_events (alert_id, seq)",
-)
-
-
 class LifecycleStore:
-    """Everything the Notifier must not forget across a restart, in one sqlite file.
+    """Everything the Notifier must not forget across a restart, in the state database (``operators/state_db.py``).
 
-    Each method is one short statement; ``transaction()`` makes several of them (one transition handled) atomic.
+    Each method is one short statement; ``transaction()`` makes several of them (one transition handled) atomic,
+    and what other stores of the same database do inside it (the journal rows of a notification) joins it.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._db = open_database(path)
-        for statement in _SCHEMA:
-            self._db.execute(statement)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def __init__(self, database: StateDatabase) -> None:
+        self._database = database
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._database.transaction():
+            yield
 
-    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def _rows(self, statement: Executable) -> list[Row[Any]]:
+        with self._database.transaction() as db:
+            return list(db.execute(statement).all())
 
-    def _run(self, sql: str, args: tuple[object, ...] = ()) -> int:
-        with self._lock:
-            return self._db.execute(sql, args).rowcount
+    def _run(self, statement: Executable) -> int:
+        with self._database.transaction() as db:
+            return db.execute(statement).rowcount
 
     # silences
     def save_silence(self, silence: Silence) -> None:
-        self._run(
-            "INSERT INTO silences (id, body, ends_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET body = excluded.body, ends_at = excluded.ends_at",
-            (silence.id, silence.model_dump_json(), silence.ends_at),
-        )
+        values = {"body": silence.model_dump_json(), "ends_at": silence.ends_at}
+        statement = self._database.insert(silences).values(id=silence.id, **values)
+        self._run(statement.on_conflict_do_update(index_elements=["id"], set_=values))
 
     def silence(self, silence_id: str) -> Silence | None:
-        rows = self._rows("SELECT body FROM silences WHERE id = ?", (silence_id,))
+        rows = self._rows(select(silences.c.body).where(silences.c.id == silence_id))
         return Silence.model_validate_json(rows[0][0]) if rows else None
 
     def silences(self) -> list[Silence]:
-        return [Silence.model_validate_json(row[0]) for row in self._rows("SELECT body FROM silences ORDER BY rowid")]
+        rows = self._rows(select(silences.c.body).order_by(silences.c.seq))
+        return [Silence.model_validate_json(row[0]) for row in rows]
 
     def unannounced_expired_silences(self, now: float) -> list[Silence]:
-        rows = self._rows("SELECT body FROM silences WHERE ends_at <= ? AND expiry_announced = 0", (now,))
+        rows = self._rows(
+            select(silences.c.body)
+            .where((silences.c.ends_at <= now) & (silences.c.expiry_announced == 0))
+            .order_by(silences.c.seq)
+        )
         return [Silence.model_validate_json(row[0]) for row in rows]
 
     def announce_silence_expiry(self, silence_id: str) -> bool:
         """Marks a silence's expiry as announced; False if it already was (one event per silence)."""
         return (
-            self._run("UPDATE silences SET expiry_announced = 1 WHERE id = ? AND expiry_announced = 0", (silence_id,))
+            self._run(
+                update(silences)
+                .where((silences.c.id == silence_id) & (silences.c.expiry_announced == 0))
+                .values(expiry_announced=1)
+            )
             > 0
         )
 
     # maintenance windows
     def save_window(self, window: MaintenanceWindow) -> None:
-        self._run("INSERT INTO maintenance_windows (id, body) VALUES (?, ?)", (window.id, window.model_dump_json()))
+        self._run(insert(maintenance_windows).values(id=window.id, body=window.model_dump_json()))
 
     def windows(self) -> list[MaintenanceWindow]:
-        rows = self._rows("SELECT body FROM maintenance_windows ORDER BY rowid")
+        rows = self._rows(select(maintenance_windows.c.body).order_by(maintenance_windows.c.seq))
         return [MaintenanceWindow.model_validate_json(row[0]) for row in rows]
 
     def delete_window(self, window_id: str) -> bool:
-        return self._run("DELETE FROM maintenance_windows WHERE id = ?", (window_id,)) > 0
+        return self._run(delete(maintenance_windows).where(maintenance_windows.c.id == window_id)) > 0
 
     # acknowledgements
     def save_acknowledgement(self, ack: Acknowledgement) -> None:
-        self._run(
-            "INSERT INTO acknowledgements (alert_id, body) VALUES (?, ?)"
-            " ON CONFLICT(alert_id) DO UPDATE SET body = excluded.body",
-            (ack.alert_id, ack.model_dump_json()),
-        )
+        statement = self._database.insert(acknowledgements).values(alert_id=ack.alert_id, body=ack.model_dump_json())
+        self._run(statement.on_conflict_do_update(index_elements=["alert_id"], set_={"body": statement.excluded.body}))
 
     def acknowledgement(self, alert_id: str) -> Acknowledgement | None:
-        rows = self._rows("SELECT body FROM acknowledgements WHERE alert_id = ?", (alert_id,))
+        rows = self._rows(select(acknowledgements.c.body).where(acknowledgements.c.alert_id == alert_id))
         return Acknowledgement.model_validate_json(rows[0][0]) if rows else None
 
     def acknowledgements(self) -> list[Acknowledgement]:
-        rows = self._rows("SELECT body FROM acknowledgements ORDER BY rowid")
+        rows = self._rows(select(acknowledgements.c.body).order_by(acknowledgements.c.seq))
         return [Acknowledgement.model_validate_json(row[0]) for row in rows]
 
     def delete_acknowledgement(self, alert_id: str) -> bool:
-        return self._run("DELETE FROM acknowledgements WHERE alert_id = ?", (alert_id,)) > 0
+        return self._run(delete(acknowledgements).where(acknowledgements.c.alert_id == alert_id)) > 0
 
     # the alert registry and the transitions already handled
     def mark_handled(self, key: str, at: float) -> bool:
         """Records a transition's idempotency key; False when it was handled before (a re-delivery)."""
-        return self._run("INSERT OR IGNORE INTO handled_transitions (key, at) VALUES (?, ?)", (key, at)) > 0
+        return self._run(self._database.insert(handled_transitions).values(key=key, at=at).on_conflict_do_nothing()) > 0
 
     def record_transition(self, alert: Alert, at: float) -> None:
-        self._run(
-            "INSERT INTO alert_registry (alert_id, alert, state, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(alert_id) DO UPDATE SET alert = excluded.alert, state = excluded.state,"
-            " updated_at = excluded.updated_at",
-            (alert.alert_id, alert.to_json().decode(), alert.state, at),
-        )
+        values = {"alert": alert.to_json().decode(), "state": alert.state, "updated_at": at}
+        statement = self._database.insert(alert_registry).values(alert_id=alert.alert_id, **values)
+        self._run(statement.on_conflict_do_update(index_elements=["alert_id"], set_=values))
 
     def mark_notified(self, alert_id: str, at: float, *, repeat: bool) -> None:
         self._run(
-            "UPDATE alert_registry SET notified_at = ?, repeat_count = repeat_count + ? WHERE alert_id = ?",
-            (at, int(repeat), alert_id),
+            update(alert_registry)
+            .where(alert_registry.c.alert_id == alert_id)
+            .values(notified_at=at, repeat_count=alert_registry.c.repeat_count + int(repeat))
         )
 
     def entry(self, alert_id: str) -> RegistryEntry | None:
-        rows = self._rows(
-            "SELECT alert, updated_at, notified_at, repeat_count FROM alert_registry WHERE alert_id = ?", (alert_id,)
-        )
-        return _entry(rows[0]) if rows else None
+        rows = self._rows(_SELECT_ENTRY.where(alert_registry.c.alert_id == alert_id))
+        return _entry(*rows[0]) if rows else None
 
     def entries(self, *, firing_only: bool, limit: int | None = None) -> list[RegistryEntry]:
         """Newest first."""
-        where = "WHERE state = 'firing'" if firing_only else ""
-        rows = self._rows(
-            f"SELECT alert, updated_at, notified_at, repeat_count FROM alert_registry {where}"
-            " ORDER BY updated_at DESC, rowid DESC LIMIT ?",
-            (-1 if limit is None else limit,),
-        )
-        return [_entry(row) for row in rows]
+        query = _SELECT_ENTRY.order_by(alert_registry.c.updated_at.desc(), alert_registry.c.seq.desc()).limit(limit)
+        if firing_only:
+            query = query.where(alert_registry.c.state == "firing")
+        return [_entry(*row) for row in self._rows(query)]
 
     # transitions waiting for their group
     def add_pending(self, pending: PendingTransition) -> None:
         """One pending transition per alert: a newer one (its resolve, say) replaces an older not yet sent."""
-        self._run(
-            "INSERT INTO pending_notifications (alert_id, grp, alert, since) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(alert_id) DO UPDATE SET alert = excluded.alert",
-            (pending.alert.alert_id, pending.group, pending.alert.to_json().decode(), pending.since),
+        alert = pending.alert.to_json().decode()
+        statement = self._database.insert(pending_notifications).values(
+            alert_id=pending.alert.alert_id, grp=pending.group, alert=alert, since=pending.since
         )
+        self._run(statement.on_conflict_do_update(index_elements=["alert_id"], set_={"alert": alert}))
 
     def pending(self) -> list[PendingTransition]:
-        rows = self._rows("SELECT grp, alert, since FROM pending_notifications ORDER BY since, rowid")
+        c = pending_notifications.c
+        rows = self._rows(select(c.grp, c.alert, c.since).order_by(c.since, c.seq))
         return [PendingTransition(group, decode(Alert, alert), since) for group, alert, since in rows]
 
     def remove_pending(self, alert_ids: list[str]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM pending_notifications WHERE alert_id = ?", [(i,) for i in alert_ids])
+        self._run(delete(pending_notifications).where(pending_notifications.c.alert_id.in_(alert_ids)))
 
     # the event log
     def append_events(self, events: list[AlertEvent]) -> list[AlertEvent]:
         """Stores events; returns those that were new (an event id seen before is a re-run of the same change)."""
         added = []
         for event in events:
-            if self._run(
-                "INSERT OR IGNORE INTO alert_events (event_id, at, alert_id, body) VALUES (?, ?, ?, ?)",
-                (event.event_id, event.at, event.alert_id, event.to_json().decode()),
-            ):
+            statement = self._database.insert(alert_events).values(
+                event_id=event.event_id, at=event.at, alert_id=event.alert_id, body=event.to_json().decode()
+            )
+            if self._run(statement.on_conflict_do_nothing()):
                 added.append(event)
         return added
 
     def events(self, *, since: float | None = None, alert_id: str | None = None, limit: int = 100) -> list[AlertEvent]:
         """The newest ``limit`` events matching, oldest first."""
-        rows = self._rows(
-            "SELECT body FROM (SELECT seq, body FROM alert_events WHERE (? IS NULL OR at >= ?)"
-            " AND (? IS NULL OR alert_id = ?) ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-            (since, since, alert_id, alert_id, limit),
-        )
+        query = select(alert_events.c.seq, alert_events.c.body).order_by(alert_events.c.seq.desc()).limit(limit)
+        if since is not None:
+            query = query.where(alert_events.c.at >= since)
+        if alert_id is not None:
+            query = query.where(alert_events.c.alert_id == alert_id)
+        newest = query.subquery()
+        rows = self._rows(select(newest.c.body).order_by(newest.c.seq))
         return [decode(AlertEvent, row[0]) for row in rows]
 
 
-def _entry(row: sqlite3.Row) -> RegistryEntry:
-    alert, updated_at, notified_at, repeat_count = row
+_SELECT_ENTRY = select(
+    alert_registry.c.alert, alert_registry.c.updated_at, alert_registry.c.notified_at, alert_registry.c.repeat_count
+)
+
+
+def _entry(alert: str, updated_at: float, notified_at: float | None, repeat_count: int) -> RegistryEntry:
     return RegistryEntry(decode(Alert, alert), updated_at, notified_at, repeat_count)

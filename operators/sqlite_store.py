@@ -1,4 +1,5 @@
-"""The one way DiffSentry opens its small durable stores (alert state, subscriptions, delivery journal)."""
+"""The one way DiffSentry opens a sqlite file: the per-stream alert state, and the state database's default
+(``operators/state_db.py``: subscriptions, the delivery journal, the lifecycle)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Alert subscriptions: who wants which alerts, and how; kept durably in sqlite.
+"""Alert subscriptions: who wants which alerts, and how; kept durably in the state database.
 
 A subscription selects alerts by stream glob (``pump-*``), modality (or any) and minimum severity, and receives
 their notifications by webhook (signed with its shared secret; the DiffSentry or the Alertmanager body), by apprise
@@ -13,18 +13,17 @@ from __future__ import annotations
 import fnmatch
 import json
 import secrets
-import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_serializer, model_validator
+from sqlalchemy import delete, insert, select, update
 
 from core.contracts import SEVERITY_ORDER, Alert, Modality, Notification, Severity
 from operators import apprise_urls
-from operators.secrets_at_rest import KEY_FILE, SecretCipher
-from operators.sqlite_store import open_database
+from operators.secrets_at_rest import SecretCipher
+from operators.state_db import StateDatabase, state_meta, subscriptions
 
 
 class Selector(BaseModel):
@@ -113,6 +112,17 @@ class Subscription(BaseModel):
         )
 
 
+_KEY_CHECK = "secrets-key-check"
+_SELECT_ROWS = select(
+    subscriptions.c.id,
+    subscriptions.c.spec,
+    subscriptions.c.secret,
+    subscriptions.c.apprise_urls,
+    subscriptions.c.created_at,
+    subscriptions.c.updated_at,
+)
+
+
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """JSON merge patch (RFC 7396): objects merge, ``null`` removes a key, anything else replaces."""
     merged = dict(base)
@@ -127,63 +137,47 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 class SubscriptionStore:
-    """Subscriptions in a sqlite file; every method is a short transaction, safe to call from the event loop.
+    """Subscriptions in the state database (``operators/state_db.py``); every method is a short transaction, safe
+    to call from the event loop.
 
-    Secrets and apprise URLs are kept encrypted in their own columns, out of the spec: ``secrets_key``
-    (delivery.secrets_key) or the key file beside the database."""
+    Secrets and apprise URLs are kept encrypted in their own columns, out of the spec, with ``cipher``
+    (delivery.secrets_key or the key file in the state dir). Instances sharing a database must share the key: the
+    database keeps a token encrypted with the key of the first one, and a store opened with another key fails at
+    once instead of writing secrets the others cannot read."""
 
-    def __init__(self, path: Path, secrets_key: str | None = None) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._cipher = SecretCipher.load(secrets_key, path.parent / KEY_FILE)
-        self._db = open_database(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, secret TEXT,"
-            " created_at REAL NOT NULL, updated_at REAL NOT NULL, apprise_urls TEXT)"
-        )
-        self._encrypt_clear_secrets()
-        if "apprise_urls" not in self._columns():  # a store of a version before apprise channels
-            self._db.execute("ALTER TABLE subscriptions ADD COLUMN apprise_urls TEXT")
-        self.list()  # a wrong key fails here, at start, rather than at the first alert
+    def __init__(self, database: StateDatabase, cipher: SecretCipher) -> None:
+        self._database = database
+        self._cipher = cipher
+        self._check_key()
 
-    def _encrypt_clear_secrets(self) -> None:
-        """Stores of earlier versions kept each secret in clear inside its spec: move them to the encrypted column."""
-        if "secret" in self._columns():
-            return
-        self._db.execute("PRAGMA secure_delete=ON")  # overwrite the clear-text pages instead of only freeing them
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("ALTER TABLE subscriptions ADD COLUMN secret TEXT")
-        for subscription_id, raw in self._db.execute("SELECT id, spec FROM subscriptions").fetchall():
-            spec = json.loads(raw)
-            secret = spec.pop("secret", None)
-            self._db.execute(
-                "UPDATE subscriptions SET spec = ?, secret = ? WHERE id = ?",
-                (json.dumps(spec), self._encrypted(secret), subscription_id),
+    def _check_key(self) -> None:
+        with self._database.transaction() as db:
+            db.execute(
+                self._database.insert(state_meta)
+                .values(name=_KEY_CHECK, value=self._cipher.encrypt(_KEY_CHECK))
+                .on_conflict_do_nothing()
             )
-        self._db.execute("COMMIT")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and out of the write-ahead log
-
-    def _columns(self) -> set[str]:
-        return {column[1] for column in self._db.execute("PRAGMA table_info(subscriptions)")}
+            stored = db.execute(select(state_meta.c.value).where(state_meta.c.name == _KEY_CHECK)).scalar_one()
+        self._cipher.decrypt(stored)  # WrongSecretsKey
 
     def _encrypted(self, secret: str | None) -> str | None:
         return self._cipher.encrypt(secret) if secret is not None else None
 
-    def _row_values(self, spec: SubscriptionSpec) -> tuple[str, str | None, str | None]:
+    def _row_values(self, spec: SubscriptionSpec) -> dict[str, str | None]:
         """The spec without its secrets, the encrypted secret, the encrypted apprise URLs: what a row stores."""
         clear = spec.model_dump_json(exclude={"secret": True, "delivery": {"apprise_urls": True}})
         urls = spec.delivery.apprise_urls
-        return clear, self._encrypted(spec.secret), self._encrypted(json.dumps(urls)) if urls else None
+        return {
+            "spec": clear,
+            "secret": self._encrypted(spec.secret),
+            "apprise_urls": self._encrypted(json.dumps(urls)) if urls else None,
+        }
 
     def _decrypted(self, spec: str, secret: str | None, urls: str | None) -> SubscriptionSpec:
         raw = json.loads(spec)
         raw["delivery"]["apprise_urls"] = json.loads(self._cipher.decrypt(urls)) if urls is not None else []
         raw["secret"] = self._cipher.decrypt(secret) if secret is not None else None
         return SubscriptionSpec.model_validate(raw)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     def create(self, spec: SubscriptionSpec) -> tuple[Subscription, str | None]:
         """Stores a new subscription; returns it and the secret generated for a webhook sent without one."""
@@ -193,31 +187,25 @@ class SubscriptionStore:
             spec = spec.model_copy(update={"secret": generated})
         subscription_id = "sub-" + uuid.uuid4().hex[:16]
         now = time.time()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO subscriptions (id, spec, secret, apprise_urls, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (subscription_id, *self._row_values(spec), now, now),
+        with self._database.transaction() as db:
+            db.execute(
+                insert(subscriptions).values(
+                    id=subscription_id, created_at=now, updated_at=now, **self._row_values(spec)
+                )
             )
         subscription = self.get(subscription_id)
         assert subscription is not None
         return subscription, generated
 
     def get(self, subscription_id: str) -> Subscription | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, spec, secret, apprise_urls, created_at, updated_at FROM subscriptions WHERE id = ?",
-                (subscription_id,),
-            ).fetchone()
-        return self._from_row(row) if row else None
+        with self._database.transaction() as db:
+            row = db.execute(_SELECT_ROWS.where(subscriptions.c.id == subscription_id)).one_or_none()
+        return self._from_row(*row) if row else None
 
     def list(self) -> list[Subscription]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, spec, secret, apprise_urls, created_at, updated_at FROM subscriptions"
-                " ORDER BY created_at, id"
-            ).fetchall()
-        return [self._from_row(row) for row in rows]
+        with self._database.transaction() as db:
+            rows = db.execute(_SELECT_ROWS.order_by(subscriptions.c.created_at, subscriptions.c.id)).all()
+        return [self._from_row(*row) for row in rows]
 
     def replace(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
         """PUT: all fields but the write-only ones (the secret, the apprise URLs), each kept when the new spec
@@ -244,30 +232,30 @@ class SubscriptionStore:
         return SubscriptionSpec.model_validate(merged)
 
     def delete(self, subscription_id: str) -> bool:
-        with self._lock:
-            cursor = self._db.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
-        return cursor.rowcount > 0
+        with self._database.transaction() as db:
+            return db.execute(delete(subscriptions).where(subscriptions.c.id == subscription_id)).rowcount > 0
 
     def _spec(self, subscription_id: str) -> SubscriptionSpec | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT spec, secret, apprise_urls FROM subscriptions WHERE id = ?", (subscription_id,)
-            ).fetchone()
+        columns = (subscriptions.c.spec, subscriptions.c.secret, subscriptions.c.apprise_urls)
+        with self._database.transaction() as db:
+            row = db.execute(select(*columns).where(subscriptions.c.id == subscription_id)).one_or_none()
         return self._decrypted(*row) if row else None
 
     def _write(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
         if spec.delivery.webhook_url is not None and spec.secret is None:
             # Only creation generates a secret (and returns it once); an update cannot show one, so it must bring it.
             raise ValueError("a webhook needs a secret: send one with this update")
-        with self._lock:
-            self._db.execute(
-                "UPDATE subscriptions SET spec = ?, secret = ?, apprise_urls = ?, updated_at = ? WHERE id = ?",
-                (*self._row_values(spec), time.time(), subscription_id),
+        with self._database.transaction() as db:
+            db.execute(
+                update(subscriptions)
+                .where(subscriptions.c.id == subscription_id)
+                .values(updated_at=time.time(), **self._row_values(spec))
             )
         return self.get(subscription_id)
 
-    def _from_row(self, row: tuple[str, str, str | None, str | None, float, float]) -> Subscription:
-        subscription_id, raw, secret, urls, created_at, updated_at = row
+    def _from_row(
+        self, subscription_id: str, raw: str, secret: str | None, urls: str | None, created_at: float, updated_at: float
+    ) -> Subscription:
         spec = self._decrypted(raw, secret, urls)
         return Subscription(
             id=subscription_id,

@@ -31,18 +31,16 @@ from core.settings import Settings
 from infra.store_query import StoreReader
 from operators.alerting import AlertEngine, AlertStateStore, SqliteAlertStateStore
 from operators.camera_gallery import CameraGallery
-from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink, DeliveryJournal
-from operators.lifecycle import LifecycleStore
+from operators.delivery import AlertDispatcher, AlertHub, DeadLetterSink
 from operators.notifier import Notifier
 from operators.outbound import OutboundPolicy
+from operators.shared_state import SharedState
 from operators.stream_board import StreamBoard
 from operators.subscriptions import SubscriptionStore
 from pipeline.console import ConsoleSources
 from pipeline.subscriptions_api import serve_api
 
 ALERT_STATE_FILE = "alerts.sqlite"
-SUBSCRIPTIONS_FILE = "subscriptions.sqlite"
-LIFECYCLE_FILE = "lifecycle.sqlite"
 SNAPSHOTS_DIR = "snapshots"
 TICK_INTERVAL_S = 1.0
 EVENT_DRAIN_S = 5.0  # how long stop() waits for events still being published
@@ -93,8 +91,7 @@ class AlertingService:
     gallery: CameraGallery
     runner: web.AppRunner | None
     _own_alert_state: SqliteAlertStateStore | None
-    _journal: DeliveryJournal
-    _lifecycle: LifecycleStore
+    _shared: SharedState
     _events: asyncio.Queue[AlertEvent]
     _ticker: asyncio.Task[None]
     _publisher: asyncio.Task[None]
@@ -110,18 +107,18 @@ class AlertingService:
         alert_state: AlertStateStore | None = None,
         api: bool = True,
     ) -> AlertingService:
-        """Opens the stores under ``state_dir``, resumes pending webhook deliveries, starts the API server (with
-        the console; ``gallery``: the one the video lane feeds frames to) and the notifier's timers; every
-        AlertEvent goes to the hub's event listeners and to ``publish_event`` (in order, never blocking the
-        caller). ``alert_state``: where the engine keeps stream states (None: a sqlite file in ``state_dir``);
-        ``api=False``: no API server (the alerting role, whose API instances run apart)."""
+        """Opens the stores (the shared ones on ``database.url``, the alert state under ``state_dir`` unless
+        ``alert_state`` is given), resumes pending webhook deliveries, starts the API server (with the console;
+        ``gallery``: the one the video lane feeds frames to; ``api=False``: none, the alerting role, whose API
+        instances run apart) and the notifier's timers; every AlertEvent goes to the hub's event listeners and to
+        ``publish_event`` (in order, never blocking the caller)."""
         own_alert_state = SqliteAlertStateStore(settings.state_dir / ALERT_STATE_FILE) if alert_state is None else None
-        subscriptions = SubscriptionStore(settings.state_dir / SUBSCRIPTIONS_FILE, settings.delivery.secrets_key)
-        journal = DeliveryJournal(settings.state_dir / SUBSCRIPTIONS_FILE)
+        shared = SharedState.open(settings)
+        subscriptions = shared.subscriptions
         hub = AlertHub()
         dispatcher = AlertDispatcher(
             subscriptions,
-            journal,
+            shared.journal,
             settings=settings.delivery,
             dead_letter=dead_letter,
             source_topic=settings.topics.alerts,
@@ -129,7 +126,6 @@ class AlertingService:
             outbound=OutboundPolicy.from_settings(settings),
         )
         await dispatcher.start()
-        lifecycle = LifecycleStore(settings.state_dir / LIFECYCLE_FILE)
         events: asyncio.Queue[AlertEvent] = asyncio.Queue()
 
         def queue_events(made: list[AlertEvent]) -> None:
@@ -137,7 +133,7 @@ class AlertingService:
                 events.put_nowait(event)
                 hub.publish_event(event)
 
-        notifier = Notifier(settings.alerting, lifecycle, dispatcher, on_events=queue_events)
+        notifier = Notifier(settings.alerting, shared.lifecycle, dispatcher, on_events=queue_events)
         board, gallery = StreamBoard(), gallery or camera_gallery(settings)
         console = ConsoleSources(board, gallery, StoreReader(settings.influx), alert_status=notifier.status)
         runner = await serve_api(settings, subscriptions, hub, dispatcher, notifier, console) if api else None
@@ -145,8 +141,8 @@ class AlertingService:
         ticker = asyncio.create_task(_tick_forever(notifier), name="notifier-tick")
         publisher = asyncio.create_task(_publish_forever(events, publish_event or _discard), name="alert-events")
         return cls(
-            engine, notifier, subscriptions, dispatcher, hub, board, gallery, runner, own_alert_state, journal,
-            lifecycle, events, ticker, publisher,
+            engine, notifier, subscriptions, dispatcher, hub, board, gallery, runner, own_alert_state, shared,
+            events, ticker, publisher,
         )  # fmt: skip
 
     @property
@@ -201,8 +197,6 @@ class AlertingService:
         self._publisher.cancel()
         await asyncio.gather(self._ticker, self._publisher, return_exceptions=True)
         await self.dispatcher.stop()
-        self._lifecycle.close()
         if self._own_alert_state is not None:
             self._own_alert_state.close()
-        self.subscriptions.close()
-        self._journal.close()
+        self._shared.close()

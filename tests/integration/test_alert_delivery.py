@@ -20,14 +20,16 @@ from core import settings as settings_module
 from core.contracts import Alert, DeadLetter, Notification, Score, Severity, decode
 from core.settings import AlertingSettings, ApiSettings, DeliverySettings, Settings, TritonSettings
 from operators.alerting import AlertEngine, idempotency_key
-from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
+from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifications import transition_notification
 from operators.outbound import OutboundPolicy
+from operators.shared_state import SharedState
 from operators.subscriptions import SubscriptionStore
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
 from pipeline.subscriptions_api import serve_api
+from tests.state import subscription_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -47,7 +49,7 @@ FAST_RETRIES = DeliverySettings(
 
 @dataclass
 class Service:
-    """What `diffsentry run` wires together: store, journal, hub, dispatcher, API server."""
+    """What `diffsentry run` wires together: the shared state's stores, hub, dispatcher, API server."""
 
     store: SubscriptionStore
     dispatcher: AlertDispatcher
@@ -78,8 +80,8 @@ async def service(
         delivery=delivery,
         triton=triton or TritonSettings(),
     )
-    store = SubscriptionStore(settings.state_dir / "subscriptions.sqlite")
-    journal = DeliveryJournal(settings.state_dir / "subscriptions.sqlite")
+    shared = SharedState.open(settings)
+    store = shared.subscriptions
     hub = AlertHub()
     dead_letters: list[DeadLetter] = []
 
@@ -88,7 +90,7 @@ async def service(
 
     dispatcher = AlertDispatcher(
         store,
-        journal,
+        shared.journal,
         settings=settings.delivery,
         dead_letter=to_dead_letter,
         source_topic=settings.topics.alerts,
@@ -105,8 +107,7 @@ async def service(
         await client.aclose()
         await runner.cleanup()
         await dispatcher.stop()
-        store.close()
-        journal.close()
+        shared.close()
 
 
 @asynccontextmanager
@@ -561,14 +562,9 @@ async def test_delivery_checks_the_target_again_and_redacts_credentials(tmp_path
 
 
 async def test_the_api_refuses_the_development_token_unless_allowed(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    store = subscription_store(tmp_path / "subscriptions.sqlite")
     hub = AlertHub()
-    try:
-        with pytest.raises(ValueError, match="default development token"):
-            await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0)), store, hub)
-        runner = await serve_api(
-            Settings(state_dir=tmp_path, api=ApiSettings(port=0, allow_dev_token=True)), store, hub
-        )
-        await runner.cleanup()
-    finally:
-        store.close()
+    with pytest.raises(ValueError, match="default development token"):
+        await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0)), store, hub)
+    runner = await serve_api(Settings(state_dir=tmp_path, api=ApiSettings(port=0, allow_dev_token=True)), store, hub)
+    await runner.cleanup()

@@ -19,11 +19,10 @@ from core import settings as settings_module
 from core.contracts import Alert, AlertEvent, DeadLetter, Score
 from core.settings import AlertGroup, AlertingSettings, ApiSettings, DeliverySettings, Settings
 from operators.alerting import AlertEngine, SqliteAlertStateStore
-from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
-from operators.lifecycle import LifecycleStore
+from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifier import Notifier
 from operators.outbound import OutboundPolicy
-from operators.subscriptions import SubscriptionStore
+from operators.shared_state import SharedState
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.alerting_service import AlertingService
 from pipeline.cli import app as cli_app
@@ -88,10 +87,9 @@ async def lifecycle(state_dir: Path, alerting: AlertingSettings = QUICK) -> Asyn
         delivery=DeliverySettings(backoff_base_s=0.01, backoff_jitter=0.0, allowed_targets=["127.0.0.1/32"]),
         alerting=alerting,
     )
-    subscriptions = SubscriptionStore(state_dir / "subscriptions.sqlite")
-    journal = DeliveryJournal(state_dir / "subscriptions.sqlite")
+    shared = SharedState.open(settings)
+    subscriptions, store = shared.subscriptions, shared.lifecycle
     alert_state = SqliteAlertStateStore(state_dir / "alerts.sqlite")
-    store = LifecycleStore(state_dir / "lifecycle.sqlite")
     hub = AlertHub()
     dead_letters: list[DeadLetter] = []
 
@@ -99,7 +97,7 @@ async def lifecycle(state_dir: Path, alerting: AlertingSettings = QUICK) -> Asyn
         dead_letters.append(letter)
 
     dispatcher = AlertDispatcher(
-        subscriptions, journal, settings=settings.delivery, dead_letter=to_dead_letter,
+        subscriptions, shared.journal, settings=settings.delivery, dead_letter=to_dead_letter,
         source_topic=settings.topics.alerts, external_url=settings.api.public_url(),
         outbound=OutboundPolicy.from_settings(settings),
     )  # fmt: skip
@@ -123,8 +121,8 @@ async def lifecycle(state_dir: Path, alerting: AlertingSettings = QUICK) -> Asyn
         await hook.stop()
         await runner.cleanup()
         await dispatcher.stop()
-        for closable in (store, alert_state, subscriptions, journal):
-            closable.close()
+        alert_state.close()
+        shared.close()
 
 
 async def test_every_lifecycle_route_needs_the_bearer_token(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from core.contracts import Alert, Notification, decode
 from operators.channels import verify_signature
-from operators.delivery import DeliveryJournal
 from operators.notifications import notification_id
-from operators.subscriptions import SubscriptionStore
+from operators.state_db import SQLITE_FILE
 from tests.integration.test_alert_delivery import FAST_RETRIES, Service, alert, receiver, service
+from tests.state import delivery_journal, subscription_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -251,13 +251,11 @@ async def test_a_pending_apprise_delivery_resumes_after_a_restart(tmp_path) -> N
         # The worker stops while the delivery waits for its retry.
     async with recording() as up:
         # Moved while the worker was down; the next start resumes the delivery to where the channel is now.
-        store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+        store = subscription_store(tmp_path / SQLITE_FILE)
         moved = store.patched(str(created["id"]), {"delivery": {"apprise_urls": [up.url("json", "chat")]}})
         assert moved is not None and store.replace(str(created["id"]), moved) is not None
-        store.close()
-        journal = DeliveryJournal(tmp_path / "subscriptions.sqlite")
+        journal = delivery_journal(tmp_path / SQLITE_FILE)
         assert [p.attempts for p in journal.pending()] == [1]
-        journal.close()
         async with service(tmp_path) as svc:
             await svc.dispatcher.drain()
             log = await delivery_log(svc, created["id"])

@@ -22,10 +22,10 @@ from operators.alerting import alert_id_for, stream_key
 from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertHub
 from operators.stream_board import StreamBoard
-from operators.subscriptions import SubscriptionStore
 from pipeline.alerting_service import AlertingService
 from pipeline.console import SESSION_COOKIE, ConsoleSources, Sessions, score_history
 from pipeline.subscriptions_api import serve_api
+from tests.state import subscription_store
 
 TOKEN = "console-test-token-0123456789"
 
@@ -47,7 +47,7 @@ def alert(state: str, t: float, stream: str = "pump-1", modality: str = "sensor"
 @asynccontextmanager
 async def console_server(tmp_path: Path) -> AsyncIterator[tuple[str, ConsoleSources]]:
     settings = Settings(state_dir=tmp_path, api=ApiSettings(port=0, token=TOKEN))
-    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    store = subscription_store(tmp_path / "subscriptions.sqlite")
     sources = ConsoleSources(
         StreamBoard(), CameraGallery(tmp_path / "snapshots", 3, 3600), StoreReader(settings.influx)
     )
@@ -57,7 +57,6 @@ async def console_server(tmp_path: Path) -> AsyncIterator[tuple[str, ConsoleSour
         yield f"http://{host}:{port}", sources
     finally:
         await runner.cleanup()
-        store.close()
 
 
 async def test_a_wrong_token_gets_no_cookie_and_no_data(tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ import pytest
 from core.contracts import Alert, AlertEvent, DeadLetter, Notification, Severity, decode
 from core.settings import DeliverySettings
 from operators.channels import fingerprint, render_alertmanager, render_text, sign, verify_signature
-from operators.delivery import AlertDispatcher, AlertHub, DeliveryJournal
+from operators.delivery import AlertDispatcher, AlertHub
 from operators.notifications import notification_id, transition_notification
 from operators.outbound import OutboundPolicy
-from operators.subscriptions import Delivery, Selector, SubscriptionSpec, SubscriptionStore
+from operators.subscriptions import Delivery, Selector, SubscriptionSpec
+from tests.state import delivery_journal, subscription_store
 
 EXTERNAL_URL = "http://diffsentry.plant.example:8088"
 
@@ -168,7 +169,7 @@ async def test_hub_gives_every_event_to_event_listeners_only_and_ends_them_at_cl
 def test_journal_drops_old_finished_deliveries_and_keeps_pending_ones(tmp_path, monkeypatch) -> None:
     now = [1000.0]
     monkeypatch.setattr("operators.delivery.time.time", lambda: now[0])
-    journal = DeliveryJournal(tmp_path / "journal.sqlite")
+    journal = delivery_journal(tmp_path / "journal.sqlite")
     delivered, pending, dead, cancelled, recent = (transition_notification(_alert("pump-1", n)) for n in range(5))
     for notification in (delivered, pending, dead, cancelled):
         assert journal.add("sub-1", "webhook", notification)
@@ -206,47 +207,17 @@ def test_journal_drops_old_finished_deliveries_and_keeps_pending_ones(tmp_path, 
     assert [row["subscription_id"] for row in journal.recent("sub-1", limit=1)] == ["sub-1"]
     # a pruned delivery can be journalled (and so delivered) again; a kept one still cannot
     assert journal.add("sub-1", "webhook", delivered) and not journal.add("sub-2", "webhook", recent)
-    journal.close()
-
-
-def test_a_journal_of_alert_deliveries_is_adopted_with_its_pending_rows(tmp_path) -> None:
-    import sqlite3
-
-    path = tmp_path / "journal.sqlite"
-    legacy = sqlite3.connect(path)
-    legacy.execute(
-        "CREATE TABLE deliveries (subscription_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, payload TEXT NOT NULL,"
-        " attempts INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT 'pending', last_error TEXT,"
-        " updated_at REAL NOT NULL, PRIMARY KEY (subscription_id, idempotency_key))"
-    )
-    waiting, done = _alert("pump-1", 1), _alert("pump-1", 2)
-    legacy.execute(
-        "INSERT INTO deliveries VALUES ('sub-1', 'k1', ?, 2, 'pending', 'HTTP 503', 1.0)", (waiting.to_json().decode(),)
-    )
-    legacy.execute(
-        "INSERT INTO deliveries VALUES ('sub-1', 'k2', ?, 1, 'delivered', NULL, 1.0)", (done.to_json().decode(),)
-    )
-    legacy.commit()
-    legacy.close()
-
-    journal = DeliveryJournal(path)
-    (adopted,) = journal.pending()
-    assert adopted.subscription_id == "sub-1" and adopted.channel == "webhook" and adopted.attempts == 2
-    assert adopted.notification.notification_id == transition_notification(waiting).notification_id
-    assert adopted.notification.alerts == [waiting]
-    journal.close()
-    assert DeliveryJournal(path).pending()[0].notification.notification_id == adopted.notification.notification_id
 
 
 async def test_dispatcher_prunes_the_journal_when_it_starts(tmp_path, monkeypatch) -> None:
     now = [1000.0]
     monkeypatch.setattr("operators.delivery.time.time", lambda: now[0])
-    journal = DeliveryJournal(tmp_path / "journal.sqlite")
+    journal = delivery_journal(tmp_path / "journal.sqlite")
     old = transition_notification(_alert("pump-1", 1))
     journal.add("sub-1", "webhook", old)
     journal.record("sub-1", "webhook", old.notification_id, 1, "delivered", None)
     now[0] = 1000.0 + 7 * 24 * 3600 + 1
-    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    store = subscription_store(tmp_path / "subscriptions.sqlite")
 
     async def nowhere(_: DeadLetter) -> None:
         raise AssertionError("nothing is dead-lettered here")
@@ -262,7 +233,6 @@ async def test_dispatcher_prunes_the_journal_when_it_starts(tmp_path, monkeypatc
     assert await dispatcher.start() == 0
     assert dispatcher.summary()["delivered"] == 0
     await dispatcher.stop()
-    journal.close()
 
 
 async def _dispatch(
@@ -276,10 +246,10 @@ async def _dispatch(
         requests.append(request)
         return handler(request)
 
-    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
+    store = subscription_store(tmp_path / "subscriptions.sqlite")
     for spec in specs:
         store.create(spec)
-    journal = DeliveryJournal(tmp_path / "journal.sqlite")
+    journal = delivery_journal(tmp_path / "journal.sqlite")
     letters: list[DeadLetter] = []
 
     async def to_dead_letter(letter: DeadLetter) -> None:
@@ -301,8 +271,6 @@ async def _dispatch(
         queued = dispatcher.submit(notification)
         await dispatcher.drain()
         await dispatcher.stop()
-    journal.close()
-    store.close()
     return requests, letters, queued
 
 

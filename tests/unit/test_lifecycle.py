@@ -7,13 +7,13 @@ from pydantic import ValidationError
 from core.contracts import Alert, AlertEvent, Modality, Severity
 from operators.lifecycle import (
     Acknowledgement,
-    LifecycleStore,
     MaintenanceWindow,
     MaintenanceWindowSpec,
     Matchers,
     Silence,
     SilenceSpec,
 )
+from tests.state import lifecycle_store
 
 
 def alert(
@@ -119,7 +119,7 @@ def test_maintenance_windows_refuse_bad_schedules(field: str, value: object, rea
 
 def test_the_store_keeps_everything_across_reopening(tmp_path: Path) -> None:
     path = tmp_path / "lifecycle.sqlite"
-    store = LifecycleStore(path)
+    store = lifecycle_store(path)
     store.save_silence(Silence(id="si-1", starts_at=0.0, ends_at=10.0, created_by="ana", created_at=0.0))
     store.save_window(sunday_night())
     store.save_acknowledgement(Acknowledgement(alert_id="al-1", by="ana", at=5.0, expires_at=65.0))
@@ -129,9 +129,8 @@ def test_the_store_keeps_everything_across_reopening(tmp_path: Path) -> None:
     events = [AlertEvent(event_id=f"ev-{i}", kind="fired", at=float(i), alert_id=f"al-{i % 2}") for i in range(5)]
     assert store.append_events(events) == events
     assert store.append_events(events[:2]) == []  # the same events again are not stored twice
-    store.close()
 
-    store = LifecycleStore(path)
+    store = lifecycle_store(path)
     assert [s.id for s in store.silences()] == ["si-1"] and [w.id for w in store.windows()] == ["mw-1"]
     ack = store.acknowledgement("al-1")
     assert ack is not None and ack.expires_at == 65.0
@@ -140,4 +139,3 @@ def test_the_store_keeps_everything_across_reopening(tmp_path: Path) -> None:
     assert entry is not None and (entry.alert, entry.notified_at, entry.repeat_count) == (alert(), 6.0, 1)
     assert [e.event_id for e in store.events(limit=2)] == ["ev-3", "ev-4"]  # the newest, oldest first
     assert [e.event_id for e in store.events(since=1.0, alert_id="al-1")] == ["ev-1", "ev-3"]
-    store.close()

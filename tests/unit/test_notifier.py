@@ -1,6 +1,6 @@
 """The Notifier with an injected wall clock, a real sqlite LifecycleStore and a sink that records."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -8,8 +8,9 @@ import pytest
 from core.contracts import Alert, AlertEvent, Notification, Severity
 from core.settings import AlertGroup, AlertingSettings
 from operators.alerting import idempotency_key
-from operators.lifecycle import LifecycleStore, MaintenanceWindowSpec, Matchers, SilenceSpec
+from operators.lifecycle import MaintenanceWindowSpec, Matchers, SilenceSpec
 from operators.notifier import AlertAlreadyResolved, Notifier, UnknownAlert, notification_id
+from tests.state import lifecycle_store
 
 
 class Clock:
@@ -51,12 +52,11 @@ class Rig:
         self.path, self.settings, self.clock = path, settings, clock
         self.sink = RecordingSink()
         self.published: list[AlertEvent] = []
-        self.store = LifecycleStore(path)
+        self.store = lifecycle_store(path)
         self.notifier = Notifier(settings, self.store, self.sink, clock, on_events=self.published.extend)
 
     def restart(self) -> None:
-        self.store.close()
-        self.store = LifecycleStore(self.path)
+        self.store = lifecycle_store(self.path)
         self.notifier = Notifier(self.settings, self.store, self.sink, self.clock, on_events=self.published.extend)
 
     def kinds(self) -> list[str]:
@@ -69,16 +69,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_rig(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., Rig]]:
-    made: list[Rig] = []
-
+def make_rig(tmp_path: Path, clock: Clock) -> Callable[..., Rig]:
     def make(**settings: object) -> Rig:
-        made.append(Rig(tmp_path / "lifecycle.sqlite", AlertingSettings.model_validate(settings), clock))
-        return made[-1]
+        return Rig(tmp_path / "lifecycle.sqlite", AlertingSettings.model_validate(settings), clock)
 
-    yield make
-    for rig in made:
-        rig.store.close()
+    return make
 
 
 @pytest.fixture

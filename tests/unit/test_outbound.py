@@ -16,10 +16,11 @@ import pytest
 from core.contracts import Alert, DeadLetter
 from core.settings import ApiSettings, DeliverySettings, KafkaSettings, Settings, StreamSettings, TritonSettings
 from core.stack_state import TRITON, ServiceRecord, StackState
-from operators.delivery import AlertDispatcher, DeliveryJournal
+from operators.delivery import AlertDispatcher
 from operators.notifications import transition_notification
 from operators.outbound import BlockedTarget, OutboundPolicy, own_ports, redact_url
-from operators.subscriptions import Delivery, SubscriptionSpec, SubscriptionStore
+from operators.subscriptions import Delivery, SubscriptionSpec
+from tests.state import delivery_journal, subscription_store
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
@@ -233,8 +234,8 @@ async def _deliver(tmp_path: Path, url: str, handler: Handler) -> tuple[list[htt
     async def to_dead_letter(letter: DeadLetter) -> None:
         letters.append(letter)
 
-    store = SubscriptionStore(tmp_path / "subscriptions.sqlite")
-    journal = DeliveryJournal(tmp_path / "subscriptions.sqlite")
+    store = subscription_store(tmp_path / "subscriptions.sqlite")
+    journal = delivery_journal(tmp_path / "subscriptions.sqlite")
     store.create(SubscriptionSpec(name="t", delivery=Delivery(webhook_url=url), secret="s" * 20))
     client = httpx.AsyncClient(transport=httpx.MockTransport(record), follow_redirects=True)
     settings = DeliverySettings(max_attempts=2, backoff_base_s=0.0, backoff_jitter=0.0)
@@ -252,8 +253,6 @@ async def _deliver(tmp_path: Path, url: str, handler: Handler) -> tuple[list[htt
     await dispatcher.drain()
     await dispatcher.stop()
     await client.aclose()
-    store.close()
-    journal.close()
     return requests, letters
 
 

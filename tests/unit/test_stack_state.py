@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.stack_state import KAFKA, OBJECT_STORE, SERVICES, ServiceRecord, StackState, stack_services
+from core.stack_state import KAFKA, OBJECT_STORE, POSTGRES, SERVICES, ServiceRecord, StackState, stack_services
 
 
 def test_mode_round_trips_and_defaults_to_memory_for_old_state_files(tmp_path: Path) -> None:
@@ -38,3 +38,14 @@ def test_attached_processes_round_trip_and_give_settings_nothing(tmp_path: Path)
     assert loaded.services == {}
     (tmp_path / "stack.json").write_text(json.dumps({"services": {}}))  # written before attached processes existed
     assert StackState.load(tmp_path).attached == {}
+
+
+def test_postgresql_is_listed_when_asked_for_kept_across_down_and_gives_the_database_url(tmp_path: Path) -> None:
+    assert stack_services(durable=False, postgres=True) == (*SERVICES, POSTGRES)
+    assert stack_services(durable=True, postgres=True) == (*SERVICES, OBJECT_STORE, POSTGRES)
+    StackState(postgres=True).save(tmp_path)
+    assert StackState.load(tmp_path).postgres is True
+    (tmp_path / "stack.json").write_text(json.dumps({"services": {}}))  # written before PostgreSQL was a service
+    assert StackState.load(tmp_path).postgres is False
+    server = ServiceRecord(POSTGRES, 1, "/usr/lib/postgresql/15/bin/postgres", {"postgres": 15432}, "pg.log")
+    assert server.settings_values() == {"database": {"url": "postgresql+psycopg://diffsentry@127.0.0.1:15432/postgres"}}

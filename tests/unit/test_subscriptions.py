@@ -1,5 +1,3 @@
-import json
-import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from core.contracts import Alert, Modality, Severity
 from operators.notifications import transition_notification
 from operators.secrets_at_rest import KEY_FILE, WrongSecretsKey
 from operators.subscriptions import Delivery, Selector, Subscription, SubscriptionSpec, SubscriptionStore
+from tests.state import subscription_store
 
 
 def alert(stream: str = "pump-1", modality: Modality = "sensor", severity: Severity = "warning") -> Alert:
@@ -93,7 +92,7 @@ def patch(store: SubscriptionStore, subscription_id: str, body: dict[str, Any]) 
 
 
 def test_the_store_generates_a_secret_and_never_dumps_it(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     created, generated = store.create(spec())
     assert generated is not None and len(generated) >= 32
     assert created.secret == generated and created.has_secret
@@ -104,7 +103,7 @@ def test_the_store_generates_a_secret_and_never_dumps_it(tmp_path: Path) -> None
 
 def test_crud_survives_reopening_the_store(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    store = SubscriptionStore(path)
+    store = subscription_store(path)
     pumps, _ = store.create(spec("pumps", stream="pump-*").model_copy(update={"secret": "s" * 20}))
     cams, _ = store.create(
         SubscriptionSpec(name="cams", selector=Selector(modality="video"), delivery=Delivery(sse=True))
@@ -114,9 +113,8 @@ def test_crud_survives_reopening_the_store(tmp_path: Path) -> None:
     patched = patch(store, pumps.id, {"selector": {"min_severity": "critical"}, "enabled": False})
     assert patched is not None
     assert patched.selector == Selector(stream="pump-*", min_severity="critical") and not patched.enabled
-    store.close()
 
-    reopened = SubscriptionStore(path)
+    reopened = subscription_store(path)
     assert [s.id for s in reopened.list()] == [pumps.id, cams.id]
     again = reopened.get(pumps.id)
     assert again is not None and again.secret == "s" * 20 and not again.enabled
@@ -124,7 +122,7 @@ def test_crud_survives_reopening_the_store(tmp_path: Path) -> None:
 
 
 def test_replace_keeps_the_write_only_secret_and_patch_can_rotate_it(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     created, secret = store.create(spec())
     replaced = store.replace(created.id, spec("renamed"))
     assert replaced is not None and replaced.name == "renamed" and replaced.secret == secret
@@ -134,7 +132,7 @@ def test_replace_keeps_the_write_only_secret_and_patch_can_rotate_it(tmp_path: P
 
 
 def test_adding_a_webhook_by_update_needs_a_secret(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     created, generated = store.create(SubscriptionSpec(name="sse", delivery=Delivery(sse=True)))
     assert generated is None and not created.has_secret
     with pytest.raises(ValueError, match="needs a secret"):
@@ -144,7 +142,7 @@ def test_adding_a_webhook_by_update_needs_a_secret(tmp_path: Path) -> None:
 
 
 def test_a_subscription_selects_the_alerts_of_a_notification_its_selector_takes(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     pumps, _ = store.create(spec("pumps", stream="pump-*"))
     critical, _ = store.create(spec("critical", min_severity="critical"))
     off, _ = store.create(spec("off"))
@@ -163,58 +161,35 @@ def test_a_subscription_selects_the_alerts_of_a_notification_its_selector_takes(
 
 
 def test_secrets_are_encrypted_at_rest_and_the_files_are_private(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     created, _ = store.create(spec().model_copy(update={"secret": "a-secret-nobody-may-read"}))
     for name in ("s.sqlite", "s.sqlite-wal", "s.sqlite-shm", KEY_FILE):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("s.sqlite*"))
     assert b"a-secret-nobody-may-read" not in on_disk
-    store.close()
-    assert SubscriptionStore(tmp_path / "s.sqlite").get(created.id).secret == "a-secret-nobody-may-read"  # type: ignore[union-attr]
+    assert subscription_store(tmp_path / "s.sqlite").get(created.id).secret == "a-secret-nobody-may-read"  # type: ignore[union-attr]
 
 
 def test_a_configured_key_replaces_the_key_file_and_a_wrong_key_fails_at_open(tmp_path: Path) -> None:
     key = Fernet.generate_key().decode()
-    store = SubscriptionStore(tmp_path / "s.sqlite", secrets_key=key)
+    store = subscription_store(tmp_path / "s.sqlite", secrets_key=key)
     store.create(spec())
-    store.close()
     assert not (tmp_path / KEY_FILE).exists()
-    assert SubscriptionStore(tmp_path / "s.sqlite", secrets_key=key).list()[0].has_secret
+    assert subscription_store(tmp_path / "s.sqlite", secrets_key=key).list()[0].has_secret
     with pytest.raises(WrongSecretsKey, match="not the key it was encrypted with"):
-        SubscriptionStore(tmp_path / "s.sqlite", secrets_key=Fernet.generate_key().decode())
+        subscription_store(tmp_path / "s.sqlite", secrets_key=Fernet.generate_key().decode())
     with pytest.raises(ValueError, match="not a Fernet key"):
-        SubscriptionStore(tmp_path / "s.sqlite", secrets_key="too-short")
-
-
-def test_secrets_an_earlier_version_stored_in_clear_are_encrypted_when_the_store_opens(tmp_path: Path) -> None:
-    path = tmp_path / "s.sqlite"
-    legacy = sqlite3.connect(path)
-    legacy.execute(
-        "CREATE TABLE subscriptions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL,"
-        " updated_at REAL NOT NULL)"
-    )
-    clear = spec().model_copy(update={"secret": "stored-in-clear-long-ago"})
-    legacy.execute("INSERT INTO subscriptions VALUES ('sub-old', ?, 1.0, 2.0)", (clear.model_dump_json(),))
-    legacy.commit()
-    legacy.close()
-
-    store = SubscriptionStore(path)
-    assert store.get("sub-old").secret == "stored-in-clear-long-ago"  # type: ignore[union-attr]
-    store.close()
-    assert b"stored-in-clear-long-ago" not in b"".join(p.read_bytes() for p in tmp_path.glob("s.sqlite*"))
-    (raw,) = sqlite3.connect(path).execute("SELECT spec FROM subscriptions").fetchone()
-    assert "secret" not in json.loads(raw)
+        subscription_store(tmp_path / "s.sqlite", secrets_key="too-short")
 
 
 def test_apprise_urls_are_encrypted_at_rest_and_kept_by_a_put_that_omits_them(tmp_path: Path) -> None:
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     urls = ["json://hooks.example.com/in?token=tok-nobody-may-read", "tgram://123456789:bot-token-nobody-reads/42/"]
     created, _ = store.create(SubscriptionSpec(name="chat", delivery=Delivery(apprise_urls=urls)))
-    store.close()
     on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("s.sqlite*"))
     assert b"nobody-may-read" not in on_disk and b"bot-token" not in on_disk and b"json://" not in on_disk
 
-    store = SubscriptionStore(tmp_path / "s.sqlite")
+    store = subscription_store(tmp_path / "s.sqlite")
     assert store.get(created.id).delivery.apprise_urls == urls  # type: ignore[union-attr]
     renamed = store.replace(created.id, SubscriptionSpec(name="renamed", delivery=Delivery(sse=True)))
     assert renamed is not None and renamed.delivery.apprise_urls == urls and renamed.delivery.sse

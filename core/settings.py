@@ -271,7 +271,8 @@ class DeliverySettings(BaseModel):
         min_length=1,
         max_length=200,
         description="who claims deliveries in a shared journal: unique per instance sharing a database, and the "
-        "same across a restart (which then resumes its deliveries at once); none: the host name",
+        "same across a restart (which then resumes its deliveries at once); none: <host name>:<process id>, unique "
+        "for processes on one machine too (a restarted one takes its old claims over when their lease ends)",
     )
     claim_lease_s: float = Field(
         default=30.0,
@@ -292,7 +293,7 @@ class DeliverySettings(BaseModel):
 
     def instance(self) -> str:
         """The instance id deliveries are claimed under."""
-        return self.instance_id or socket.gethostname()
+        return self.instance_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
 class DatabaseSettings(BaseModel):

@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
 from core.contracts import Alert, decode
-from core.settings import AlertingSettings, AlertingTierSettings, Settings
+from core.settings import AlertingSettings, AlertingTierSettings, DatabaseSettings, Settings
 from infra.faust_app import faust_app
 from infra.kafka import create_declared_topics
 from operators.model_cards import card_path, load_ts_card
@@ -54,7 +54,7 @@ SECRET = "alerting-tier-secret"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     local = Stack(tmp_path_factory.mktemp("tier-stack"))
     try:
-        local.up()
+        local.up(postgres=True)  # the instances share subscriptions, silences and the journal as in production
         yield local
     finally:
         local.down()
@@ -69,6 +69,7 @@ def tier_settings(stack: Stack) -> Settings:
             "topics": base.topics.model_copy(update={"partitions": PARTITIONS}),
             "alerting_tier": AlertingTierSettings(app_id=f"alerting-{suffix}", session_timeout_s=3.0),
             "delivery": base.delivery.model_copy(update={"allowed_targets": ["127.0.0.1/32"], "backoff_max_s": 0.5}),
+            "database": DatabaseSettings(url=stack.database_url()),
         }
     )
 

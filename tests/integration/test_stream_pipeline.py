@@ -37,7 +37,7 @@ from core.settings import (
     TopicSettings,
     TritonSettings,
 )
-from core.stack_state import TRITON, VICTORIA_METRICS, StackState
+from core.stack_state import POSTGRES, TRITON, VICTORIA_METRICS, StackState
 from infra import stack as local_stack_services
 from infra.kafka import create_declared_topics
 from infra.processes import free_port, stop_process
@@ -76,9 +76,13 @@ class Stack:
         self.triton_url = f"127.0.0.1:{ports.triton_grpc_port}"
         self.store_url = f"http://127.0.0.1:{ports.victoria_metrics_port}"
 
-    def up(self) -> None:
-        """Starts whatever is not running (all at first, a stopped service later)."""
-        local_stack_services.up(self.base)
+    def up(self, postgres: bool = False) -> None:
+        """Starts whatever is not running (all at first, a stopped service later); PostgreSQL too if asked."""
+        local_stack_services.up(self.base, postgres=postgres)
+
+    def database_url(self) -> str:
+        """The URL of the stack's PostgreSQL (started by ``up(postgres=True)``)."""
+        return StackState.load(self.base.state_dir).services[POSTGRES].url
 
     def down(self) -> None:
         local_stack_services.down(self.base)

@@ -3,10 +3,12 @@ import pytest
 
 from triton_models.video.leave_clips_out import (
     ScoredClips,
+    alert_for_frames,
     anomalous_throughout,
     choice_on_other_clips,
     enters_mid_clip,
     leave_clips_out,
+    persistent_alarms,
     youden_threshold,
 )
 
@@ -76,3 +78,24 @@ def test_choice_on_other_clips_never_sees_the_held_out_clip() -> None:
         full["scorers"]["x"]["pooled_auroc"] - full["scorers"]["y"]["pooled_auroc"]
     )
     assert full["frames"] == 20 and full["anomalous_frames"] == 11
+
+
+def test_persistent_alarms_need_consecutive_frames_above_the_threshold() -> None:
+    scores = np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9])
+    assert persistent_alarms(scores, 0.5, 1).tolist() == (scores > 0.5).tolist()
+    assert persistent_alarms(scores, 0.5, 3).tolist() == [False, False, False, False, True, False, False]
+
+
+def test_alert_for_frames_trades_false_alarms_for_delay() -> None:
+    scores = {
+        "m": {
+            "a": np.array([0.1, 0.9, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]),
+            "b": np.full(6, 0.9),
+            "c": np.full(6, 0.1),
+        }
+    }
+    result = alert_for_frames(ScoredClips(LABELS, scores, {"m": 0.5}), "m")
+    assert result["1"]["entry_delay_frames"] == {"a": 0, "c": None}
+    assert result["3"]["entry_delay_frames"]["a"] == 2
+    assert result["3"]["false_positive_rate"] < result["1"]["false_positive_rate"]
+    assert result["3"]["recall"] < result["1"]["recall"]

@@ -23,6 +23,7 @@ import numpy as np
 from triton_models.video.evaluation import auprc, auroc, roc_curve
 
 ENTRY_WINDOW = 30  # frames either side of an anomaly's entry (3 s at Ped2's 10 frames/s)
+FOR_FRAMES = (1, 3, 5, 10)  # an alert's `for`: consecutive frames above the threshold before it fires
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,35 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     # Alarm when score > threshold: just below the best cut-off score, halfway to the next lower one.
     lower = ordered[best + 1] if best + 1 < len(ordered) else ordered[best] - 1.0
     return float((ordered[best] + lower) / 2)
+
+
+def persistent_alarms(scores: np.ndarray, threshold: float, frames: int) -> np.ndarray:
+    """Causal: frame t alarms when it and its ``frames - 1`` predecessors all score above ``threshold``."""
+    run = np.zeros(len(scores), dtype=np.int64)
+    for index, above in enumerate(scores > threshold):
+        run[index] = run[index - 1] + 1 if above and index else int(above)
+    return run >= frames
+
+
+def alert_for_frames(data: ScoredClips, scorer: str) -> dict[str, object]:
+    """Per `for` duration at the label-free threshold: frame recall and false-positive rate of the firing alert,
+    and its delay after an anomaly enters a clip that started normal (None: it never fired)."""
+    threshold, result = data.thresholds[scorer], {}
+    for frames in FOR_FRAMES:
+        alarms = {c: persistent_alarms(data.scores[scorer][c], threshold, frames) for c in data.clips}
+        delays = {}
+        for clip in data.clips:
+            labels = data.labels[clip]
+            if labels[0] == 0 and labels.any():
+                onset = int(np.argmax(labels == 1))
+                fired = np.flatnonzero(alarms[clip][onset:])
+                delays[clip] = int(fired[0]) if len(fired) else None
+        labels = np.concatenate([data.labels[c] for c in data.clips])
+        result[str(frames)] = {
+            **confusion(labels, np.concatenate([alarms[c] for c in data.clips])),
+            "entry_delay_frames": delays,
+        }
+    return result
 
 
 def anomalous_throughout(data: ScoredClips, scorer: str) -> dict[str, object]:
@@ -130,6 +160,7 @@ def scorer_metrics(data: ScoredClips, scorer: str) -> dict[str, object]:
         },
         "anomalous_throughout": anomalous_throughout(data, scorer),
         "enters_mid_clip": enters_mid_clip(data, scorer),
+        "alert_for_frames": alert_for_frames(data, scorer),
     }
 
 

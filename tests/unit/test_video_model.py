@@ -11,7 +11,14 @@ from triton_models.model_card import ServedThreshold, Training
 from triton_models.names import FRAMES, MAP, RECONSTRUCT, SCORE
 from triton_models.video import diffusion as video_diffusion
 from triton_models.video.config import VideoModelConfig
-from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches, to_unit
+from triton_models.video.diffusion import (
+    FrameDiffusion,
+    frame_difference_scores,
+    motion_aware_map,
+    score_batches,
+    score_configs,
+    to_unit,
+)
 from triton_models.video.evaluation import auprc, auroc, detection_metrics, eer
 from triton_models.video.frames import causal_windows
 from triton_models.video.repository import config_pbtxt, export_model, load_card, load_model
@@ -168,3 +175,28 @@ def test_metrics_on_known_cases() -> None:
     assert metrics["auroc_per_clip"]["a"] == 1.0 and np.isnan(metrics["auroc_per_clip"]["b"])
     assert metrics["auroc_macro"] == 1.0 and metrics["auroc_micro"] == pytest.approx(2 / 3)
     assert metrics["at_threshold"]["false_positive_rate"] == pytest.approx(1 / 3)
+
+
+def test_scoring_all_candidates_at_once_equals_scoring_each_as_served() -> None:
+    torch.manual_seed(0)
+    model = FrameDiffusion(TINY).eval()
+    windows = causal_windows(moving_square_clip(20, TINY, speed=2), TINY.context)
+    configs = [
+        TINY,
+        replace(TINY, scoring=RECONSTRUCT, noise_level=0.3),
+        replace(TINY, copy_ratio_floor=0.01),
+        replace(TINY, motion_weight=0.5),
+    ]
+    together = score_configs(model, windows, configs, batch_size=7)
+    for config, scores in zip(configs, together, strict=True):
+        model.config = config
+        assert np.allclose(scores, score_batches(model, windows)[0], rtol=1e-5, atol=0)
+    assert model.config == configs[-1] and not np.allclose(together[0], together[3])
+
+
+def test_motion_weight_blends_the_error_with_the_frame_difference() -> None:
+    error = torch.tensor([[[0.04, 0.04, 0.0]]])
+    copy_error = torch.tensor([[[0.01, 0.0, 0.09]]])
+    blended = motion_aware_map(error, copy_error, replace(TINY, motion_weight=0.5))
+    assert torch.allclose(blended, torch.tensor([[[0.02, 0.0, 0.0]]]))  # high only where surprised AND moving
+    assert torch.equal(motion_aware_map(error, copy_error, TINY), error)

@@ -8,7 +8,9 @@
 - ``train``: the training loop, the label-free threshold and ``fit`` (train, select the scoring, calibrate, export;
   used by ``diffsentry train/evaluate video`` and the demo); ``repository``: the Triton model directory and its
   card (``triton_models.model_card.VideoCard``); ``triton_model``: the python-backend adapter; ``evaluation``:
-  AUROC/AUPRC/EER, causal scoring of labelled test clips, and plots.
+  AUROC/AUPRC/EER, causal scoring of labelled test clips, and plots; ``leave_clips_out``: what the scores predict
+  for clips nothing was tuned on (choices made on the other labelled clips, the anomalous-throughout and
+  enters-mid-clip cases, the alert's ``for`` duration), run by ``benchmarks/video_leave_clips_out.py``.
 
 Resolution: 144x96 keeps Ped2's 3:2 aspect (a walker is ~18 pixels tall). Measured on one core: a training step
 costs ~0.4 s at batch 16 (0.42 s at 96x64 and batch 32), a scored frame ~39 ms (4 DDIM steps; 16 ms at 96x64).

@@ -24,6 +24,7 @@ class VideoModelConfig:
     scoring: VideoScoring = FORECAST  # forecast: DDIM from pure noise; reconstruct: from the noised current frame
     noise_level: float = 0.5  # reconstruct: the current frame is noised to this fraction of T
     copy_ratio_floor: float = 0.0  # > 0: map = model error / (copy-last-frame error + floor), per patch
+    motion_weight: float = 0.0  # > 0: map = model error^(1-w) x copy-last-frame error^w, per patch
 
     @property
     def map_shape(self) -> tuple[int, int]:

@@ -10,7 +10,8 @@ the anomaly it is shown):
   denoised conditioned on the past; the noise hides its detail, so the model redraws it as normal motion would.
 
 Optionally the error map is divided by the copy-last-frame error (plus a floor): anomalies are where the model
-loses its usual advantage over copying. The noise is drawn from one fixed seed per model, identical for every
+loses its usual advantage over copying; or blended geometrically with it (``motion_weight``): high only where the
+model is surprised and something moves. The noise is drawn from one fixed seed per model, identical for every
 frame, so a frame's score does not depend on which other frames share its batch: Triton's dynamic batching gives
 the same scores as in-process scoring.
 
@@ -87,13 +88,27 @@ class FrameDiffusion(torch.nn.Module):
     @torch.no_grad()
     def score(self, frames_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [B, K+1, H, W] uint8 (K past, then current) -> (score [B], anomaly map [B, h, w])."""
+        anomaly_map = motion_aware_map(*self.error_maps(frames_uint8), self.config)
+        return anomaly_map.flatten(1).amax(dim=1), anomaly_map
+
+    @torch.no_grad()
+    def error_maps(self, frames_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [B, K+1, H, W] uint8 -> (the prediction's patch errors, copy-last-frame patch errors) [B, h, w]."""
         clips = to_unit(frames_uint8)
         current = clips[:, -1:]
-        error = error_map(current, self.prediction(clips), self.config)
-        if self.config.copy_ratio_floor > 0:
-            # Where the model loses its usual advantage over copying the last frame: motion it cannot explain.
-            error = error / (error_map(current, clips[:, -2:-1], self.config) + self.config.copy_ratio_floor)
-        return error.flatten(1).amax(dim=1), error
+        return error_map(current, self.prediction(clips), self.config), error_map(current, clips[:, -2:-1], self.config)
+
+
+def motion_aware_map(error: torch.Tensor, copy_error: torch.Tensor, config: VideoModelConfig) -> torch.Tensor:
+    """The anomaly map from the model's patch errors and the copy-last-frame (frame difference) patch errors."""
+    if config.copy_ratio_floor > 0:
+        # Where the model loses its usual advantage over copying the last frame: motion it cannot explain.
+        error = error / (copy_error + config.copy_ratio_floor)
+    if config.motion_weight > 0:
+        # A geometric blend: high only where the model is surprised AND something moves, so a large but
+        # well-predicted motion and a badly predicted still region both stay low.
+        error = error.pow(1 - config.motion_weight) * copy_error.pow(config.motion_weight)
+    return error
 
 
 def error_map(observed: torch.Tensor, predicted: torch.Tensor, config: VideoModelConfig) -> torch.Tensor:
@@ -117,6 +132,32 @@ def frame_difference_scores(frames_uint8: torch.Tensor, config: VideoModelConfig
     """Baseline: the same patch score with the last past frame as the prediction (plain frame differencing)."""
     clips = to_unit(frames_uint8)
     return patch_scores(clips[:, -1:], clips[:, -2:-1], config)
+
+
+def score_configs(
+    model: FrameDiffusion, windows: np.ndarray, configs: list[VideoModelConfig], batch_size: int = 64
+) -> list[np.ndarray]:
+    """Scores [N] of [N, K+1, H, W] uint8 windows under each of ``configs`` (scoring settings of ``model``): the
+    network runs once per distinct prediction (mode and noise level); the maps are combined per config exactly as
+    :meth:`FrameDiffusion.score` does."""
+    base, predictions = model.config, {}
+    model.eval()
+    try:
+        scores = []
+        for config in configs:
+            key = (config.scoring, config.noise_level if config.scoring == RECONSTRUCT else None)
+            if key not in predictions:
+                model.config = config
+                batches = [
+                    model.error_maps(torch.from_numpy(windows[start : start + batch_size]))
+                    for start in range(0, len(windows), batch_size)
+                ]
+                predictions[key] = tuple(torch.cat(maps) for maps in zip(*batches, strict=True))
+            anomaly_map = motion_aware_map(*predictions[key], config)
+            scores.append(anomaly_map.flatten(1).amax(dim=1).numpy().astype(np.float32))
+    finally:
+        model.config = base
+    return scores
 
 
 def score_batches(model: FrameDiffusion, windows: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,14 @@ import torch
 from scipy.stats import rankdata
 
 from triton_models.progress import progress_bar
-from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_batches, to_unit
+from triton_models.video.config import VideoModelConfig
+from triton_models.video.diffusion import (
+    FrameDiffusion,
+    frame_difference_scores,
+    score_batches,
+    score_configs,
+    to_unit,
+)
 from triton_models.video.frames import causal_windows, load_clips
 
 matplotlib.use("Agg")
@@ -203,35 +210,33 @@ def score_test_clips(model: FrameDiffusion, test_root: Path) -> ClipScores:
     return ClipScores(labels, windows, model_scores, model_maps, baseline_scores, scoring_seconds)
 
 
+def candidate_config(base: VideoModelConfig, row: dict[str, object]) -> VideoModelConfig:
+    """The model config of one row of the selection table (model card ``scoring_selection.candidates``)."""
+    return replace(
+        base,
+        scoring=str(row["scoring"]),
+        noise_level=float(row["noise_level"] or base.noise_level),  # type: ignore[arg-type]
+        copy_ratio_floor=float(row["copy_ratio_floor"]),  # type: ignore[arg-type]
+        motion_weight=float(row.get("motion_weight", 0.0)),  # type: ignore[arg-type]  # absent in older cards
+    )
+
+
 def candidates_on_test(
     model: FrameDiffusion, test: ClipScores, selection: list[dict[str, object]]
 ) -> list[dict[str, object]]:
     """The selection table with each candidate's pooled test AUROC added, for the record (after the choice)."""
-    chosen_config, rows = model.config, []
-    try:
-        for row in selection:
-            if "scoring" not in row:  # the baseline's row
-                rows.append(row)
-                continue
-            if row["chosen"]:
-                rows.append(
-                    {**row, "test_auroc_micro": detection_metrics(test.labels, test.model_scores)["auroc_micro"]}
-                )
-                continue
-            model.config = replace(
-                chosen_config,
-                scoring=str(row["scoring"]),
-                noise_level=float(row["noise_level"] or chosen_config.noise_level),
-                copy_ratio_floor=float(row["copy_ratio_floor"]),
-            )
-            scores = {
-                clip: score_batches(model, test.windows[clip])[0]
-                for clip in progress_bar(test.labels, desc=str(row["name"]))
-            }
-            rows.append({**row, "test_auroc_micro": detection_metrics(test.labels, scores)["auroc_micro"]})
-    finally:
-        model.config = chosen_config
-    return rows
+    candidates = [row for row in selection if "scoring" in row]  # the baseline's row has no scoring
+    configs = [candidate_config(model.config, row) for row in candidates]
+    clips = list(test.labels)
+    windows = np.concatenate([test.windows[clip] for clip in clips])
+    labels = np.concatenate([test.labels[clip] for clip in clips])
+    test_auroc = {
+        row["name"]: auroc(labels, scores)
+        for row, scores in zip(candidates, score_configs(model, windows, configs), strict=True)
+    }
+    return [
+        {**row, "test_auroc_micro": test_auroc[row["name"]]} if row["name"] in test_auroc else row for row in selection
+    ]
 
 
 def evaluation_results(

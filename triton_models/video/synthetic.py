@@ -4,9 +4,11 @@ Choosing a scoring setting on the test labels would overfit the benchmark; inste
 held-out NORMAL clips of the training camera, into which events that normal footage of that camera never shows
 are injected (the survey's use of generated anomalies for calibration and testing):
 
-- ``fast_object``: a patch cut from another normal clip (where it moved, i.e. a walker) crosses the scene
-  along a straight line at several times walking speed, as a bike or skater would;
-- ``speed_up``: a stretch of the clip plays at ``stride`` x speed (frames skipped), everything moves too fast.
+- ``moving_object``: a patch cut from another normal clip (where it moved, i.e. a walker) crosses the scene
+  along a straight line as a rigid object, as a bike, skater or cart would: faster than walkers, or dimmer,
+  smaller, slower, across the walkway, or already in view at the first frame;
+- ``speed_up``: a stretch of the clip plays at ``stride`` x speed (frames skipped), everything moves too fast;
+- ``reverse_play``: a stretch plays backwards, every normal object moves the wrong way.
 
 Each generator returns the modified clip and 0/1 frame labels; frames outside the event stay untouched.
 """
@@ -42,7 +44,7 @@ def moving_patch_location(donor: np.ndarray, size: tuple[int, int]) -> tuple[int
     return int(frame) + 1, int(top), int(left)
 
 
-def fast_object(
+def moving_object(
     clip: np.ndarray,
     donor: np.ndarray,
     rng: np.random.Generator,
@@ -50,10 +52,15 @@ def fast_object(
     size: tuple[int, int] = (12, 8),
     start: int | None = None,
     contrast: float = 0.5,
+    vertical: bool = False,
+    entered: float = 0.0,
+    kind: str = "fast_object",
 ) -> tuple[np.ndarray, np.ndarray, SyntheticEvent]:
-    """Add the most moving ``size`` patch of ``donor`` to ``clip`` [T, H, W] uint8, crossing it horizontally at
-    ``speed`` pixels per frame from a random row, its contrast scaled by ``contrast`` (a dim object is harder to
-    find, so the candidates' AUROCs do not all saturate); labels mark the frames where it is visible."""
+    """Add the most moving ``size`` patch of ``donor`` to ``clip`` [T, H, W] uint8, crossing it in a straight line at
+    ``speed`` pixels per frame from a random row (column if ``vertical``: across the walkway rather than along it),
+    its contrast scaled by ``contrast`` (a dim object is harder to find). ``entered`` > 0 starts it that fraction of
+    the way across (already in view at its first frame, as an object present from a clip's first frame is).
+    Labels mark the frames where it is visible."""
     frames, height, width = clip.shape
     patch_h, patch_w = size
     donor_frame, top, left = moving_patch_location(donor, size)
@@ -61,21 +68,23 @@ def fast_object(
     # without a brightness step at the patch border that no real object would have.
     patch = donor[donor_frame, top : top + patch_h, left : left + patch_w].astype(np.float32)
     patch = (patch - patch.mean()) * contrast
-    crossing = int(np.ceil((width - patch_w) / speed)) + 1
+    travel = (height - patch_h) if vertical else (width - patch_w)
+    first_offset = entered * travel
+    crossing = int(np.ceil((travel - first_offset) / speed)) + 1
     length = min(crossing, frames)
     begin = int(rng.integers(0, frames - length + 1)) if start is None else start
-    row = int(rng.integers(0, height - patch_h + 1))
+    lane = int(rng.integers(0, (width - patch_w if vertical else height - patch_h) + 1))
     direction = 1 if rng.random() < 0.5 else -1
     out = clip.copy()
     labels = np.zeros(frames, dtype=np.int64)
     for step in range(length):
-        offset = round(step * speed)
-        column = offset if direction == 1 else width - patch_w - offset
-        column = min(max(column, 0), width - patch_w)
+        offset = round(first_offset + step * speed)
+        position = min(max(offset if direction == 1 else travel - offset, 0), travel)
+        row, column = (position, lane) if vertical else (lane, position)
         region = out[begin + step, row : row + patch_h, column : column + patch_w]
         region[...] = np.clip(region + patch, 0, 255).astype(np.uint8)
         labels[begin + step] = 1
-    return out, labels, SyntheticEvent("fast_object", begin, length)
+    return out, labels, SyntheticEvent(kind, begin, length)
 
 
 def speed_up(
@@ -94,3 +103,20 @@ def speed_up(
     labels = np.zeros(len(out), dtype=np.int64)
     labels[begin + 1 : begin + length + 1] = 1
     return out, labels, SyntheticEvent("speed_up", begin, length)
+
+
+def reverse_play(
+    clip: np.ndarray, rng: np.random.Generator, length: int = 30, start: int | None = None
+) -> tuple[np.ndarray, np.ndarray, SyntheticEvent]:
+    """Play ``length`` frames from ``start`` backwards: every normal object moves the wrong way (walkers walk
+    backwards, with a jump where the reversed stretch begins and ends). Same length; the reversed frames are
+    labelled."""
+    frames = len(clip)
+    if frames <= length + 1:
+        raise ValueError(f"clip of {frames} frames is too short to reverse {length} frames")
+    begin = int(rng.integers(1, frames - length + 1)) if start is None else start
+    out = clip.copy()
+    out[begin : begin + length] = clip[begin : begin + length][::-1]
+    labels = np.zeros(frames, dtype=np.int64)
+    labels[begin : begin + length] = 1
+    return out, labels, SyntheticEvent("reverse_play", begin, length)

@@ -15,7 +15,7 @@ from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches, to_unit
 from triton_models.video.frames import causal_windows, load_clips
 from triton_models.video.repository import export_model
-from triton_models.video.selection import select_scoring, synthetic_set
+from triton_models.video.selection import select_scoring, selection_spread, synthetic_set
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,11 @@ def fit(
         },
     )
     selection = {
-        "rule": "highest AUROC of synthetic anomalies (fast pasted objects, local fast-forward) injected into the "
-        "held-out normal clips vs. their normal frames; ties within 0.001 go to the earlier candidate",
+        "rule": "highest AUROC of synthetic anomalies (pasted rigid objects: fast, dim, small, slow, across the "
+        "walkway, in view from the first frame; local fast-forward; reversed playback) injected into the held-out "
+        "normal clips vs. their normal frames; ties within 0.001 go to the earlier candidate",
         "chosen": chosen.name,
+        "spread": selection_spread(table),
         "synthetic_events": len(synthetic.events),
         "synthetic_frames": {"normal": len(synthetic.normal), "anomalous": len(synthetic.anomalous)},
         "candidates": table,

@@ -90,3 +90,16 @@ def test_block_conformal_threshold_thins_overlapping_windows_and_states_its_boun
     # on fresh normal data the share of blocks whose maximum exceeds it is near the bound
     fresh = rng.normal(size=(20_000, 10)).max(axis=1)
     assert 0.05 < (fresh > looser.value).mean() < 0.15
+
+
+def test_drift_adapted_scores_follow_a_slow_rise_but_not_an_anomaly() -> None:
+    from triton_models.timeseries.calibration import drift_adapted_scores
+
+    rng = np.random.default_rng(0)
+    normal = 0.1 * rng.normal(size=3000) + np.linspace(0, 3, 3000)  # normal scores creeping up to 3x the threshold
+    normal[2000:2100] += 5.0  # an anomaly on top
+    adapted = drift_adapted_scores(normal, history=0.1 * rng.normal(size=200), depth=64)
+    assert (normal[:2000] > 1).mean() > 0.4  # the fixed threshold alarms on the drifted normal rows
+    assert (adapted[:2000] > 1).mean() < 0.01  # the adapted one does not
+    assert (adapted[2000:2100] > 1).all()  # the anomaly alarms throughout: alarmed rows are not learned
+    assert (adapted[2200:] > 1).mean() < 0.01

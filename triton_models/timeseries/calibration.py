@@ -118,3 +118,25 @@ def block_conformal_threshold(served: dict[str, np.ndarray], block_windows: int,
     achieved = max(risk, 1.0 / (pooled.size + 1))
     rank = min(int(np.ceil((1 - achieved) * (pooled.size + 1))), pooled.size)
     return BlockBound(float(pooled[rank - 1]), achieved, int(pooled.size), block_windows)
+
+
+# Drift adaptation follows the median of the last this many windows' worth of non-alarmed scores (set before any run).
+DRIFT_DEPTH_WINDOWS = 4
+
+
+def drift_adapted_scores(served: np.ndarray, history: np.ndarray, depth: int) -> np.ndarray:
+    """DSPOT-style drift adaptation (Siffer et al. 2017) of one stream's served scores, causal: each score minus
+    the median of the last ``depth`` scores that did not alarm (starting from the stream's held-out ``history``;
+    the served scale puts that median at 0 on the held-out rows), so a slow rise of normal scores (a plant whose
+    operating point moves on) is followed while the threshold distance stays the calibrated one: alarm when the
+    adapted score > 1.0. Alarmed rows never enter the median, so an ongoing anomaly is not learned as normal; a
+    fault that rises more slowly than the median follows is (the price of adapting)."""
+    recent = list(np.asarray(history, dtype=np.float64)[-depth:]) or [0.0]
+    adapted = np.empty(len(served), dtype=np.float64)
+    for index, score in enumerate(np.asarray(served, dtype=np.float64)):
+        adapted[index] = score - float(np.median(recent))
+        if adapted[index] <= 1.0:
+            recent.append(score)
+            if len(recent) > depth:
+                recent.pop(0)
+    return adapted

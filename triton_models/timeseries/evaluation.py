@@ -8,6 +8,7 @@ train.csv), never from test labels. Metrics cover the test rows, pooled over ser
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from triton_models.names import SCORE, TS_MODES
 from triton_models.progress import progress_bar
 from triton_models.timeseries.baselines import PcaDetector, level_scores, random_scores
 from triton_models.timeseries.calibration import (
+    DRIFT_DEPTH_WINDOWS,
     block_conformal_threshold,
+    drift_adapted_scores,
     pot_threshold,
     served_scale,
     stream_thresholds,
@@ -159,13 +162,6 @@ def evaluate_benchmark(
     detector, report = fit_detector(tables, config, epochs, holdout_fraction, risk, progress)
     train_seconds = time.perf_counter() - started
     manifest = read_manifest(bench)
-    variants = {
-        f"{mode}_block_conformal": (
-            mode,
-            block_conformal_threshold(report.calibration_scores[mode], config.window, risk),
-        )
-        for mode in TS_MODES
-    }
     results = score_benchmark(
         series,
         detector,
@@ -177,7 +173,7 @@ def evaluate_benchmark(
         plots,
         progress,
         summary_png,
-        {name: (mode, bound.value, bound.to_json()) for name, (mode, bound) in variants.items()},
+        threshold_variants(report, config.window, risk),
     )
     results["best"]["settings"] = {
         **config.to_json(),
@@ -191,6 +187,32 @@ def evaluate_benchmark(
         plot_losses(plots / "loss.png", report.losses)
     results["seconds_total"] = time.perf_counter() - started
     return results, detector, report
+
+
+def threshold_variants(
+    report: FitReport, window: int, risk: float
+) -> dict[str, tuple[str, Callable[[dict[str, np.ndarray]], Scored]]]:
+    """Other alarm rules on each mode's served scores, measured beside the deployed one (SCORE > 1.0), from the
+    held-out served scores of the fit (series = stream): the block-conformal threshold
+    (``calibration.block_conformal_threshold``, blocks of one window) and drift adaptation
+    (``calibration.drift_adapted_scores``, median over the last ``DRIFT_DEPTH_WINDOWS`` windows' worth of rows)."""
+    variants: dict[str, tuple[str, Callable[[dict[str, np.ndarray]], Scored]]] = {}
+    depth = DRIFT_DEPTH_WINDOWS * window
+    for mode in TS_MODES:
+        held = report.calibration_scores[mode]
+        bound = block_conformal_threshold(held, window, risk)
+
+        def conformal(scores: dict[str, np.ndarray], bound=bound) -> Scored:
+            return Scored(scores, bound.value, bound.to_json())
+
+        def adapted(scores: dict[str, np.ndarray], held=held) -> Scored:
+            empty = np.empty(0)
+            values = {name: drift_adapted_scores(v, held.get(name, empty), depth) for name, v in scores.items()}
+            return Scored(values, 1.0, {"value": 1.0, "method": "drift_adapted", "depth_rows": depth})
+
+        variants[f"{mode}_block_conformal"] = (mode, conformal)
+        variants[f"{mode}_drift_adapted"] = (mode, adapted)
+    return variants
 
 
 def evaluate_model(
@@ -228,12 +250,12 @@ def score_benchmark(
     plots: Path | None,
     progress: bool,
     summary_png: Path | None,
-    threshold_variants: dict[str, tuple[str, float, dict]] | None = None,
+    threshold_variants: dict[str, tuple[str, Callable[[dict[str, np.ndarray]], Scored]]] | None = None,
 ) -> dict:
     """Scores every test.csv causally with ``detector`` (series s as stream ``streams[s]``) in ``modes`` and runs
     the baselines (fitted on the benchmark's train.csv files) beside it; ``results["best"]`` is the model's default
-    mode. ``threshold_variants`` {name: (mode, threshold, how)}: the mode's scores judged by another threshold on the
-    served scale, under ``results["threshold_variants"]``."""
+    mode. ``threshold_variants`` {name: (mode, rule)}: the mode's scores judged by another alarm rule (``rule`` maps
+    the mode's served test scores per series to a ``Scored``), under ``results["threshold_variants"]``."""
     config = detector.config
     tested = [s for s in series if s.test is not None]
     labels = {s.name: s.test.labels for s in tested}
@@ -252,8 +274,8 @@ def score_benchmark(
         scored_modes[mode] = Scored(scores, threshold.value, threshold.model_dump())
         results["modes"][mode] = evaluate_metrics(labels, scored_modes[mode], anomalies, config.window)
     results["threshold_variants"] = {
-        name: evaluate_metrics(labels, Scored(scored_modes[mode].scores, value, info), anomalies, config.window)
-        for name, (mode, value, info) in (threshold_variants or {}).items()
+        name: evaluate_metrics(labels, rule(scored_modes[mode].scores), anomalies, config.window)
+        for name, (mode, rule) in (threshold_variants or {}).items()
     }
     baselines = _baselines(normalised, normalised_test, windows, config, risk, holdout_fraction)
     for name, scored in baselines.items():

@@ -7,6 +7,19 @@ Every sensor is a sine (its own period of 40-250 rows and phase) plus 0.1 noise;
 - ``shapes``: 3 series x 12 sensors, 12,000 train + 5,000 test rows; 8 anomalies per series whose level stays
   put: a tripled frequency, a noise burst, a stuck sensor, a collapsed amplitude.
 
+Harder plants for the cross-plant suite (``benchmarks/ts_suite.py``), 2 series each, 3,000 test rows: sensors are
+mixtures of 3 latent sines (periods 40-250) plus 0.1 noise, so they are correlated as a plant's are; 6 anomalies
+per series, one sensor each, taking turns among sustained offsets (+-1.5-4 sensor sd), stuck sensors and broken
+correlations (the sensor follows another sensor's mixture, rescaled to its own mean and sd: its level and spread
+stay put):
+
+- ``drift``: 8 sensors, 6,000 train rows; in the test period every sensor's normal level drifts slowly, up to
+  +-0.5 of its sd by the end (normal operation moved on; not labelled);
+- ``few_rows``: 8 sensors, 500 train rows;
+- ``wide``: 60 sensors, 4,000 train rows;
+- ``binary``: 4 analog + 6 binary sensors (on/off flags, each switching with its own latent sine's sign), 6,000
+  train rows; anomalies also include a flag flipped against its latent for the anomaly's rows.
+
     python benchmarks/synthetic_plant.py offsets --out /tmp/offsets
     diffsentry evaluate ts /tmp/offsets --out /tmp/offsets.json
 """
@@ -26,6 +39,16 @@ from triton_models.timeseries.data import write_table  # noqa: E402
 
 KINDS = {"offsets": (20, 20_000, 5, 0), "shapes": (12, 12_000, 8, 1)}  # sensors, train rows, anomalies, seed
 TEST_ROWS = 5_000
+# Mixture plants: sensors, binary sensors, train rows, test drift (sd), seed
+MIXTURES = {
+    "drift": (8, 0, 6_000, 0.5, 2),
+    "few_rows": (8, 0, 500, 0.0, 3),
+    "wide": (60, 0, 4_000, 0.0, 4),
+    "binary": (4, 6, 6_000, 0.0, 5),
+}
+MIXTURE_TEST_ROWS = 3_000
+MIXTURE_ANOMALIES = 6
+LATENTS = 3
 
 
 def _series(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -61,19 +84,70 @@ def _series(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return values, labels
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=sorted(KINDS))
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    rng = np.random.default_rng(KINDS[args.kind][3])
-    train_rows = KINDS[args.kind][1]
-    for index in range(3):
-        values, labels = _series(args.kind, rng)
+def _mixture_series(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """Values [train + test rows, sensors], test labels, train rows of one mixture-plant series."""
+    analog, binary, train_rows, drift, _ = MIXTURES[kind]
+    rows = train_rows + MIXTURE_TEST_ROWS
+    t = np.arange(rows)
+    latent = np.sin(t[:, None] * 2 * np.pi / rng.uniform(40, 250, LATENTS) + rng.uniform(0, 2 * np.pi, LATENTS))
+    mixing = rng.normal(size=(LATENTS, analog))
+    analog_values = latent @ mixing + 0.1 * rng.normal(size=(rows, analog))
+    flag_latent = rng.integers(0, LATENTS, binary)
+    flag_phase = rng.uniform(-0.5, 0.5, binary)
+    flags = (latent[:, flag_latent] > flag_phase).astype(float)
+    values = np.concatenate([analog_values, flags], axis=1)
+    sensors = analog + binary
+    values[train_rows:, :analog] += (
+        drift
+        * values[:train_rows, :analog].std(axis=0)
+        * np.linspace(0, 1, rows - train_rows)[:, None]
+        * rng.choice([-1.0, 1.0], analog)
+    )
+    labels = np.zeros(MIXTURE_TEST_ROWS, dtype=int)
+    spacing = MIXTURE_TEST_ROWS // MIXTURE_ANOMALIES
+    kinds = ["offset", "stuck", "correlation"] + (["flag"] if binary else [])
+    for index in range(MIXTURE_ANOMALIES):
+        start = index * spacing + int(rng.integers(100, spacing - 250))
+        length = int(rng.integers(50, 200))
+        rows_hit = slice(train_rows + start, train_rows + start + length)
+        anomaly = kinds[index % len(kinds)]
+        sensor = int(rng.integers(analog, sensors) if anomaly == "flag" else rng.integers(0, analog))
+        spread = values[:train_rows, sensor].std()
+        if anomaly == "offset":
+            values[rows_hit, sensor] += rng.choice([-1.0, 1.0]) * rng.uniform(1.5, 4.0) * spread
+        elif anomaly == "stuck":
+            values[rows_hit, sensor] = values[train_rows + start - 1, sensor]
+        elif anomaly == "correlation":
+            other = latent[rows_hit] @ rng.normal(size=LATENTS)
+            normal = values[:train_rows, sensor]
+            values[rows_hit, sensor] = normal.mean() + normal.std() * (other - other.mean()) / max(other.std(), 1e-6)
+        else:
+            values[rows_hit, sensor] = 1.0 - values[rows_hit, sensor]
+        labels[start : start + length] = 1
+    return values, labels, train_rows
+
+
+def write_plant(kind: str, out: Path) -> None:
+    """Writes the plant ``kind`` (``KINDS`` or ``MIXTURES``) in the benchmark layout under ``out``."""
+    mixture = kind in MIXTURES
+    rng = np.random.default_rng(MIXTURES[kind][4] if mixture else KINDS[kind][3])
+    for index in range(2 if mixture else 3):
+        if mixture:
+            values, labels, train_rows = _mixture_series(kind, rng)
+        else:
+            (values, labels), train_rows = _series(kind, rng), KINDS[kind][1]
         sensors, stamps = [f"sensor{c:02d}" for c in range(values.shape[1])], [str(i) for i in range(len(values))]
-        folder = args.out / f"{args.kind}-{index}"
+        folder = out / f"{kind}-{index}"
         write_table(folder / "train.csv", stamps[:train_rows], sensors, values[:train_rows])
         write_table(folder / "test.csv", stamps[train_rows:], sensors, values[train_rows:], labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=sorted({**KINDS, **MIXTURES}))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    write_plant(args.kind, args.out)
     print(f"wrote {args.out}")
 
 

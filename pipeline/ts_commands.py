@@ -14,7 +14,7 @@ import typer
 from core.settings import get_settings
 
 if TYPE_CHECKING:
-    from triton_models.timeseries.detector import ModelConfig
+    from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector
 
 Threads = Annotated[
     int, typer.Option(help="torch CPU threads; 1 is fastest on a shared 2-core box, 0 = torch default (all cores)")
@@ -85,30 +85,38 @@ def evaluate(
     mask_kind: MaskKind = "time",
     reconstruction_start: ReconstructionStart = 0.4,
     model_out: Annotated[Path | None, typer.Option(help="also write the trained model repository here")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="score with this trained model repository instead of training one (training options unused)"),
+    ] = None,
     threads: Threads = 1,
 ) -> None:
-    """Train on every train.csv, score every test.csv causally, report metrics against baselines."""
-    from triton_models.timeseries.evaluation import evaluate_benchmark, skab_headline
+    """Train on every train.csv (or take --model), score every test.csv causally, report metrics against baselines;
+    a generated benchmark (``generate ts``) also gets recall and delay per anomaly type and size."""
+    from triton_models.timeseries.evaluation import evaluate_benchmark, evaluate_model, skab_headline
     from triton_models.timeseries.repository import write_model_repository
 
     _set_threads(threads)
-    config = _model_config(window, seed, reconstruction_start, mask_kind)
     started = time.perf_counter()
-    results, detector, report = evaluate_benchmark(
-        bench,
-        config,
-        epochs,
-        risk=risk,
-        channels=channels.split(",") if channels else None,
-        plots=plots,
-        summary_png=summary_png,
-    )
-    if model_out is not None:
-        seconds = results["training"]["seconds"]
-        instances = get_settings().triton.instance_count
-        write_model_repository(
-            detector, report, model_out, bench.name, seconds, evaluation=results["best"], instances=instances
+    if model is not None:
+        results = evaluate_model(bench, _load_detector(model), risk=risk, plots=plots, summary_png=summary_png)
+    else:
+        config = _model_config(window, seed, reconstruction_start, mask_kind)
+        results, detector, report = evaluate_benchmark(
+            bench,
+            config,
+            epochs,
+            risk=risk,
+            channels=channels.split(",") if channels else None,
+            plots=plots,
+            summary_png=summary_png,
         )
+        if model_out is not None:
+            seconds = results["training"]["seconds"]
+            instances = get_settings().triton.instance_count
+            write_model_repository(
+                detector, report, model_out, bench.name, seconds, evaluation=results["best"], instances=instances
+            )
     results["wall_seconds"] = time.perf_counter() - started
     results["command"] = "diffsentry evaluate ts " + " ".join(sys.argv[3:])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +126,60 @@ def evaluate(
         f"best mode {best['mode']}: {skab_headline(best)}; AUPRC {best['auprc']:.3f} VUS-PR {best['vus_pr']:.3f}; "
         f"PCA AUPRC {results['baselines']['pca']['pooled']['auprc']:.3f}; wrote {out}"
     )
+
+
+def _load_detector(repository: Path) -> TimeSeriesDetector:
+    from triton_models.timeseries.detector import TimeSeriesDetector
+    from triton_models.timeseries.repository import MODEL_NAME
+
+    return TimeSeriesDetector.load(repository / MODEL_NAME / "1", device="cpu")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(",") if part)
+
+
+def generate(
+    model: Annotated[Path, typer.Option(help="trained model repository (holds ts_diffusion/)")],
+    data: Annotated[Path, typer.Option(help="the plant's normal data: csv file, folder of csv files, or benchmark")],
+    out: Annotated[Path, typer.Option(help="benchmark folder to write (+ acceptance.json, acceptance.png)")],
+    kinds: Annotated[
+        str, typer.Option(help="anomaly types: spike,level_shift,drift,stuck,noise,correlation")
+    ] = "spike,level_shift,drift,stuck,noise,correlation",
+    sizes: Annotated[str, typer.Option(help="sizes in training standard deviations of the channel")] = "2,4,8",
+    duration: Annotated[int, typer.Option(help="rows of every anomaly but spikes")] = 60,
+    spike_rows: int = 1,
+    gap: Annotated[int, typer.Option(help="normal rows between anomalies; 0 = twice the model window")] = 0,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Inpaint labelled anomalies into the held-out normal rows of the plant, write them as a benchmark, and score
+    it with the model at its deployed threshold: the acceptance report (recall and delay per type and size)."""
+    from triton_models.timeseries.acceptance import REPORT_JSON, REPORT_PNG, acceptance_report, plot_acceptance
+    from triton_models.timeseries.data import training_tables
+    from triton_models.timeseries.evaluation import evaluate_model
+    from triton_models.timeseries.generation import GenerationSettings, generate_benchmark
+
+    _set_threads(threads)
+    detector = _load_detector(model)
+    tables = training_tables(data, detector.config.channels)
+    settings = GenerationSettings(
+        kinds=tuple(kinds.split(",")),
+        sizes=_floats(sizes),
+        duration=duration,
+        spike_rows=spike_rows,
+        gap=gap,
+        seed=seed,
+    )
+    manifest = generate_benchmark(detector, tables, out, settings)
+    results = evaluate_model(out, detector, modes=(detector.default_mode,))
+    report = acceptance_report(results, manifest, str(model), str(data))
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=1, default=float))
+    plot_acceptance(out / REPORT_PNG, report, out, manifest)
+    for kind, per_size in report["anomaly_types"].items():
+        recalls = ", ".join(f"{size}: {v['detected']}/{v['anomalies']}" for size, v in per_size.items())
+        typer.echo(f"{kind:12s} detected {recalls}")
+    typer.echo(f"wrote {out} ({len(manifest.anomalies)} anomalies), {out / REPORT_JSON}, {out / REPORT_PNG}")
 
 
 def datasets_skab(

@@ -73,3 +73,33 @@ def test_segments_point_adjust_events_and_delay() -> None:
     assert events == {"events": 2, "detected": 1, "delay_sum": 2}
     # point precision 1/2, event recall 1/2
     assert metrics.event_f1(0.5, events["events"], events["detected"]) == pytest.approx(0.5)
+
+
+def test_block_conformal_threshold_thins_overlapping_windows_and_states_its_bound() -> None:
+    from triton_models.timeseries.calibration import block_conformal_threshold
+
+    rng = np.random.default_rng(0)
+    served = {"a": rng.normal(size=1000), "b": rng.normal(size=530)}
+    bound = block_conformal_threshold(served, block_windows=10, risk=1e-3)
+    assert bound.blocks == 100 + 53  # the 3 windows left over from b make no block
+    assert bound.risk == pytest.approx(1 / 154)  # 153 blocks cannot bound a risk of 1e-3
+    assert bound.value == pytest.approx(max(served["a"].max(), served["b"][:530].max()))
+    looser = block_conformal_threshold(served, block_windows=10, risk=0.1)
+    maxima = np.sort(np.concatenate([served["a"].reshape(100, 10).max(1), served["b"][:530].reshape(53, 10).max(1)]))
+    assert looser.risk == 0.1 and looser.value == maxima[int(np.ceil(0.9 * 154)) - 1]
+    # on fresh normal data the share of blocks whose maximum exceeds it is near the bound
+    fresh = rng.normal(size=(20_000, 10)).max(axis=1)
+    assert 0.05 < (fresh > looser.value).mean() < 0.15
+
+
+def test_drift_adapted_scores_follow_a_slow_rise_but_not_an_anomaly() -> None:
+    from triton_models.timeseries.calibration import drift_adapted_scores
+
+    rng = np.random.default_rng(0)
+    normal = 0.1 * rng.normal(size=3000) + np.linspace(0, 3, 3000)  # normal scores creeping up to 3x the threshold
+    normal[2000:2100] += 5.0  # an anomaly on top
+    adapted = drift_adapted_scores(normal, history=0.1 * rng.normal(size=200), depth=64)
+    assert (normal[:2000] > 1).mean() > 0.4  # the fixed threshold alarms on the drifted normal rows
+    assert (adapted[:2000] > 1).mean() < 0.01  # the adapted one does not
+    assert (adapted[2000:2100] > 1).all()  # the anomaly alarms throughout: alarmed rows are not learned
+    assert (adapted[2200:] > 1).mean() < 0.01

@@ -95,6 +95,10 @@ def test_evaluate_ts_reports_modes_baselines_and_throughput(skab_dir: Path, tmp_
     results = json.loads(out.read_text())
     assert set(results["modes"]) == {"imputation", "reconstruction"}
     assert set(results["baselines"]) == {"pca", "pca_per_stream", "level", "random"}
+    variants = {f"{m}_{rule}" for m in TS_MODES for rule in ("block_conformal", "drift_adapted")}
+    assert set(results["threshold_variants"]) == variants
+    conformal = results["threshold_variants"]["reconstruction_block_conformal"]["pooled"]["threshold"]
+    assert conformal["method"] == "block_conformal" and conformal["risk"] >= 1 / (conformal["blocks"] + 1)
     best = results["best"]
     assert best["mode"] in results["modes"]
     assert {"f1", "far", "mar"} <= set(best["skab"]) and 0 <= best["auprc"] <= 1

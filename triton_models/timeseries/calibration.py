@@ -82,3 +82,61 @@ def stream_thresholds(scores: dict[str, np.ndarray], risk: float = 1e-3) -> Stre
     tail = pot_threshold(np.concatenate(z_scores), risk)
     thresholds = {name: locations[name] + tail.value * spreads[name] for name in scores}
     return StreamThresholds(thresholds, locations, tail)
+
+
+@dataclass
+class BlockBound:
+    """A threshold on the served scale from thinned held-out scores, with the false-alarm bound it carries."""
+
+    value: float  # alarm when SCORE > value
+    risk: float  # guaranteed bound on P(a window of a new normal block alarms): max(target, 1 / (blocks + 1))
+    blocks: int
+    block_windows: int
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "method": "block_conformal"}
+
+
+def block_conformal_threshold(served: dict[str, np.ndarray], block_windows: int, risk: float) -> BlockBound:
+    """Split-conformal threshold on block maxima of each stream's held-out served scores (time order).
+
+    Consecutive windows overlap in all but one row, so ~100 of them are a handful of independent observations, not
+    100: each stream's scores are cut into non-overlapping blocks of ``block_windows`` windows (the window length:
+    blocks share no row), and each block is summarised by its maximum. Pooled over streams (on the served scale a
+    score means the same for every stream), K blocks give the conformal bound: if a new block of normal operation is
+    exchangeable with them, P(its maximum > the ceil((1 - a)(K + 1))-th smallest block maximum) <= a. A window
+    alarms only if its block's maximum does, so a is also a bound on the alarm rate of normal windows. It cannot
+    go below 1 / (K + 1) (then the value is the largest block maximum); ``risk`` reports the a it holds for."""
+    maxima = []
+    for scores in served.values():
+        blocks = len(scores) // block_windows
+        if blocks:
+            maxima.append(np.asarray(scores[: blocks * block_windows]).reshape(blocks, block_windows).max(axis=1))
+    pooled = np.sort(np.concatenate(maxima)) if maxima else np.empty(0)
+    if pooled.size == 0:
+        raise ValueError(f"no stream has {block_windows} held-out windows")
+    achieved = max(risk, 1.0 / (pooled.size + 1))
+    rank = min(int(np.ceil((1 - achieved) * (pooled.size + 1))), pooled.size)
+    return BlockBound(float(pooled[rank - 1]), achieved, int(pooled.size), block_windows)
+
+
+# Drift adaptation follows the median of the last this many windows' worth of non-alarmed scores (set before any run).
+DRIFT_DEPTH_WINDOWS = 4
+
+
+def drift_adapted_scores(served: np.ndarray, history: np.ndarray, depth: int) -> np.ndarray:
+    """DSPOT-style drift adaptation (Siffer et al. 2017) of one stream's served scores, causal: each score minus
+    the median of the last ``depth`` scores that did not alarm (starting from the stream's held-out ``history``;
+    the served scale puts that median at 0 on the held-out rows), so a slow rise of normal scores (a plant whose
+    operating point moves on) is followed while the threshold distance stays the calibrated one: alarm when the
+    adapted score > 1.0. Alarmed rows never enter the median, so an ongoing anomaly is not learned as normal; a
+    fault that rises more slowly than the median follows is (the price of adapting)."""
+    recent = list(np.asarray(history, dtype=np.float64)[-depth:]) or [0.0]
+    adapted = np.empty(len(served), dtype=np.float64)
+    for index, score in enumerate(np.asarray(served, dtype=np.float64)):
+        adapted[index] = score - float(np.median(recent))
+        if adapted[index] <= 1.0:
+            recent.append(score)
+            if len(recent) > depth:
+                recent.pop(0)
+    return adapted

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,44 @@ def _normal_rows(table: SensorTable) -> SensorTable:
     keep = table.labels == 0
     stamps = [s for s, k in zip(table.timestamps, keep, strict=True) if k]
     return SensorTable(stamps, table.channels, table.values[keep], None)
+
+
+# A benchmark may carry ``anomalies.json`` at its root (written by ``diffsentry generate ts``): which model stream
+# each series replays, and every labelled anomaly with its type and size, so that evaluation reports recall and
+# delay per type and size.
+MANIFEST_FILE = "anomalies.json"
+
+
+@dataclass
+class LabelledAnomaly:
+    series: str
+    kind: str  # spike | level_shift | drift | stuck | noise | correlation
+    size: float | None  # in the channel's training standard deviations; None for a stuck sensor
+    channel: str
+    start: int  # first anomalous test row
+    stop: int  # one past the last
+
+
+def size_key(size: float | None) -> str:
+    """A size as reports key it: ``4`` for 4 standard deviations, ``held`` for a stuck sensor."""
+    return "held" if size is None else f"{size:g}"
+
+
+@dataclass
+class BenchManifest:
+    streams: dict[str, str]  # series -> the stream id the model calibrated it as
+    anomalies: list[LabelledAnomaly]
+    settings: dict
+
+    def write(self, bench: Path) -> None:
+        data = {"streams": self.streams, "settings": self.settings, "anomalies": [asdict(a) for a in self.anomalies]}
+        (Path(bench) / MANIFEST_FILE).write_text(json.dumps(data, indent=1))
+
+
+def read_manifest(bench: Path) -> BenchManifest | None:
+    path = Path(bench) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    anomalies = [LabelledAnomaly(**a) for a in data["anomalies"]]
+    return BenchManifest(streams=data["streams"], anomalies=anomalies, settings=data["settings"])

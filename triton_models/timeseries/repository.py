@@ -89,7 +89,8 @@ def _model_card(
             threshold=calibration.served_threshold(),
             channel_error_scale=calibration.stream(POOLED_STREAM).channel_scale,
             held_out_score_quantiles={
-                str(q): float(np.quantile(report.calibration_scores[mode], q)) for q in (0.5, 0.9, 0.99)
+                str(q): float(np.quantile(np.concatenate(list(report.calibration_scores[mode].values())), q))
+                for q in (0.5, 0.9, 0.99)
             },
         )
         for mode, calibration in detector.calibration.items()

@@ -112,8 +112,13 @@ class FitReport:
     losses: list[float]
     train_windows: int
     calibration_windows: int
-    calibration_scores: dict[str, np.ndarray]  # served (calibrated) scores of the held-out windows, per mode
+    # served (calibrated) scores of the held-out windows, per mode and stream, in time order
+    calibration_scores: dict[str, dict[str, np.ndarray]]
     rows: dict[str, int]
+
+
+# The last quarter of each stream's training rows is held out from the denoiser, for calibration.
+HOLDOUT_FRACTION = 0.25
 
 
 def split_holdout(values: np.ndarray, fraction: float) -> int:
@@ -130,11 +135,11 @@ CHANNEL_SCALE_FLOOR = 0.1
 
 def calibrate_mode(
     held_out_errors: dict[str, np.ndarray], held_out_levels: dict[str, np.ndarray], risk: float
-) -> tuple[ModeCalibration, np.ndarray]:
+) -> tuple[ModeCalibration, dict[str, np.ndarray]]:
     """Per-stream calibration from absolute errors [windows, length, channels] and levels [windows, channels]
     (``window_levels``) of each stream's held-out normal windows: per-stream channel scale, then per-stream
     thresholds from one pooled tail model (``stream_thresholds``). Returns the calibration and the served scores of
-    all held-out windows (1.0 = threshold)."""
+    each stream's held-out windows (1.0 = threshold), in time order."""
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
@@ -158,18 +163,18 @@ def calibrate_mode(
         }
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
-    served = [
-        window_scores(calibration.stream(name).serve(errors, held_out_levels[name]))[SCORE]
+    served = {
+        name: window_scores(calibration.stream(name).serve(errors, held_out_levels[name]))[SCORE]
         for name, errors in held_out_errors.items()
-    ]
-    return calibration, np.concatenate(served)
+    }
+    return calibration, served
 
 
 def fit_detector(
     tables: dict[str, np.ndarray],
     config: ModelConfig,
     epochs: int,
-    holdout_fraction: float = 0.25,
+    holdout_fraction: float = HOLDOUT_FRACTION,
     risk: float = 1e-3,
     progress: bool = True,
 ) -> tuple[TimeSeriesDetector, FitReport]:

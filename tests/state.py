@@ -4,7 +4,10 @@ own, so stores that must share one transaction (a Notifier's lifecycle and its d
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+
+import psycopg
 
 from operators.delivery import DeliveryJournal
 from operators.lifecycle import LifecycleStore
@@ -30,3 +33,12 @@ def delivery_journal(path: Path, instance_id: str = INSTANCE, lease_s: float = 3
 
 def lifecycle_store(path: Path) -> LifecycleStore:
     return LifecycleStore(state_database(path))
+
+
+def fresh_postgres_database(server_url: str) -> str:
+    """A new, empty database on a PostgreSQL server (its SQLAlchemy URL without a database name), so that tests
+    share the server but never each other's state or secrets key."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{server_url.replace('+psycopg', '')}/postgres", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return f"{server_url}/{name}"

@@ -11,13 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
@@ -29,6 +27,7 @@ from infra.services import start_postgres, stop_service, wait_healthy
 from operators.state_db import StateDatabase, notification_deliveries, subscriptions
 from operators.webhook_receiver import WebhookReceiver
 from tests.integration.api_instance import api_instance
+from tests.state import fresh_postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -54,11 +53,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def database_url(postgres_server: str) -> str:
     """A database of its own for each test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conninfo = f"{postgres_server.replace('+psycopg', '')}/postgres"
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    return f"{postgres_server}/{name}"
+    return fresh_postgres_database(postgres_server)
 
 
 def _settings(state_dir: Path, database_url: str, secrets_key: str, instance_id: str) -> Settings:

@@ -51,6 +51,7 @@ from pipeline.ingest_sensors import publish, read_sensor_csv, readings
 from pipeline.prometheus_text import parse_metrics, total
 from pipeline.worker import Worker
 from pipeline.worker_process import WorkerProcess
+from tests.state import fresh_postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +82,9 @@ class Stack:
         local_stack_services.up(self.base, postgres=postgres)
 
     def database_url(self) -> str:
-        """The URL of the stack's PostgreSQL (started by ``up(postgres=True)``)."""
-        return StackState.load(self.base.state_dir).services[POSTGRES].url
+        """A new database of its own on the stack's PostgreSQL (started by ``up(postgres=True)``)."""
+        server = StackState.load(self.base.state_dir).services[POSTGRES].url.rsplit("/", 1)[0]
+        return fresh_postgres_database(server)
 
     def down(self) -> None:
         local_stack_services.down(self.base)

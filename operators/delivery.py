@@ -100,9 +100,9 @@ class DeliveryJournal:
             claimed_by, lease_until = oldest if oldest is not None else (self.instance_id, 0.0)
             if claimed_by == self.instance_id:
                 lease_until = now + self._lease_s
-            added = db.execute(
-                self._database.insert(_deliveries)
-                .values(
+            added = self._database.insert_new(
+                db,
+                self._database.insert(_deliveries).values(
                     subscription_id=subscription_id,
                     notification_id=notification.notification_id,
                     channel=channel,
@@ -111,9 +111,8 @@ class DeliveryJournal:
                     updated_at=now,
                     claimed_by=claimed_by,
                     lease_until=lease_until,
-                )
-                .on_conflict_do_nothing()
-            ).rowcount
+                ),
+            )
         return claimed_by if added else None
 
     def claim(self, running: Collection[tuple[str, str, str]] = ()) -> list[PendingDelivery]:

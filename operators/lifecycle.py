@@ -282,7 +282,8 @@ class LifecycleStore:
     # the alert registry and the transitions already handled
     def mark_handled(self, key: str, at: float) -> bool:
         """Records a transition's idempotency key; False when it was handled before (a re-delivery)."""
-        return self._run(self._database.insert(handled_transitions).values(key=key, at=at).on_conflict_do_nothing()) > 0
+        with self._database.transaction() as db:
+            return self._database.insert_new(db, self._database.insert(handled_transitions).values(key=key, at=at))
 
     def record_transition(self, alert: Alert, at: float) -> None:
         values = {"alert": alert.to_json().decode(), "state": alert.state, "updated_at": at}
@@ -332,8 +333,9 @@ class LifecycleStore:
             statement = self._database.insert(alert_events).values(
                 event_id=event.event_id, at=event.at, alert_id=event.alert_id, body=event.to_json().decode()
             )
-            if self._run(statement.on_conflict_do_nothing()):
-                added.append(event)
+            with self._database.transaction() as db:
+                if self._database.insert_new(db, statement):
+                    added.append(event)
         return added
 
     def events(self, *, since: float | None = None, alert_id: str | None = None, limit: int = 100) -> list[AlertEvent]:

@@ -192,6 +192,12 @@ class StateDatabase:
         """An INSERT of this dialect, for its ``on_conflict_do_nothing``/``on_conflict_do_update`` (same on both)."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
+    def insert_new(self, connection: Connection, statement: Any) -> bool:
+        """Runs an INSERT of ``insert`` as ON CONFLICT DO NOTHING; True when it added the row. Asked with RETURNING,
+        not rowcount: through SQLAlchemy, psycopg reports a rowcount of -1 for it."""
+        key = statement.on_conflict_do_nothing().returning(*statement.table.primary_key.columns)
+        return connection.execute(key).first() is not None
+
     def close(self) -> None:
         self.engine.dispose()
 

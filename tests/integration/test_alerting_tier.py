@@ -23,12 +23,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from sqlalchemy import select
 
 from core.contracts import Alert, decode
 from core.settings import AlertingSettings, AlertingTierSettings, DatabaseSettings, Settings
 from infra.faust_app import faust_app
 from infra.kafka import create_declared_topics
 from operators.model_cards import card_path, load_ts_card
+from operators.state_db import StateDatabase, notification_deliveries, state_database_url
 from operators.webhook_receiver import WebhookReceiver
 from pipeline.ingest_sensors import ReplayTable, publish_streams, read_sensor_csv
 from pipeline.worker_process import WorkerProcess
@@ -152,6 +154,17 @@ async def subscribe(api: WorkerProcess, receiver: WebhookReceiver, stream: str) 
     }
     async with httpx.AsyncClient(base_url=api.api_url, headers=headers, timeout=5) as client:
         (await client.post("/v1/subscriptions", json=body)).raise_for_status()
+
+
+def journal_rows(settings: Settings) -> list[tuple]:
+    """The delivery journal as the instances share it: who claimed what, with which outcome."""
+    database = StateDatabase.open(state_database_url(settings.database.url, settings.state_dir))
+    try:
+        with database.engine.connect() as connection:
+            rows = connection.execute(select(notification_deliveries)).mappings().all()
+        return [(row["grp"], row["outcome"], row["claimed_by"], row["attempts"], row["last_error"]) for row in rows]
+    finally:
+        database.close()
 
 
 def stop_all(processes: list[WorkerProcess]) -> None:
@@ -334,7 +347,10 @@ async def test_killing_a_scoring_worker_and_an_alerting_instance_loses_no_window
         while (missing := await missing_windows()) and time.monotonic() < deadline:
             await asyncio.sleep(1.0)
         assert not missing, f"windows (end times, ms) missing from the store: {missing}"
-        assert await wait_until(resolved_and_delivered, 180), [p.log_tail(1500) for p in alerting + replacements]
+        if not await wait_until(resolved_and_delivered, 180):
+            on_topic = [(a.state, a.alert_id) for a in await alerts_on_topic(settings, 1.0) if a.stream == anomaly]
+            journal = await asyncio.to_thread(journal_rows, settings)
+            pytest.fail(f"topic: {on_topic}; receiver: {[a.state for a in receiver.alerts]}; journal: {journal}")
     finally:
         stop_all(processes)
         await receiver.stop()

@@ -20,10 +20,12 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from core.contracts import Alert
 from core.settings import ApiSettings, DatabaseSettings, DeliverySettings, Settings
 from infra.postgres import postgres_data_dir
 from infra.processes import free_port
 from infra.services import start_postgres, stop_service, wait_healthy
+from operators.notifier import Notifier
 from operators.state_db import StateDatabase, notification_deliveries, subscriptions
 from operators.webhook_receiver import WebhookReceiver
 from tests.integration.api_instance import api_instance
@@ -75,6 +77,32 @@ def _settings(state_dir: Path, database_url: str, secrets_key: str, instance_id:
 
 def _client(url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10.0)
+
+
+async def test_a_transition_is_handled_notified_and_journalled_once_on_postgresql(
+    tmp_path: Path, database_url: str
+) -> None:
+    """What is new to the database is told apart from a re-run by RETURNING (psycopg reports no rowcount for an
+    INSERT ... ON CONFLICT DO NOTHING): a transition is handled once, its event stored once, its delivery once."""
+    receiver = WebhookReceiver(SECRET)
+    await receiver.start()
+    settings = _settings(tmp_path, database_url, Fernet.generate_key().decode(), "only")
+    async with api_instance(settings) as instance:
+        async with _client(instance.url) as client:
+            body = {"name": "ops", "delivery": {"webhook_url": receiver.url}, "secret": SECRET}
+            (await client.post("/v1/subscriptions", json=body)).raise_for_status()
+        notifier = Notifier(settings.alerting, instance.shared.lifecycle, instance.dispatcher)
+        alert = Alert(
+            alert_id="al-once", modality="sensor", stream="pump-1", state="firing", severity="warning",
+            started_at=1.0, event_time=2.0, score=2.0, threshold=1.0, model="ts_diffusion",
+        )  # fmt: skip
+        assert [event.kind for event in notifier.handle(alert)] == ["fired"]
+        assert notifier.handle(alert) == []  # a re-delivery
+        await asyncio.wait_for(receiver.wait_for(1), 30)
+        await instance.dispatcher.drain()
+        assert [a.alert_id for a in receiver.alerts] == ["al-once"] and receiver.counts.duplicates == 0
+        assert [event.kind for event in notifier.events()] == ["fired"]
+    await receiver.stop()
 
 
 async def test_two_instances_see_the_same_subscriptions_and_silences(tmp_path: Path, database_url: str) -> None:

@@ -85,6 +85,7 @@ def _start_kafka(settings: Settings, state: StackState, state_dir: Path) -> Serv
 
 # weed's maintenance worker dials the admin server at its HTTP port + 10000, whatever -admin.port.grpc says.
 WEED_ADMIN_GRPC_OFFSET = 10000
+SOCKET_RELEASE_S = 3.0  # how long a stopped weed's sockets may stay bound before they are left alone
 
 
 def _weed_admin_ports(held: ExitStack) -> tuple[int, int]:
@@ -135,11 +136,20 @@ def remove_weed_sockets(record: ServiceRecord) -> None:
     """weed leaves unix sockets in /tmp (``seaweedfs-<server>[-grpc]-<port>.sock``), even when stopped by SIGTERM:
     remove those named after the record's ports that no live process is bound to (another weed may use the port now).
     """
-    bound = {fields[-1] for fields in map(str.split, Path("/proc/net/unix").read_text().splitlines()[1:])}
-    for port in record.ports.values():
-        for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-            if str(path) not in bound:
-                path.unlink(missing_ok=True)
+    # A socket can stay bound a moment after the stop (weed's own children exit last): wait a little for it.
+    deadline = time.monotonic() + SOCKET_RELEASE_S
+    while True:
+        bound = {fields[-1] for fields in map(str.split, Path("/proc/net/unix").read_text().splitlines()[1:])}
+        held = []
+        for port in record.ports.values():
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                if str(path) in bound:
+                    held.append(path)
+                else:
+                    path.unlink(missing_ok=True)
+        if not held or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def _triton_backend_dir(server_dir: Path, state_dir: Path) -> Path:

@@ -38,6 +38,7 @@ from operators.alerting import alert_id_for, stream_key
 from operators.camera_gallery import CameraGallery
 from operators.influx_sink import ALERTS_MEASUREMENT, MEASUREMENTS, STREAM_TAGS
 from operators.stream_board import StreamBoard
+from pipeline import api_json
 
 STATIC_DIR = Path(__file__).with_name("console_static")
 SESSION_COOKIE = "diffsentry_session"
@@ -105,7 +106,7 @@ def csrf_refusal(request: web.Request) -> web.Response | None:
     """403 for a state-changing request authenticated by the cookie without the console's header, else None."""
     if request.method in SAFE_METHODS or request.headers.get(CSRF_HEADER) == "1":
         return None
-    return web.json_response({"error": f"console requests that change state need the {CSRF_HEADER} header"}, status=403)
+    return api_json.error(403, f"console requests that change state need the {CSRF_HEADER} header")
 
 
 # --- login and pages ----------------------------------------------------------------------------------------------
@@ -173,11 +174,9 @@ def _range(request: web.Request, last_event_time: float | None) -> tuple[float, 
         end = float(request.query["end"]) if "end" in request.query else (last_event_time or time.time())
         start = float(request.query["start"]) if "start" in request.query else end - DEFAULT_RANGE_S
     except ValueError as error:
-        raise web.HTTPBadRequest(
-            text='{"error": "start and end are seconds since 1970"}', content_type="application/json"
-        ) from error
+        raise api_json.bad_request("start and end are seconds since 1970") from error
     if start >= end:
-        raise web.HTTPBadRequest(text='{"error": "start must be before end"}', content_type="application/json")
+        raise api_json.bad_request("start must be before end")
     return start, end
 
 
@@ -220,7 +219,7 @@ async def _scores(request: web.Request) -> web.Response:
     sources = _sources(request)
     modality, stream = request.match_info["modality"], request.match_info["stream"]
     if modality not in MEASUREMENTS:
-        return web.json_response({"error": "modality is sensor or video"}, status=404)
+        return api_json.error(404, "modality is sensor or video")
     last = next(
         (e.last.event_time for e in sources.board.entries() if (e.modality, e.stream) == (modality, stream)), None
     )
@@ -236,7 +235,7 @@ async def _scores(request: web.Request) -> web.Response:
             ["firing", "started_at"], start, end,
         )  # fmt: skip
     except Exception as error:  # the store is down or answers nonsense: the page says so
-        return web.json_response({"error": f"the store did not answer: {error}"}, status=502)
+        return api_json.error(502, f"the store did not answer: {error}")
     return web.json_response({"start": start, "end": end, **score_history(modality, stream, scores, alerts)})
 
 
@@ -246,7 +245,7 @@ async def _cameras(request: web.Request) -> web.Response:
 
 def _png(png: bytes | None, missing: str) -> web.Response:
     if png is None:
-        return web.json_response({"error": missing}, status=404)
+        return api_json.error(404, missing)
     return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-store"})
 
 

@@ -40,11 +40,7 @@ from operators.notifier import Notifier
 from operators.outbound import BlockedTarget, OutboundPolicy, redact_url
 from operators.stream_board import StreamBoard
 from operators.subscriptions import Selector, Subscription, SubscriptionSpec, SubscriptionStore
-from pipeline import alerts_api
-from pipeline.api_json import bad_request as _bad_request
-from pipeline.api_json import error as _error
-from pipeline.api_json import invalid
-from pipeline.api_json import json_object as _json_object
+from pipeline import alerts_api, api_json
 from pipeline.console import ConsoleSources, Sessions, add_console, csrf_refusal, session_of
 
 KEEPALIVE_S = 15.0
@@ -60,7 +56,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _invalid(error: ValueError) -> web.Response:
-    return invalid(error, "invalid subscription")
+    return api_json.invalid(error, "invalid subscription")
 
 
 def _public(subscription: Subscription) -> dict[str, Any]:
@@ -86,9 +82,9 @@ async def _refused_target(request: web.Request, spec: SubscriptionSpec) -> web.R
         try:
             await check()
         except BlockedTarget as error:
-            return _error(422, f"{what} refused: {error}")
+            return api_json.error(422, f"{what} refused: {error}")
         except OSError as error:
-            return _error(422, f"{what} refused: its host does not resolve ({error})")
+            return api_json.error(422, f"{what} refused: its host does not resolve ({error})")
     return None
 
 
@@ -114,7 +110,7 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _create(request: web.Request) -> web.Response:
     try:
-        spec = SubscriptionSpec.model_validate(await _json_object(request))
+        spec = SubscriptionSpec.model_validate(await api_json.json_object(request))
     except ValidationError as error:
         return _invalid(error)
     if (refusal := await _refused_target(request, spec)) is not None:
@@ -133,13 +129,13 @@ async def _list(request: web.Request) -> web.Response:
 async def _get(request: web.Request) -> web.Response:
     subscription = request.app[STORE].get(request.match_info["id"])
     if subscription is None:
-        return _error(404, "no such subscription")
+        return api_json.error(404, "no such subscription")
     return web.json_response(_public(subscription))
 
 
 async def _replace(request: web.Request) -> web.Response:
     try:
-        spec = SubscriptionSpec.model_validate(await _json_object(request))
+        spec = SubscriptionSpec.model_validate(await api_json.json_object(request))
     except ValueError as error:
         return _invalid(error)
     return await _store(request, spec)
@@ -147,7 +143,7 @@ async def _replace(request: web.Request) -> web.Response:
 
 async def _patch(request: web.Request) -> web.Response:
     try:
-        spec = request.app[STORE].patched(request.match_info["id"], await _json_object(request))
+        spec = request.app[STORE].patched(request.match_info["id"], await api_json.json_object(request))
     except ValueError as error:
         return _invalid(error)
     return await _store(request, spec)
@@ -156,7 +152,7 @@ async def _patch(request: web.Request) -> web.Response:
 async def _store(request: web.Request, spec: SubscriptionSpec | None) -> web.Response:
     """PUT and PATCH: the new spec of a subscription (None: there is no such subscription), once checked."""
     if spec is None or request.app[STORE].get(request.match_info["id"]) is None:
-        return _error(404, "no such subscription")
+        return api_json.error(404, "no such subscription")
     if (refusal := await _refused_target(request, spec)) is not None:
         return refusal
     try:
@@ -164,13 +160,13 @@ async def _store(request: web.Request, spec: SubscriptionSpec | None) -> web.Res
     except ValueError as error:
         return _invalid(error)
     if subscription is None:
-        return _error(404, "no such subscription")
+        return api_json.error(404, "no such subscription")
     return web.json_response(_public(subscription))
 
 
 async def _delete(request: web.Request) -> web.Response:
     if not request.app[STORE].delete(request.match_info["id"]):
-        return _error(404, "no such subscription")
+        return api_json.error(404, "no such subscription")
     return web.Response(status=204)
 
 
@@ -190,7 +186,7 @@ def _stream_selector(request: web.Request) -> Selector:
     try:
         return Selector.model_validate({k: query[k] for k in ("stream", "modality", "min_severity") if k in query})
     except ValidationError as error:
-        raise _bad_request(str(error)) from error
+        raise api_json.bad_request(str(error)) from error
 
 
 async def _next_items(queues: dict[str, asyncio.Queue[Any]]) -> list[tuple[str, Any]]:
@@ -262,11 +258,13 @@ async def _send_test(request: web.Request) -> web.Response:
     dispatcher = _dispatcher(request)
     subscription = request.app[STORE].get(request.match_info["id"])
     if subscription is None:
-        return _error(404, "no such subscription")
+        return api_json.error(404, "no such subscription")
     if not subscription.enabled:
-        return _error(409, "this subscription is disabled")
+        return api_json.error(409, "this subscription is disabled")
     if subscription.delivery.webhook_url is None and not subscription.delivery.apprise_urls:
-        return _error(409, "this subscription has no webhook or apprise channel to test (SSE is not journalled)")
+        return api_json.error(
+            409, "this subscription has no webhook or apprise channel to test (SSE is not journalled)"
+        )
     notification, queued = dispatcher.send_test(subscription)
     return web.json_response(
         {
@@ -284,7 +282,7 @@ async def _deliveries(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", "50"))
     except ValueError:
-        return _error(400, "limit must be an integer")
+        return api_json.error(400, "limit must be an integer")
     return web.json_response(
         {
             "summary": dispatcher.summary(subscription_id),

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.api_client import ApiUrl
-from pipeline.api_client import call_api as _call
+from pipeline.api_client import ApiUrl, call_api
 
 app = typer.Typer(no_args_is_help=True, help="Manage alert subscriptions (through the REST API of `diffsentry run`).")
 
@@ -45,7 +44,7 @@ def add(
     }
     if secret is not None:
         body["secret"] = secret
-    created = _call("POST", "/v1/subscriptions", api_url, body).json()
+    created = call_api("POST", "/v1/subscriptions", api_url, body).json()
     typer.echo(json.dumps(created, indent=2))
     if "secret" in created:
         typer.echo("Keep the secret now: it is never shown again.", err=True)
@@ -54,7 +53,7 @@ def add(
 @app.command("list")
 def list_(api_url: ApiUrl = None) -> None:
     """List subscriptions (secrets are never shown)."""
-    subscriptions = _call("GET", "/v1/subscriptions", api_url).json()["subscriptions"]
+    subscriptions = call_api("GET", "/v1/subscriptions", api_url).json()["subscriptions"]
     for s in subscriptions:
         selector, delivery = s["selector"], s["delivery"]
         webhook = delivery["webhook_url"] and f"{delivery['webhook_url']} ({delivery['webhook_format']})"
@@ -72,5 +71,5 @@ def remove(
     subscription_id: Annotated[str, typer.Argument(help="The id that `list` shows.")], api_url: ApiUrl = None
 ) -> None:
     """Delete a subscription."""
-    _call("DELETE", f"/v1/subscriptions/{subscription_id}", api_url)
+    call_api("DELETE", f"/v1/subscriptions/{subscription_id}", api_url)
     typer.echo(f"removed {subscription_id}")

@@ -6,6 +6,7 @@ Phases of a stream (``modality/stream``)::
      ▲                   │ normal score                                   │ severity rises: firing again        │
      └───────────────────┴────────────────────────────────────────────────┴───── cooldown_s elapsed ─────────────┘
 
+- Camera streams use ``video_for_s`` and ``video_for_points`` instead (a `for` in frames).
 - "below" is hysteresis: a firing stream resolves only on scores under ``threshold * resolve_ratio`` (and not flagged).
 - During the cooldown after a resolve a stream may go pending, but it fires no earlier than the cooldown's end.
 - Scores at or before the last event time seen on a stream are late (or re-delivered) and change nothing; the
@@ -224,7 +225,8 @@ class AlertEngine:
         state.pending_points += 1
         self._track_peak(state, score)
         assert state.pending_since is not None
-        held = score.event_time - state.pending_since >= cfg.for_s and state.pending_points >= cfg.for_points
+        for_s, for_points = cfg.pending_rule(score.modality)
+        held = score.event_time - state.pending_since >= for_s and state.pending_points >= for_points
         if not held or score.event_time < (state.cooldown_until or -math.inf):
             return []
         state.phase = "firing"

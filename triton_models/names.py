@@ -37,3 +37,9 @@ IMPUTATION, RECONSTRUCTION = TS_MODES
 VideoScoring = Literal["forecast", "reconstruct"]
 VIDEO_SCORINGS: tuple[VideoScoring, ...] = get_args(VideoScoring)
 FORECAST, RECONSTRUCT = VIDEO_SCORINGS
+
+# What the video score's motion blend (``motion_weight``) multiplies the model error with: the copy-last-frame error
+# (frame differencing), or the magnitude of the dense optical flow from the last past frame to the current one.
+VideoMotion = Literal["frame_difference", "optical_flow"]
+VIDEO_MOTIONS: tuple[VideoMotion, ...] = get_args(VideoMotion)
+FRAME_DIFFERENCE, OPTICAL_FLOW = VIDEO_MOTIONS

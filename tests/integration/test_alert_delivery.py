@@ -343,7 +343,9 @@ async def test_stopping_the_server_ends_open_sse_streams(tmp_path: Path) -> None
 
 
 async def test_scores_become_signed_webhook_deliveries_end_to_end(tmp_path: Path) -> None:
-    engine = AlertEngine(AlertingSettings(for_s=2.0, for_points=2, resolve_for_s=1.0, cooldown_s=5.0))
+    engine = AlertEngine(
+        AlertingSettings(for_s=2.0, for_points=2, video_for_points=2, resolve_for_s=1.0, cooldown_s=5.0)
+    )
     async with service(tmp_path) as svc, receiver(fail_first=1) as hook:
         await svc.subscribe(hook.url, stream="pump-*")
         values = [0.3, 1.4, 1.6, 1.9, 2.4, 1.2, 0.2, 0.2, 0.2]
@@ -407,7 +409,7 @@ async def test_the_alerting_service_recovers_alerts_a_crashed_worker_never_publi
         state_dir=tmp_path,
         api=ApiSettings(port=0, token=TOKEN),
         delivery=FAST_RETRIES,
-        alerting=AlertingSettings(for_s=1.0, for_points=2),
+        alerting=AlertingSettings(for_s=1.0, for_points=2, video_for_points=2),
     )
     scores = [
         Score(

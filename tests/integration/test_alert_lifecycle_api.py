@@ -34,7 +34,9 @@ TOKEN = "lifecycle-token"
 SECRET = "a-shared-secret-of-some-length"
 START = float(int(time.time()))  # near now: the CLI turns --duration into an end from its own clock
 # One anomalous score fires, one normal score resolves: the engine's own timing is not what these tests are about.
-QUICK = AlertingSettings(for_s=0, for_points=1, resolve_for_s=0, cooldown_s=0, group_wait_s=0, repeat_interval_s=None)
+QUICK = AlertingSettings(
+    for_s=0, for_points=1, video_for_points=1, resolve_for_s=0, cooldown_s=0, group_wait_s=0, repeat_interval_s=None
+)
 
 
 class Clock:

@@ -46,7 +46,14 @@ from tests.integration.test_stream_pipeline import (
 pytestmark = pytest.mark.integration
 
 QUICK = AlertingSettings(
-    for_s=5, for_points=2, resolve_for_s=20, cooldown_s=60, group_wait_s=0, repeat_interval_s=None, max_gap_s=600
+    for_s=5,
+    for_points=2,
+    video_for_points=2,
+    resolve_for_s=20,
+    cooldown_s=60,
+    group_wait_s=0,
+    repeat_interval_s=None,
+    max_gap_s=600,
 )
 PARTITIONS = 4
 SECRET = "alerting-tier-secret"

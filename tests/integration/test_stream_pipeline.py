@@ -527,7 +527,7 @@ async def test_video_frames_are_scored_per_camera_and_corrupt_jpeg_is_dead_lette
 
 
 async def test_a_sustained_anomaly_fires_an_alert_to_the_topic_and_the_store(stack: Stack, worker_factory) -> None:
-    alerting = AlertingSettings(for_s=0, for_points=2, resolve_for_s=0, cooldown_s=0)
+    alerting = AlertingSettings(for_s=0, for_points=2, video_for_points=2, resolve_for_s=0, cooldown_s=0)
     settings = stack.settings(alerting=alerting)
     card = load_ts_card(card_path(MODELS, "ts_diffusion"))
     asset = f"pump-{uuid.uuid4().hex[:6]}"

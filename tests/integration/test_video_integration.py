@@ -20,7 +20,7 @@ from operators.frames import decode_frame
 from operators.video_source import write_synthetic_clip
 from pipeline.video_triton import score_through_triton
 from triton_models.model_card import ServedThreshold, Training
-from triton_models.names import FRAMES, MAP, RECONSTRUCT, SCORE
+from triton_models.names import FRAMES, MAP, OPTICAL_FLOW, RECONSTRUCT, SCORE
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, score_batches
 from triton_models.video.frames import causal_windows
@@ -69,10 +69,18 @@ def test_triton_scores_equal_in_process_scores(local_stack) -> None:
 
 def test_evaluation_triton_serves_a_fresh_repository_with_the_chosen_scoring(tmp_path: Path) -> None:
     """``evaluate video`` measures Triton with the stack's Triton alone (infra.services.triton_only) on the
-    repository it just wrote; a model saved with reconstruct scoring and the copy ratio gives the in-process scores
-    there too."""
+    repository it just wrote; a model saved with reconstruct scoring, the copy ratio and the optical-flow blend
+    (OpenCV in Triton's python backend) gives the in-process scores there too."""
     config = VideoModelConfig(
-        height=32, width=48, context=2, base_channels=8, ddim_steps=2, scoring=RECONSTRUCT, copy_ratio_floor=0.01
+        height=32,
+        width=48,
+        context=2,
+        base_channels=8,
+        ddim_steps=2,
+        scoring=RECONSTRUCT,
+        copy_ratio_floor=0.01,
+        motion_weight=0.5,
+        motion=OPTICAL_FLOW,
     )
     torch.manual_seed(4)
     model = FrameDiffusion(config).eval()

@@ -196,3 +196,11 @@ def test_emitted_alerts_wait_in_the_outbox_until_acknowledged(tmp_path: Path) ->
     assert engine.unpublished() == resolved and [a.state for a in resolved] == ["resolved"]
     store.close()
     assert AlertEngine(SETTINGS, SqliteAlertStateStore(path)).unpublished() == resolved
+
+
+def test_camera_streams_count_their_for_in_frames() -> None:
+    engine = AlertEngine(SETTINGS.model_copy(update={"video_for_s": 0.0, "video_for_points": 3}))
+    frames = [score(0.0 + i / 10, 2.0, modality="video") for i in range(3)]
+    assert [len(engine.observe(frame)) for frame in frames] == [0, 0, 1]  # 3 frames, 0.2 s: fires
+    sensor = AlertEngine(SETTINGS)
+    assert [len(sensor.observe(score(i / 10, 2.0))) for i in range(3)] == [0, 0, 0]  # sensors still need for_s 3 s

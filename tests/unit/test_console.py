@@ -142,7 +142,7 @@ async def test_the_alert_stream_carries_every_lifecycle_event_of_the_alerting_se
 
     settings = Settings(
         state_dir=tmp_path, api=ApiSettings(port=0, token=TOKEN),
-        alerting=AlertingSettings(for_s=0, for_points=1, resolve_for_s=0, cooldown_s=0),
+        alerting=AlertingSettings(for_s=0, for_points=1, video_for_points=1, resolve_for_s=0, cooldown_s=0),
     )  # fmt: skip
     service = await AlertingService.start(settings, dead_letter=no_dead_letters)
     headers = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,7 +8,7 @@ import torch
 
 from triton_models import diffusion
 from triton_models.model_card import ServedThreshold, Training
-from triton_models.names import FRAMES, MAP, RECONSTRUCT, SCORE
+from triton_models.names import FRAMES, MAP, OPTICAL_FLOW, RECONSTRUCT, SCORE
 from triton_models.video import diffusion as video_diffusion
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import (
@@ -21,6 +21,7 @@ from triton_models.video.diffusion import (
 )
 from triton_models.video.evaluation import auprc, auroc, detection_metrics, eer
 from triton_models.video.frames import causal_windows
+from triton_models.video.motion import flow_map, flow_scores
 from triton_models.video.repository import config_pbtxt, export_model, load_card, load_model
 from triton_models.video.train import TrainSettings, calibrate_threshold, train_model
 
@@ -186,17 +187,38 @@ def test_scoring_all_candidates_at_once_equals_scoring_each_as_served() -> None:
         replace(TINY, scoring=RECONSTRUCT, noise_level=0.3),
         replace(TINY, copy_ratio_floor=0.01),
         replace(TINY, motion_weight=0.5),
+        replace(TINY, motion_weight=0.5, motion=OPTICAL_FLOW),
     ]
     together = score_configs(model, windows, configs, batch_size=7)
     for config, scores in zip(configs, together, strict=True):
         model.config = config
         assert np.allclose(scores, score_batches(model, windows)[0], rtol=1e-5, atol=0)
     assert model.config == configs[-1] and not np.allclose(together[0], together[3])
+    assert not np.allclose(together[3], together[4])
 
 
-def test_motion_weight_blends_the_error_with_the_frame_difference() -> None:
+def test_motion_weight_blends_the_error_with_the_motion_map() -> None:
     error = torch.tensor([[[0.04, 0.04, 0.0]]])
-    copy_error = torch.tensor([[[0.01, 0.0, 0.09]]])
-    blended = motion_aware_map(error, copy_error, replace(TINY, motion_weight=0.5))
+    motion = torch.tensor([[[0.01, 0.0, 0.09]]])
+    blended = motion_aware_map(error, motion, motion, replace(TINY, motion_weight=0.5))
     assert torch.allclose(blended, torch.tensor([[[0.02, 0.0, 0.0]]]))  # high only where surprised AND moving
-    assert torch.equal(motion_aware_map(error, copy_error, TINY), error)
+    assert torch.equal(motion_aware_map(error, motion, motion, TINY), error)
+
+
+def test_optical_flow_is_zero_when_still_and_grows_with_speed_where_the_object_moves() -> None:
+    config = VideoModelConfig(height=48, width=72, context=2, patch=12, patch_stride=6)
+    still = np.full((3, 48, 72), 90, dtype=np.uint8)
+    assert float(flow_scores(torch.from_numpy(still[None]), config)[0]) == pytest.approx(0.0, abs=1e-3)
+
+    def square_moving(speed: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        clip = (rng.integers(0, 30, (3, 48, 72)) + 60).astype(np.uint8)
+        clip[:] = clip[0]  # a textured, still background
+        for index in range(3):
+            clip[index, 18:30, 10 + speed * index : 22 + speed * index] = 220
+        return clip
+
+    slow, fast = (flow_map(torch.from_numpy(square_moving(s)[None]), config)[0] for s in (1, 4))
+    assert float(fast.max()) > 2 * float(slow.max()) > 0
+    top = int(np.unravel_index(int(fast.argmax()), fast.shape)[0]) * config.patch_stride
+    assert top < 30 and top + config.patch > 18  # the fastest patch overlaps the square's rows

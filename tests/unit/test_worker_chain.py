@@ -165,7 +165,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         state_dir=tmp_path,
         stream=StreamSettings(max_batch=3, max_wait_ms=1.0, commit_interval_s=0.01),
-        alerting=AlertingSettings(for_s=0.0, for_points=1, resolve_for_s=0.0, cooldown_s=0.0),
+        alerting=AlertingSettings(for_s=0.0, for_points=1, video_for_points=1, resolve_for_s=0.0, cooldown_s=0.0),
     )
 
 

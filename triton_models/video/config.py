@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from triton_models.names import FORECAST, VideoScoring
+from triton_models.names import FORECAST, FRAME_DIFFERENCE, OPTICAL_FLOW, VideoMotion, VideoScoring
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class VideoModelConfig:
     scoring: VideoScoring = FORECAST  # forecast: DDIM from pure noise; reconstruct: from the noised current frame
     noise_level: float = 0.5  # reconstruct: the current frame is noised to this fraction of T
     copy_ratio_floor: float = 0.0  # > 0: map = model error / (copy-last-frame error + floor), per patch
-    motion_weight: float = 0.0  # > 0: map = model error^(1-w) x copy-last-frame error^w, per patch
+    motion_weight: float = 0.0  # > 0: map = model error^(1-w) x motion^w, per patch ...
+    motion: VideoMotion = FRAME_DIFFERENCE  # ... motion: copy-last-frame error, or optical flow magnitude (pixels)
 
     @property
     def map_shape(self) -> tuple[int, int]:
@@ -32,6 +33,11 @@ class VideoModelConfig:
             (self.height - self.patch) // self.patch_stride + 1,
             (self.width - self.patch) // self.patch_stride + 1,
         )
+
+    @property
+    def blends_flow(self) -> bool:
+        """Whether the anomaly map needs the optical flow (triton_models.video.motion)."""
+        return self.motion_weight > 0 and self.motion == OPTICAL_FLOW
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -10,10 +10,11 @@ the anomaly it is shown):
   denoised conditioned on the past; the noise hides its detail, so the model redraws it as normal motion would.
 
 Optionally the error map is divided by the copy-last-frame error (plus a floor): anomalies are where the model
-loses its usual advantage over copying; or blended geometrically with it (``motion_weight``): high only where the
-model is surprised and something moves. The noise is drawn from one fixed seed per model, identical for every
-frame, so a frame's score does not depend on which other frames share its batch: Triton's dynamic batching gives
-the same scores as in-process scoring.
+loses its usual advantage over copying; or blended geometrically with a motion map (``motion_weight``): the
+copy-last-frame error or the optical flow's magnitude (``motion``, triton_models.video.motion), so the map is high
+only where the model is surprised and something moves (and, with the flow, the faster it moves). The noise is
+drawn from one fixed seed per model, identical for every frame, so a frame's score does not depend on which other
+frames share its batch: Triton's dynamic batching gives the same scores as in-process scoring.
 
 Parameterisation: the network predicts the clean frame x0 (as a residual on the last past frame); DDIM (eta=0)
 derives the noise estimate from it. x0-prediction suits few steps and a nearly deterministic target. Schedule,
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 from triton_models.diffusion import NoiseSchedule, ddim_sample, ddpm_loss
 from triton_models.names import RECONSTRUCT
 from triton_models.video.config import VideoModelConfig
+from triton_models.video.motion import flow_map
 from triton_models.video.network import ConditionalUNet
 
 # The cosine schedule clipped (not lifted) at both ends, and x0 clamped to the pixel range: as trained.
@@ -88,7 +90,9 @@ class FrameDiffusion(torch.nn.Module):
     @torch.no_grad()
     def score(self, frames_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [B, K+1, H, W] uint8 (K past, then current) -> (score [B], anomaly map [B, h, w])."""
-        anomaly_map = motion_aware_map(*self.error_maps(frames_uint8), self.config)
+        error, copy_error = self.error_maps(frames_uint8)
+        motion = motion_map(frames_uint8, copy_error, self.config)
+        anomaly_map = motion_aware_map(error, copy_error, motion, self.config)
         return anomaly_map.flatten(1).amax(dim=1), anomaly_map
 
     @torch.no_grad()
@@ -99,15 +103,26 @@ class FrameDiffusion(torch.nn.Module):
         return error_map(current, self.prediction(clips), self.config), error_map(current, clips[:, -2:-1], self.config)
 
 
-def motion_aware_map(error: torch.Tensor, copy_error: torch.Tensor, config: VideoModelConfig) -> torch.Tensor:
-    """The anomaly map from the model's patch errors and the copy-last-frame (frame difference) patch errors."""
+def motion_map(frames_uint8: torch.Tensor, copy_error: torch.Tensor, config: VideoModelConfig) -> torch.Tensor:
+    """The motion per patch that ``motion_weight`` blends in: the optical flow's magnitude (computed only when a
+    blend uses it), else the copy-last-frame error."""
+    if config.blends_flow:
+        return flow_map(frames_uint8, config)
+    return copy_error
+
+
+def motion_aware_map(
+    error: torch.Tensor, copy_error: torch.Tensor, motion: torch.Tensor, config: VideoModelConfig
+) -> torch.Tensor:
+    """The anomaly map from the model's patch errors, the copy-last-frame (frame difference) patch errors and the
+    motion map (:func:`motion_map`)."""
     if config.copy_ratio_floor > 0:
         # Where the model loses its usual advantage over copying the last frame: motion it cannot explain.
         error = error / (copy_error + config.copy_ratio_floor)
     if config.motion_weight > 0:
         # A geometric blend: high only where the model is surprised AND something moves, so a large but
         # well-predicted motion and a badly predicted still region both stay low.
-        error = error.pow(1 - config.motion_weight) * copy_error.pow(config.motion_weight)
+        error = error.pow(1 - config.motion_weight) * motion.pow(config.motion_weight)
     return error
 
 
@@ -140,11 +155,18 @@ def score_configs(
     """Scores [N] of [N, K+1, H, W] uint8 windows under each of ``configs`` (scoring settings of ``model``): the
     network runs once per distinct prediction (mode and noise level); the maps are combined per config exactly as
     :meth:`FrameDiffusion.score` does."""
-    base, predictions = model.config, {}
+    base, predictions, flows = model.config, {}, None
     model.eval()
     try:
         scores = []
         for config in configs:
+            if flows is None and config.blends_flow:
+                flows = torch.cat(
+                    [
+                        flow_map(torch.from_numpy(windows[start : start + batch_size]), config)
+                        for start in range(0, len(windows), batch_size)
+                    ]
+                )
             key = (config.scoring, config.noise_level if config.scoring == RECONSTRUCT else None)
             if key not in predictions:
                 model.config = config
@@ -153,7 +175,9 @@ def score_configs(
                     for start in range(0, len(windows), batch_size)
                 ]
                 predictions[key] = tuple(torch.cat(maps) for maps in zip(*batches, strict=True))
-            anomaly_map = motion_aware_map(*predictions[key], config)
+            error, copy_error = predictions[key]
+            motion = flows if config.blends_flow else copy_error
+            anomaly_map = motion_aware_map(error, copy_error, motion, config)
             scores.append(anomaly_map.flatten(1).amax(dim=1).numpy().astype(np.float32))
     finally:
         model.config = base

@@ -218,6 +218,7 @@ def candidate_config(base: VideoModelConfig, row: dict[str, object]) -> VideoMod
         noise_level=float(row["noise_level"] or base.noise_level),  # type: ignore[arg-type]
         copy_ratio_floor=float(row["copy_ratio_floor"]),  # type: ignore[arg-type]
         motion_weight=float(row.get("motion_weight", 0.0)),  # type: ignore[arg-type]  # absent in older cards
+        motion=str(row.get("motion", base.motion)),  # type: ignore[arg-type]
     )
 
 

@@ -185,10 +185,15 @@ def choice_on_other_clips(data: ScoredClips, candidates: list[str]) -> dict[str,
 
 
 def leave_clips_out(
-    data: ScoredClips, candidates: list[str], label_free_choice: str, baseline: str
+    data: ScoredClips,
+    candidates: list[str],
+    label_free_choice: str,
+    baseline: str,
+    other_baselines: tuple[str, ...] = (),
 ) -> dict[str, object]:
-    """Every scorer's metrics, the label-free choice against the baseline, and the choice made on other clips."""
-    per_scorer = {name: scorer_metrics(data, name) for name in [*candidates, baseline]}
+    """Every scorer's metrics, the label-free choice against the baseline, and the choice made on other clips;
+    ``other_baselines`` are measured alike, for reference."""
+    per_scorer = {name: scorer_metrics(data, name) for name in [*candidates, baseline, *other_baselines]}
     chosen, reference = per_scorer[label_free_choice], per_scorer[baseline]
     return {
         "clips": data.clips,

@@ -34,10 +34,13 @@ ADAPTER_SOURCE = Path(__file__).with_name("triton_model.py")
 DESCRIPTION = (
     "Conditional frame diffusion: the current frame predicted from the K past ones by few-step DDIM; anomaly score = "
     "the largest patch error of that prediction. Identity-shortcut guard: forecast scoring never shows the network "
-    "the current frame (DDIM from seeded noise); reconstruct scoring shows it only noised to noise_level x T"
+    "the current frame (DDIM from seeded noise); reconstruct scoring shows it only noised to noise_level x T. With "
+    "motion_weight > 0 the patch error is blended geometrically with a motion map (frame difference or optical flow "
+    "magnitude): high only where the model is surprised and something moves"
 )
 SCORE_SEMANTICS = (
-    "the largest mean squared error over the patches of the scored (last) frame; alarm when SCORE > threshold"
+    "the largest patch value of MAP (the prediction's mean squared error per patch, blended with the motion when "
+    "motion_weight > 0) of the scored (last) frame; alarm when SCORE > threshold"
 )
 
 

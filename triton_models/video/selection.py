@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from triton_models.names import FORECAST, RECONSTRUCT, VideoScoring
+from triton_models.names import FORECAST, FRAME_DIFFERENCE, OPTICAL_FLOW, RECONSTRUCT, VideoMotion, VideoScoring
 from triton_models.video.config import VideoModelConfig
 from triton_models.video.diffusion import FrameDiffusion, frame_difference_scores, score_configs
 from triton_models.video.evaluation import auroc
@@ -30,7 +30,8 @@ class Candidate:
     scoring: VideoScoring = FORECAST
     noise_level: float = 0.5
     copy_ratio_quantile: float | None = None  # the floor of the copy ratio: this quantile of normal copy errors
-    motion_weight: float = 0.0  # > 0: the error blended geometrically with the frame difference
+    motion_weight: float = 0.0  # > 0: the error blended geometrically with a motion map ...
+    motion: VideoMotion = FRAME_DIFFERENCE  # ... the frame difference or the optical flow's magnitude
 
     def config(self, base: VideoModelConfig, copy_errors: np.ndarray) -> VideoModelConfig:
         floor = 0.0 if self.copy_ratio_quantile is None else float(np.quantile(copy_errors, self.copy_ratio_quantile))
@@ -40,6 +41,7 @@ class Candidate:
             noise_level=self.noise_level,
             copy_ratio_floor=floor,
             motion_weight=self.motion_weight,
+            motion=self.motion,
         )
 
 
@@ -53,6 +55,15 @@ CANDIDATES = (
     Candidate("forecast x frame difference (w=0.5)", motion_weight=0.5),
     Candidate(
         "reconstruct t0=0.5T x frame difference (w=0.5)", scoring=RECONSTRUCT, noise_level=0.5, motion_weight=0.5
+    ),
+    Candidate("forecast x optical flow (w=0.5)", motion_weight=0.5, motion=OPTICAL_FLOW),
+    Candidate("forecast x optical flow (w=0.75)", motion_weight=0.75, motion=OPTICAL_FLOW),
+    Candidate(
+        "reconstruct t0=0.5T x optical flow (w=0.5)",
+        scoring=RECONSTRUCT,
+        noise_level=0.5,
+        motion_weight=0.5,
+        motion=OPTICAL_FLOW,
     ),
 )
 BASELINE_NAME = "baseline: frame difference"
@@ -170,6 +181,7 @@ def select_scoring(
                 "noise_level": config.noise_level if config.scoring == RECONSTRUCT else None,
                 "copy_ratio_floor": config.copy_ratio_floor,
                 "motion_weight": config.motion_weight,
+                "motion": config.motion,
                 "synthetic_auroc": by_kind.pop("all"),
                 "synthetic_auroc_by_kind": by_kind,
             }

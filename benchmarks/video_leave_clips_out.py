@@ -1,6 +1,6 @@
 """Leave-clips-out evaluation of a trained ``video_diffusion`` on labelled clips, frame differencing in the same run.
 
-    diffsentry train video --frames ../shared/data/ped2/training --out <repo>     # ~35 min on 2 cores
+    diffsentry train video --frames ../shared/data/ped2/training --out <repo>     # ~30 min on 2 cores
     PYTHONPATH=. python benchmarks/video_leave_clips_out.py --model <repo> \\
         --train ../shared/data/ped2/training --test ../shared/data/ped2/testing
 

@@ -51,9 +51,10 @@ class DemoModels:
         path = Path(self.sensor_file)
         return f"{path.parent.name}-{path.stem}"
 
-    def key(self, part: str, data_dir: Path, frames: dict) -> str:
-        """Settings, data location, frame settings (video), the model card schema and the model code: the family's
-        package and the modules it shares with the other (a changed model package or card layout retrains)."""
+    def key(self, part: str, data_dir: Path, frames: dict, instances: int) -> str:
+        """Settings, data location, frame settings (video), Triton instances per model (in config.pbtxt), the model
+        card schema and the model code: the family's package and the modules it shares with the other (a changed
+        model package or card layout retrains)."""
         fields = {k: v for k, v in asdict(self).items() if k.startswith(part) or k in ("seed", "sensor_file")}
         models = REPO_ROOT / "triton_models"
         package = models / {"ts": "timeseries", "video": "video"}[part]
@@ -61,7 +62,14 @@ class DemoModels:
         code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
         frames = frames if part == "video" else {}
         payload = json.dumps(
-            {**fields, "data": str(data_dir), "code": code, "frames": frames, "card_schema": CARD_SCHEMA_VERSION},
+            {
+                **fields,
+                "data": str(data_dir),
+                "code": code,
+                "frames": frames,
+                "instances": instances,
+                "card_schema": CARD_SCHEMA_VERSION,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -137,7 +145,7 @@ def ensure_models(settings: Settings, models: DemoModels, force: bool = False) -
     root = data_dir(settings)
     outcome = {}
     for model, part, trainer in (("ts_diffusion", "ts", train_ts), ("video_diffusion", "video", train_video)):
-        key = models.key(part, root, settings.video.model_dump())
+        key = models.key(part, root, settings.video.model_dump(), settings.triton.instance_count)
         present = (settings.model_repository / model / CARD_FILE).exists()
         if not force and present and cache.get(model) == key:
             outcome[model] = "cached"

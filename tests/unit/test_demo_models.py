@@ -17,14 +17,15 @@ def test_asset_id_names_the_replayed_experiment() -> None:
 def test_cache_key_changes_only_with_what_shapes_that_model() -> None:
     data, frames = Path("/data"), {"width": 144, "height": 96}
     base = DemoModels()
-    assert base.key("ts", data, frames) == DemoModels().key("ts", data, frames)
-    assert base.key("ts", data, frames) != DemoModels(ts_epochs=4).key("ts", data, frames)
-    assert base.key("video", data, frames) == DemoModels(ts_epochs=4).key("video", data, frames)
-    assert base.key("video", data, frames) != DemoModels(video_steps=10).key("video", data, frames)
-    assert base.key("ts", data, frames) != base.key("ts", Path("/elsewhere"), frames)
+    assert base.key("ts", data, frames, 2) == DemoModels().key("ts", data, frames, 2)
+    assert base.key("ts", data, frames, 2) != DemoModels(ts_epochs=4).key("ts", data, frames, 2)
+    assert base.key("video", data, frames, 2) == DemoModels(ts_epochs=4).key("video", data, frames, 2)
+    assert base.key("video", data, frames, 2) != DemoModels(video_steps=10).key("video", data, frames, 2)
+    assert base.key("ts", data, frames, 2) != base.key("ts", Path("/elsewhere"), frames, 2)
     smaller = {"width": 96, "height": 64}
-    assert base.key("video", data, frames) != base.key("video", data, smaller)  # frames of another size retrain
-    assert base.key("ts", data, frames) == base.key("ts", data, smaller)
+    assert base.key("video", data, frames, 2) != base.key("video", data, smaller, 2)  # frames of another size retrain
+    assert base.key("ts", data, frames, 2) == base.key("ts", data, smaller, 2)
+    assert base.key("video", data, frames, 2) != base.key("video", data, frames, 1)  # config.pbtxt's instance count
 
 
 def test_relative_data_dir_is_taken_from_the_repository_root(tmp_path: Path) -> None:

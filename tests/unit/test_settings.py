@@ -168,10 +168,10 @@ def test_an_explicit_path_wins_and_an_empty_one_is_unset(tmp_path: Path, monkeyp
 
 def test_triton_replicas_are_a_list_and_the_single_url_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFSENTRY_TRITON__GRPC_URLS", '["triton-1:8001", "triton-2:8001"]')
-    monkeypatch.setenv("DIFFSENTRY_TRITON__INSTANCE_COUNT", "2")
+    monkeypatch.setenv("DIFFSENTRY_TRITON__INSTANCE_COUNT", "3")
     settings = Settings()
     assert settings.triton.grpc_urls == ["triton-1:8001", "triton-2:8001"]
-    assert settings.triton.instance_count == 2
+    assert settings.triton.instance_count == 3
     monkeypatch.setenv("DIFFSENTRY_TRITON__GRPC_URL", "triton:8001")
     with pytest.raises(ValueError, match=r"triton\.grpc_url is gone: list the servers in triton\.grpc_urls"):
         Settings()

@@ -142,10 +142,16 @@ async def _logout(request: web.Request) -> web.Response:
     raise response
 
 
+def page_html(path: str) -> str:
+    """A console page with the one header all pages share (``header.html``: name, page links, sign-out)."""
+    header = (STATIC_DIR / "header.html").read_text()
+    return (STATIC_DIR / PAGES[path]).read_text().replace("  <!--header-->\n", header)
+
+
 async def _page(request: web.Request) -> web.StreamResponse:
     if not session_of(request):
         raise web.HTTPSeeOther("/console/login")
-    return web.FileResponse(STATIC_DIR / PAGES[request.path], headers={"Cache-Control": "no-store"})
+    return web.Response(text=page_html(request.path), content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 # --- data -----------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertHub
 from operators.stream_board import StreamBoard
 from pipeline.alerting_service import AlertingService
-from pipeline.console import SESSION_COOKIE, ConsoleSources, Sessions, score_history
+from pipeline.console import PAGES, SESSION_COOKIE, ConsoleSources, Sessions, page_html, score_history
 from pipeline.subscriptions_api import serve_api
 from tests.state import subscription_store
 
@@ -252,3 +252,10 @@ def test_the_score_history_pairs_points_contributions_and_alert_episodes() -> No
         [10.5, 13.0, alert_id_for(key, 10.5), "critical"],
         [19.0, None, alert_id_for(key, 19.0), "warning"],
     ]
+
+
+def test_every_page_gets_the_one_shared_header() -> None:
+    for path in PAGES:
+        page = page_html(path)
+        assert page.count("<header>") == 1 and 'action="/console/logout"' in page, path
+        assert all(f'href="{other}"' in page for other in PAGES if other != "/console/stream"), path

@@ -1,8 +1,9 @@
 """What the console's overview shows, in memory: per stream its last score, its alert phase and a ring buffer of
 recent scores for a sparkline; plus a live feed of scores for server-sent events.
 
-Fed by the alerting service with every score and the alert transitions it caused (stream order). It is a view,
-not a record: after a restart it fills again from the next scores (the store keeps the history).
+Fed by the alerting service with every score and the alert transitions it caused (stream order); on an API
+instance of its own (``--role api``), by the scores and alerts topics. It is a view, not a record: after a
+restart it fills again from the next scores (the store keeps the history).
 
 phase: ``ok`` (last score normal, no open alert), ``pending`` (anomalous, no alert yet), ``firing`` (an open
 alert), ``resolved`` (the last alert resolved and no anomalous score since).
@@ -72,6 +73,30 @@ class StreamBoard:
         elif entry.phase != "resolved":
             entry.phase = "ok"
         self._publish(score)
+
+    def record_alert(self, alert: Alert) -> None:
+        """A transition seen apart from its score (an API instance follows the alerts topic, which runs beside the
+        scores topic): the stream's phase follows it; the scores already recorded stay as they are."""
+        key = (alert.modality, alert.stream)
+        entry = self._entries.get(key)
+        if entry is None:
+            score = Score(
+                modality=alert.modality,
+                stream=alert.stream,
+                event_time=alert.event_time,
+                score=alert.score,
+                threshold=alert.threshold,
+                is_anomaly=alert.state == "firing",
+                model=alert.model,
+                model_version="",
+            )
+            entry = self._entries[key] = StreamEntry(
+                alert.modality, alert.stream, score, recent=deque(maxlen=self._recent)
+            )
+        if alert.state == "firing":
+            entry.phase, entry.alert_id = "firing", alert.alert_id
+        elif entry.alert_id in (None, alert.alert_id):
+            entry.phase, entry.alert_id = "resolved", None
 
     def entries(self) -> list[StreamEntry]:
         return sorted(self._entries.values(), key=lambda entry: (entry.modality, entry.stream))

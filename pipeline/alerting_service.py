@@ -161,6 +161,15 @@ class AlertingService:
             self.gallery.record(score, alerts)
         return alerts
 
+    def show(self, observed: Score | Alert) -> None:
+        """A score or a transition made elsewhere (the API role follows the scores and alerts topics): to the
+        console's board and, for a transition, to the live feed; no state machine, no notification."""
+        if isinstance(observed, Score):
+            self.board.record(observed, [])
+        else:
+            self.board.record_alert(observed)
+            self.hub.publish(observed)
+
     def recover(self) -> list[Alert]:
         """Alerts a previous run emitted but never acknowledged, for publishing; the notifier takes each transition
         once, so those it handled before the crash are not notified again."""

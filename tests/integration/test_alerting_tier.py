@@ -163,6 +163,15 @@ async def subscribe(api: WorkerProcess, receiver: WebhookReceiver, stream: str) 
         (await client.post("/v1/subscriptions", json=body)).raise_for_status()
 
 
+async def console_phases(api: WorkerProcess) -> dict[str, str]:
+    """The API instance's console view: stream -> phase (``GET /v1/streams``, fed there by the topics)."""
+    headers = {"Authorization": f"Bearer {api.settings.api.token}"}
+    async with httpx.AsyncClient(base_url=api.api_url, headers=headers, timeout=5) as client:
+        response = await client.get("/v1/streams")
+        response.raise_for_status()
+    return {view["stream"]: view["phase"] for view in response.json()["streams"]}
+
+
 def journal_rows(settings: Settings) -> list[tuple]:
     """The delivery journal as the instances share it: who claimed what, with which outcome."""
     database = StateDatabase.open(state_database_url(settings.database.url, settings.state_dir))
@@ -331,6 +340,12 @@ async def test_killing_a_scoring_worker_and_an_alerting_instance_loses_no_window
             return any(a.stream == anomaly for a in await alerts_on_topic(settings, 1.0))
 
         assert await wait_until(fired, 120), "the anomaly fires"
+
+        async def shown_firing() -> bool:
+            phases = await console_phases(api)
+            return phases.get(anomaly) == "firing" and set(normals) <= set(phases)
+
+        assert await wait_until(shown_firing, 30), f"the API instance's console: {await console_phases(api)}"
         owner = await owner_of(partition_of(anomaly), alerting)
         replay = asyncio.create_task(publish_streams(settings, part(slice(half, None)), 40, False, progress=False))
         await asyncio.sleep(2.0)
@@ -358,6 +373,8 @@ async def test_killing_a_scoring_worker_and_an_alerting_instance_loses_no_window
             on_topic = [(a.state, a.alert_id) for a in await alerts_on_topic(settings, 1.0) if a.stream == anomaly]
             journal = await asyncio.to_thread(journal_rows, settings)
             pytest.fail(f"topic: {on_topic}; receiver: {[a.state for a in receiver.alerts]}; journal: {journal}")
+        phases = await console_phases(api)
+        assert phases[anomaly] == "resolved" and {phases[s] for s in normals} == {"ok"}, phases
     finally:
         stop_all(processes)
         await receiver.stop()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.contracts import Alert, AlertEvent, DeadLetter, Score, decode
@@ -23,6 +24,7 @@ from operators.camera_gallery import CameraGallery
 from operators.delivery import AlertHub
 from operators.stream_board import StreamBoard
 from pipeline.alerting_service import AlertingService
+from pipeline.api_role import live_view_item
 from pipeline.console import PAGES, SESSION_COOKIE, ConsoleSources, Sessions, page_html, score_history
 from pipeline.subscriptions_api import serve_api
 from tests.state import subscription_store
@@ -197,6 +199,32 @@ def test_the_board_follows_a_stream_through_its_phases() -> None:
         phases.append(board.entries()[0].phase)
     assert phases == ["ok", "pending", "firing", "firing", "resolved", "resolved", "pending"]
     assert [p[0] for p in board.entries()[0].recent] == [4.0, 5.0, 6.0]
+
+
+def test_an_api_instance_board_follows_scores_and_alerts_from_their_topics(caplog: pytest.LogCaptureFixture) -> None:
+    """Scores and transitions come apart (two topics): the phases are those of the same scores seen together."""
+    settings, board = Settings(), StreamBoard()
+    topics = settings.topics
+    records = [
+        (topics.alerts, alert("firing", 1.0).to_json()),  # the transition may overtake its score
+        (topics.scores, score(1.0, 2.5, True).to_json()),
+        (topics.scores, score(2.0, 2.2, True).to_json()),
+        (topics.alerts, b'{"event_id": "ev-1", "kind": "acknowledged", "at": 3.0, "alert_id": "al-1"}'),
+        (topics.alerts, b"not json"),  # logged and skipped: the view is not where bad records are handled
+        (topics.scores, None),
+        (topics.alerts, alert("resolved", 4.0).to_json()),
+        (topics.scores, score(4.0, 0.2, False).to_json()),
+    ]
+    phases = []
+    for topic, value in records:
+        item = live_view_item(topic, value, settings)
+        if item is not None:
+            board.record(item, []) if isinstance(item, Score) else board.record_alert(item)
+        phases.append(board.entries()[0].phase)
+    assert phases == ["firing", "firing", "firing", "firing", "firing", "firing", "resolved", "resolved"]
+    entry = board.entries()[0]
+    assert [p[0] for p in entry.recent] == [1.0, 2.0, 4.0] and entry.alert_id is None
+    assert len(caplog.records) == 1 and "skips a record" in caplog.records[0].getMessage()  # the bad one only
 
 
 def _frame_and_map(peak: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

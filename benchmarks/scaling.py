@@ -196,7 +196,8 @@ async def one_run(
 async def main(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="diffsentry-scaling-"))
     models = work / "models"
-    base = Settings(state_dir=work / "train", model_repository=models)
+    # One instance per server (not the default 2): T replicas are then T cores of Triton.
+    base = Settings(state_dir=work / "train", model_repository=models, triton=TritonSettings(instance_count=1))
     trained_at = time.perf_counter()
     await asyncio.to_thread(train_ts, base, DemoModels())
     train_seconds = time.perf_counter() - trained_at

@@ -54,12 +54,7 @@ class StreamBoard:
         self._listeners: set[asyncio.Queue[Score | None]] = set()
 
     def record(self, score: Score, alerts: list[Alert]) -> None:
-        key = (score.modality, score.stream)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = StreamEntry(
-                score.modality, score.stream, score, recent=deque(maxlen=self._recent)
-            )
+        entry = self._entry(score)
         entry.last = score
         entry.recent.append((score.event_time, score.score, score.threshold))
         for alert in alerts:
@@ -77,26 +72,31 @@ class StreamBoard:
     def record_alert(self, alert: Alert) -> None:
         """A transition seen apart from its score (an API instance follows the alerts topic, which runs beside the
         scores topic): the stream's phase follows it; the scores already recorded stay as they are."""
-        key = (alert.modality, alert.stream)
-        entry = self._entries.get(key)
-        if entry is None:
-            score = Score(
-                modality=alert.modality,
-                stream=alert.stream,
-                event_time=alert.event_time,
-                score=alert.score,
-                threshold=alert.threshold,
-                is_anomaly=alert.state == "firing",
-                model=alert.model,
-                model_version="",
-            )
-            entry = self._entries[key] = StreamEntry(
-                alert.modality, alert.stream, score, recent=deque(maxlen=self._recent)
+        entry = self._entries.get((alert.modality, alert.stream))
+        if entry is None:  # a stream whose scores this instance has not seen yet: the alert's score stands in
+            entry = self._entry(
+                Score(
+                    modality=alert.modality,
+                    stream=alert.stream,
+                    event_time=alert.event_time,
+                    score=alert.score,
+                    threshold=alert.threshold,
+                    is_anomaly=alert.state == "firing",
+                    model=alert.model,
+                    model_version="",
+                )
             )
         if alert.state == "firing":
             entry.phase, entry.alert_id = "firing", alert.alert_id
         elif entry.alert_id in (None, alert.alert_id):
             entry.phase, entry.alert_id = "resolved", None
+
+    def _entry(self, last: Score) -> StreamEntry:
+        """The stream's entry, made with ``last`` as its last score if the stream is new."""
+        key = (last.modality, last.stream)
+        if key not in self._entries:
+            self._entries[key] = StreamEntry(last.modality, last.stream, last, recent=deque(maxlen=self._recent))
+        return self._entries[key]
 
     def entries(self) -> list[StreamEntry]:
         return sorted(self._entries.values(), key=lambda entry: (entry.modality, entry.stream))

@@ -23,6 +23,8 @@ loss and sampler are the shared ones (triton_models.diffusion); this module only
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -161,19 +163,11 @@ def score_configs(
         scores = []
         for config in configs:
             if flows is None and config.blends_flow:
-                flows = torch.cat(
-                    [
-                        flow_map(torch.from_numpy(windows[start : start + batch_size]), config)
-                        for start in range(0, len(windows), batch_size)
-                    ]
-                )
+                flows = torch.cat([flow_map(batch, config) for batch in _batches(windows, batch_size)])
             key = (config.scoring, config.noise_level if config.scoring == RECONSTRUCT else None)
             if key not in predictions:
                 model.config = config
-                batches = [
-                    model.error_maps(torch.from_numpy(windows[start : start + batch_size]))
-                    for start in range(0, len(windows), batch_size)
-                ]
+                batches = [model.error_maps(batch) for batch in _batches(windows, batch_size)]
                 predictions[key] = tuple(torch.cat(maps) for maps in zip(*batches, strict=True))
             error, copy_error = predictions[key]
             motion = flows if config.blends_flow else copy_error
@@ -188,8 +182,14 @@ def score_batches(model: FrameDiffusion, windows: np.ndarray, batch_size: int = 
     """Score [N, K+1, H, W] uint8 windows in batches; returns scores [N] and maps [N, h, w] as float32."""
     scores, maps = [], []
     model.eval()
-    for start in range(0, len(windows), batch_size):
-        score, anomaly_map = model.score(torch.from_numpy(windows[start : start + batch_size]))
+    for batch in _batches(windows, batch_size):
+        score, anomaly_map = model.score(batch)
         scores.append(score.numpy())
         maps.append(anomaly_map.numpy())
     return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
+
+
+def _batches(windows: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """[N, K+1, H, W] uint8 windows as tensors of at most ``batch_size``, in order."""
+    for start in range(0, len(windows), batch_size):
+        yield torch.from_numpy(windows[start : start + batch_size])

@@ -7,7 +7,13 @@ import pytest
 
 from triton_models.timeseries.baselines import level_scores
 from triton_models.timeseries.calibration import stream_thresholds
-from triton_models.timeseries.detector import ModeCalibration, guard_levels, window_levels, window_scores
+from triton_models.timeseries.detector import (
+    ModeCalibration,
+    guard_levels,
+    level_envelope,
+    window_levels,
+    window_scores,
+)
 from triton_models.timeseries.training import CHANNEL_SCALE_FLOOR, MIN_STREAM_WINDOWS, calibrate_mode
 
 
@@ -103,7 +109,7 @@ def test_a_one_sensor_fault_scores_the_same_however_many_healthy_channels_surrou
         assert np.array_equal(scores["CHANNEL_SCORES"].argmax(1), np.full(5, 1))
 
 
-def test_a_channel_is_at_least_as_anomalous_as_it_is_far_from_its_training_level() -> None:
+def test_a_channel_is_at_least_as_anomalous_as_it_is_far_beyond_its_normal_envelope() -> None:
     rng = np.random.default_rng(0)
     normalised = rng.normal(0.0, 0.3, size=(2, 16, 3)).astype(np.float32)
     normalised[1, :, 0] += 4.0  # a shift spanning the whole window: imputation from its context reproduces it
@@ -112,10 +118,20 @@ def test_a_channel_is_at_least_as_anomalous_as_it_is_far_from_its_training_level
     np.testing.assert_allclose(levels[:, :2], np.abs(normalised[:, :, :2].mean(1)), rtol=1e-6)
     assert levels[1, 0] > 3.5 and (levels[:, 2] == 0).all()
     scaled = rng.uniform(0.5, 1.5, size=(2, 16, 3)).astype(np.float32)
-    guarded = guard_levels(scaled, levels)
-    # the shifted channel's mean is raised to its level with its per-step shape kept; means above it stay
-    assert guarded[1, :, 0].mean() == pytest.approx(levels[1, 0], rel=1e-5)
+    envelope = 1.5
+    guarded = guard_levels(scaled, levels, envelope)
+    # the shifted channel's mean is raised to its level beyond the envelope, its per-step shape kept; means above
+    # it stay
+    assert guarded[1, :, 0].mean() == pytest.approx(levels[1, 0] - envelope, rel=1e-5)
     np.testing.assert_allclose(np.diff(guarded[1, :, 0]), np.diff(scaled[1, :, 0]), atol=1e-5)
     np.testing.assert_array_equal(guarded[0], scaled[0])
     np.testing.assert_array_equal(guarded[1, :, 1:], scaled[1, :, 1:])
     assert window_scores(guarded)["CHANNEL_SCORES"][1].argmax() == 0
+    # a level inside the envelope is normal for the stream: nothing is raised
+    np.testing.assert_array_equal(guard_levels(scaled, levels, levels.max() + 0.1), scaled)
+
+
+def test_the_level_envelope_is_the_high_quantile_of_the_largest_channel_level() -> None:
+    levels = np.stack([np.linspace(0.0, 2.0, 1001), np.linspace(0.0, 1.0, 1001)], axis=1)
+    assert level_envelope(levels, risk=1e-3) == pytest.approx(np.quantile(levels[:, 0], 0.999))
+    assert level_envelope(np.empty((0, 2)), risk=1e-3) == 0.0

@@ -17,6 +17,7 @@ from triton_models.timeseries.detector import (
     StreamCalibration,
     TimeSeriesDetector,
     guard_levels,
+    level_envelope,
     window_levels,
     window_scores,
 )
@@ -143,22 +144,29 @@ def calibrate_mode(
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    pooled_scores = window_scores(guard_levels(pooled_errors / pooled_scale, pooled_levels))[SCORE]
+    pooled_envelope = level_envelope(pooled_levels, risk)
+    pooled_scores = window_scores(guard_levels(pooled_errors / pooled_scale, pooled_levels, pooled_envelope))[SCORE]
     default_threshold = pot_threshold(pooled_scores, risk)
-    scales, scores = {}, {}
+    scales, envelopes, scores = {}, {}, {}
     for name, errors in held_out_errors.items():
         if len(errors) < MIN_STREAM_WINDOWS:
             continue
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        scores[name] = window_scores(guard_levels(errors / scales[name], held_out_levels[name]))[SCORE]
-    default = StreamCalibration(pooled_scale.tolist(), float(np.median(pooled_scores)), default_threshold.value)
+        envelopes[name] = level_envelope(held_out_levels[name], risk)
+        guarded = guard_levels(errors / scales[name], held_out_levels[name], envelopes[name])
+        scores[name] = window_scores(guarded)[SCORE]
+    default = StreamCalibration(
+        pooled_scale.tolist(), float(np.median(pooled_scores)), default_threshold.value, pooled_envelope
+    )
     streams = {POOLED_STREAM: default}
     tail = None
     if scores:
         fitted = stream_thresholds(scores, risk)
         streams |= {
-            name: StreamCalibration(scales[name].tolist(), fitted.locations[name], fitted.thresholds[name])
+            name: StreamCalibration(
+                scales[name].tolist(), fitted.locations[name], fitted.thresholds[name], envelopes[name]
+            )
             for name in scores
         }
         tail = fitted.tail

@@ -20,6 +20,13 @@ stay put):
 - ``binary``: 4 analog + 6 binary sensors (on/off flags, each switching with its own latent sine's sign), 6,000
   train rows; anomalies also include a flag flipped against its latent for the anomaly's rows.
 
+``commands``, telemetry of the spacecraft kind: 3 series, each 1 analog sensor (two sines, periods 40-250, plus 0.1
+noise) and 24 command flags that are off but for rare bursts of 1-20 rows at random times, unrelated to the analog
+sensor (each flag its own rate; 6 of them never fire in the 2,000 training rows and do in the 3,000 test rows, as
+new commands do); 6 anomalies per series, all on the analog sensor, taking turns among offsets (1.5-4 sd), stuck,
+noise bursts (+0.6 sd) and a tripled frequency. A command firing is normal operation: the detector must not alarm
+on the flags and must still see the analog sensor.
+
     python benchmarks/synthetic_plant.py offsets --out /tmp/offsets
     diffsentry evaluate ts /tmp/offsets --out /tmp/offsets.json
 """
@@ -47,6 +54,7 @@ MIXTURES = {
     "binary": (4, 6, 6_000, 0.0, 5),
 }
 MIXTURE_TEST_ROWS = 3_000
+COMMANDS = (24, 6, 2_000, 3_000, 6)  # command flags, of which dormant in training, train rows, test rows, seed
 MIXTURE_ANOMALIES = 6
 LATENTS = 3
 
@@ -127,13 +135,50 @@ def _mixture_series(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np
     return values, labels, train_rows
 
 
+def _commands_series(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """Values [train + test rows, 1 + flags], test labels, train rows of one ``commands`` series."""
+    flags, dormant, train_rows, test_rows, _ = COMMANDS
+    rows = train_rows + test_rows
+    t = np.arange(rows)
+    period, phase = rng.uniform(40, 250, 2), rng.uniform(0, 2 * np.pi, 2)
+    clean = np.sin(t[:, None] * 2 * np.pi / period + phase).sum(axis=1)
+    noise = 0.1 * rng.normal(size=rows)
+    analog = clean + noise
+    commands = np.zeros((rows, flags))
+    for flag in range(flags):
+        first = train_rows if flag < dormant else 0
+        for start in rng.integers(first, rows, int(rng.integers(2, 12))):
+            commands[start : start + int(rng.integers(1, 21)), flag] = 1.0
+    spread = analog[:train_rows].std()
+    labels = np.zeros(test_rows, dtype=int)
+    spacing = test_rows // MIXTURE_ANOMALIES
+    for index in range(MIXTURE_ANOMALIES):
+        start = index * spacing + int(rng.integers(100, spacing - 250))
+        length = int(rng.integers(50, 200))
+        hit = slice(train_rows + start, train_rows + start + length)
+        anomaly = index % 4
+        if anomaly == 0:
+            analog[hit] += rng.choice([-1.0, 1.0]) * rng.uniform(1.5, 4.0) * spread
+        elif anomaly == 1:
+            analog[hit] = analog[train_rows + start - 1]
+        elif anomaly == 2:
+            analog[hit] += 0.6 * spread * rng.normal(size=length)
+        else:
+            analog[hit] = np.sin(t[hit, None] * 2 * np.pi / (period / 3) + phase).sum(axis=1) + noise[hit]
+        labels[start : start + length] = 1
+    return np.concatenate([analog[:, None], commands], axis=1), labels, train_rows
+
+
 def write_plant(kind: str, out: Path) -> None:
-    """Writes the plant ``kind`` (``KINDS`` or ``MIXTURES``) in the benchmark layout under ``out``."""
+    """Writes the plant ``kind`` (``KINDS``, ``MIXTURES`` or ``commands``) in the benchmark layout under ``out``."""
     mixture = kind in MIXTURES
-    rng = np.random.default_rng(MIXTURES[kind][4] if mixture else KINDS[kind][3])
+    seed = MIXTURES[kind][4] if mixture else COMMANDS[4] if kind == "commands" else KINDS[kind][3]
+    rng = np.random.default_rng(seed)
     for index in range(2 if mixture else 3):
         if mixture:
             values, labels, train_rows = _mixture_series(kind, rng)
+        elif kind == "commands":
+            values, labels, train_rows = _commands_series(rng)
         else:
             (values, labels), train_rows = _series(kind, rng), KINDS[kind][1]
         sensors, stamps = [f"sensor{c:02d}" for c in range(values.shape[1])], [str(i) for i in range(len(values))]
@@ -144,7 +189,7 @@ def write_plant(kind: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=sorted({**KINDS, **MIXTURES}))
+    parser.add_argument("kind", choices=sorted({**KINDS, **MIXTURES, "commands": COMMANDS}))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     write_plant(args.kind, args.out)

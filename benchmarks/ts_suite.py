@@ -9,7 +9,9 @@ diffusion modes, the level z-score and PCA baselines in the same run, thresholds
 - ``drift``, ``few_rows``, ``wide``, ``binary``: the mixture plants of ``benchmarks/synthetic_plant.py`` (slow
   drift between the training and test periods, 500 training rows, 60 sensors, binary flags; stuck sensors and
   broken correlations in all of them);
-- ``shapes``: the synthetic plant whose anomalies leave the level put (frequency, noise burst, stuck, amplitude).
+- ``shapes``: the synthetic plant whose anomalies leave the level put (frequency, noise burst, stuck, amplitude);
+- ``commands``: telemetry of the spacecraft kind, one analog sensor beside 24 rarely firing command flags (some of
+  which never fire in training); the anomalies are on the analog sensor only.
 
 For every set and detector: AUROC, AUPRC, VUS-PR, SKAB F1/FAR/MAR, plain and point-adjusted F1, events found, and
 the alarm rate on clean normal rows (rows whose whole window is normal) beside the calibrated target (the risk per
@@ -38,7 +40,7 @@ from triton_models.timeseries.datasets import convert_skab  # noqa: E402
 from triton_models.timeseries.detector import ModelConfig  # noqa: E402
 from triton_models.timeseries.evaluation import evaluate_benchmark  # noqa: E402
 
-SETS = ("few_rows", "skab_normal", "binary", "drift", "wide", "shapes", "skab")
+SETS = ("few_rows", "skab_normal", "binary", "drift", "wide", "shapes", "commands", "skab")
 NORMAL_ONLY = ("skab_normal",)
 RISK = 1e-3
 METRICS = ("auroc", "auprc", "vus_pr", "f1", "point_adjusted_f1", "event_f1", "clean_normal_alarm_rate")

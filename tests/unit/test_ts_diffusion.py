@@ -126,6 +126,20 @@ def test_normaliser_uses_default_for_unknown_streams_and_survives_json() -> None
     assert np.all(np.isfinite(constant.normalise(np.ones((3, 2)), "c")))
 
 
+def test_a_flag_switching_is_at_most_two_units_however_rarely_it_fired_in_training() -> None:
+    rng = np.random.default_rng(0)
+    rows = np.zeros((500, 4))
+    rows[:, 0] = rng.normal(10, 2, 500)  # a sensor: scaled by its standard deviation
+    rows[[17, 18, 300], 1] = 1.0  # a command flag that fired three times
+    rows[:, 3] = 4.0  # a constant setting: scaled by its magnitude
+    normalizer = StreamNormalizer.fit({"s": rows})  # column 2: a flag that never fired
+    fired = normalizer.normalise(np.array([[10.0, 1.0, 1.0, 5.0]]), "s")[0]
+    assert fired[1] == pytest.approx(2.0) and fired[2] == pytest.approx(2.0) and fired[3] == pytest.approx(0.5)
+    half_the_time = StreamNormalizer.fit({"h": np.arange(100)[:, None] % 2 * 1.0})
+    assert half_the_time.params("h")[1][0] == pytest.approx(0.5)  # the standard deviation, as for any channel
+    assert normalizer.params("s")[1][0] == pytest.approx(rows[:, 0].std())
+
+
 def test_slowly_wandering_channels_are_found_and_judged_by_shape_only() -> None:
     rng = np.random.default_rng(0)
     steps = np.arange(400)

@@ -11,9 +11,17 @@ def _robust_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Median centre resists spikes in the training rows; the standard deviation (not the IQR) as scale, because
     # quantised sensors often have IQR 0 on a few hundred rows. A relative floor keeps constant channels finite.
     center = np.median(values, axis=0)
-    scale = values.std(axis=0)
-    floor = 1e-3 * np.maximum(np.abs(center), 1e-3)
-    return center.astype(np.float64), np.maximum(scale, floor).astype(np.float64)
+    scale = np.maximum(values.std(axis=0), 1e-3 * np.maximum(np.abs(center), 1e-3))
+    # A flag (at most two values in the training rows) gets at least half its range, the standard deviation of a
+    # flag that is on half the time, so that a switch is at most two units: a flag that rarely fired has a tiny
+    # standard deviation, and one that never fired none, which turned a command flag's first firing into a value of
+    # 10^6 in the network's input (the ``commands`` plant of benchmarks/ts_suite.py). A flag that never switched
+    # counts its magnitude (at least 1) as its range.
+    low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    flags = np.array([np.unique(column[np.isfinite(column)]).size <= 2 for column in values.T], dtype=bool)
+    flag_range = np.where(high > low, high - low, np.maximum(np.abs(center), 1.0))
+    scale = np.where(flags, np.maximum(scale, flag_range / 2), scale)
+    return center.astype(np.float64), scale.astype(np.float64)
 
 
 class StreamNormalizer:

@@ -11,6 +11,7 @@ from triton_models.timeseries.detector import (
     ModeCalibration,
     guard_levels,
     level_envelope,
+    unpredictable_flags,
     window_levels,
     window_scores,
 )
@@ -135,3 +136,24 @@ def test_the_level_envelope_is_the_high_quantile_of_the_largest_channel_level() 
     levels = np.stack([np.linspace(0.0, 2.0, 1001), np.linspace(0.0, 1.0, 1001)], axis=1)
     assert level_envelope(levels, risk=1e-3) == pytest.approx(np.quantile(levels[:, 0], 0.999))
     assert level_envelope(np.empty((0, 2)), risk=1e-3) == 0.0
+
+
+def test_a_flag_the_model_cannot_predict_stays_out_of_the_score() -> None:
+    rng = np.random.default_rng(7)
+    windows = np.zeros((200, 8, 3), dtype=np.float32)
+    windows[:, :, 0] = rng.normal(size=(200, 8))  # a sensor
+    windows[:, :, 1] = np.where(rng.random((200, 8)) < 0.5, 1.0, -1.0)  # a flag following the plant
+    windows[150:152, :, 2] = 2.0  # a command flag that fired once
+    errors = np.abs(rng.normal(0, 0.1, size=windows.shape)).astype(np.float32)
+    errors[:, :, 2] = np.abs(windows[:, :, 2])  # the model could not see the firing coming
+    flags = np.array([False, True, True])
+    assert unpredictable_flags(errors, windows, flags) == [2]
+    calibration, served = calibrate_mode({"s": errors}, _level_zero({"s": errors}), 1e-2, {"s": [2]})
+    stream = calibration.stream("s")
+    assert stream.unscored_channels == [2] and calibration.stream("unknown").unscored_channels == [2]
+    scores = window_scores(stream.serve(errors, _level_zero({"s": errors})["s"]))
+    np.testing.assert_allclose(scores["SCORE"], served["s"], rtol=1e-6)
+    assert scores["CHANNEL_SCORES"][150].argmax() != 2 and served["s"][150] < 1.0
+    # scored, the firing would have been the worst channel and an alarm
+    loud, loud_served = calibrate_mode({"s": errors}, _level_zero({"s": errors}), 1e-2)
+    assert loud.stream("s").unscored_channels == [] and loud_served["s"][150] > 1.0

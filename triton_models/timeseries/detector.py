@@ -112,18 +112,33 @@ def level_envelope(levels: np.ndarray, risk: float) -> float:
     return float(np.quantile(levels.max(axis=1), 1 - risk)) if levels.size else 0.0
 
 
+def unpredictable_flags(errors: np.ndarray, windows: np.ndarray, flags: np.ndarray) -> list[int]:
+    """Flags (``flags`` [C] bool: at most two values in the stream's training rows) that the model predicts no
+    better than their training median on the stream's held-out windows [B, L, C] (absolute errors ``errors``,
+    normalised ``windows``: the median is 0): a command flag fires on its own, so its firing is normal operation and
+    the model's error on it says nothing about the plant. Such flags stay in the model's input and out of the
+    score; a flag that follows the plant (a pump's on/off) is predicted, and its flip against the plant is scored.
+    Scoring every flag, a firing command flag was the worst channel of its windows and the analog sensor's faults
+    drowned (the ``commands`` plant of benchmarks/ts_suite.py)."""
+    model = errors[:, -1, :].mean(axis=0)  # the last row of each held-out window: every held-out row once
+    median = np.abs(windows[:, -1, :]).mean(axis=0)
+    return [int(c) for c in np.flatnonzero(flags & (model >= median))]
+
+
 @dataclass
 class StreamCalibration:
     channel_scale: list[float]  # mean absolute error per channel on the stream's held-out normal windows
     location: float  # median raw score (worst channel's mean scaled error) of the stream's held-out normal windows
     threshold: float  # raw score above which the stream alarms
     level_envelope: float  # levels up to this many sd are normal for the stream (``guard_levels``)
+    unscored_channels: list[int]  # flags the model could not predict (``unpredictable_flags``): input only
 
     def serve(self, errors: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """Absolute errors [B, L, C] and window levels [B, C] -> the input of ``window_scores``, whose SCORE is then
         0 at the stream's median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps
-        and the max over channels)."""
+        and the max over channels); unscored channels count as predicted exactly."""
         scaled = guard_levels(errors / np.asarray(self.channel_scale, dtype=np.float32), levels, self.level_envelope)
+        scaled[:, :, self.unscored_channels] = 0.0
         return served_scale(scaled, self.location, self.threshold).astype(np.float32)
 
     def to_json(self) -> dict:

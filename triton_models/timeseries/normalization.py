@@ -7,6 +7,11 @@ import numpy as np
 from triton_models.names import POOLED_STREAM
 
 
+def flag_channels(values: np.ndarray) -> np.ndarray:
+    """[C] bool: channels with at most two distinct values in ``values`` [rows, C] (on/off flags, commands)."""
+    return np.array([np.unique(column[np.isfinite(column)]).size <= 2 for column in values.T], dtype=bool)
+
+
 def _robust_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Median centre resists spikes in the training rows; the standard deviation (not the IQR) as scale, because
     # quantised sensors often have IQR 0 on a few hundred rows. A relative floor keeps constant channels finite.
@@ -18,7 +23,7 @@ def _robust_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # 10^6 in the network's input (the ``commands`` plant of benchmarks/ts_suite.py). A flag that never switched
     # counts its magnitude (at least 1) as its range.
     low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
-    flags = np.array([np.unique(column[np.isfinite(column)]).size <= 2 for column in values.T], dtype=bool)
+    flags = flag_channels(values)
     flag_range = np.where(high > low, high - low, np.maximum(np.abs(center), 1.0))
     scale = np.where(flags, np.maximum(scale, flag_range / 2), scale)
     return center.astype(np.float64), scale.astype(np.float64)

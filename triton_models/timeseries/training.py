@@ -18,11 +18,17 @@ from triton_models.timeseries.detector import (
     TimeSeriesDetector,
     guard_levels,
     level_envelope,
+    unpredictable_flags,
     window_levels,
     window_scores,
 )
 from triton_models.timeseries.networks import ConvDenoiser
-from triton_models.timeseries.normalization import StreamNormalizer, centre_slow_channels, slow_channels
+from triton_models.timeseries.normalization import (
+    StreamNormalizer,
+    centre_slow_channels,
+    flag_channels,
+    slow_channels,
+)
 
 
 def sliding_windows(values: np.ndarray, length: int, stride: int = 1, first_end: int | None = None) -> np.ndarray:
@@ -135,17 +141,26 @@ CHANNEL_SCALE_FLOOR = 0.1
 
 
 def calibrate_mode(
-    held_out_errors: dict[str, np.ndarray], held_out_levels: dict[str, np.ndarray], risk: float
+    held_out_errors: dict[str, np.ndarray],
+    held_out_levels: dict[str, np.ndarray],
+    risk: float,
+    unscored: dict[str, list[int]] | None = None,
 ) -> tuple[ModeCalibration, dict[str, np.ndarray]]:
     """Per-stream calibration from absolute errors [windows, length, channels] and levels [windows, channels]
     (``window_levels``) of each stream's held-out normal windows: per-stream channel scale, then per-stream
-    thresholds from one pooled tail model (``stream_thresholds``). Returns the calibration and the served scores of
-    each stream's held-out windows (1.0 = threshold), in time order."""
+    thresholds from one pooled tail model (``stream_thresholds``); ``unscored`` channels per stream
+    (``unpredictable_flags``) stay out of the scores, and unknown streams leave out those no stream scores.
+    Returns the calibration and the served scores of each stream's held-out windows (1.0 = threshold), in time
+    order."""
+    unscored = {name: unscored.get(name, []) for name in held_out_errors} if unscored else {}
+    pooled_unscored = sorted(set.intersection(*map(set, unscored.values()))) if unscored else []
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
     pooled_envelope = level_envelope(pooled_levels, risk)
-    pooled_scores = window_scores(guard_levels(pooled_errors / pooled_scale, pooled_levels, pooled_envelope))[SCORE]
+    pooled_guarded = guard_levels(pooled_errors / pooled_scale, pooled_levels, pooled_envelope)
+    pooled_guarded[:, :, pooled_unscored] = 0.0
+    pooled_scores = window_scores(pooled_guarded)[SCORE]
     default_threshold = pot_threshold(pooled_scores, risk)
     scales, envelopes, scores = {}, {}, {}
     for name, errors in held_out_errors.items():
@@ -155,9 +170,11 @@ def calibrate_mode(
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
         envelopes[name] = level_envelope(held_out_levels[name], risk)
         guarded = guard_levels(errors / scales[name], held_out_levels[name], envelopes[name])
+        guarded[:, :, unscored.get(name, [])] = 0.0
         scores[name] = window_scores(guarded)[SCORE]
+    location = float(np.median(pooled_scores))
     default = StreamCalibration(
-        pooled_scale.tolist(), float(np.median(pooled_scores)), default_threshold.value, pooled_envelope
+        pooled_scale.tolist(), location, default_threshold.value, pooled_envelope, pooled_unscored
     )
     streams = {POOLED_STREAM: default}
     tail = None
@@ -165,7 +182,11 @@ def calibrate_mode(
         fitted = stream_thresholds(scores, risk)
         streams |= {
             name: StreamCalibration(
-                scales[name].tolist(), fitted.locations[name], fitted.thresholds[name], envelopes[name]
+                scales[name].tolist(),
+                fitted.locations[name],
+                fitted.thresholds[name],
+                envelopes[name],
+                unscored.get(name, []),
             )
             for name in scores
         }
@@ -209,9 +230,11 @@ def fit_detector(
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
+    flags = {name: flag_channels(tables[name]) for name in held_out}
     for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
-        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, risk)
+        unscored = {name: unpredictable_flags(errors[name], w, flags[name]) for name, w in held_out.items()}
+        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, risk, unscored)
     held_out_count = sum(len(w) for w in held_out.values())
     report = FitReport(losses, len(train), held_out_count, calibration_scores, {n: len(v) for n, v in tables.items()})
     return detector, report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -241,6 +243,19 @@ def test_saved_detector_reloads_with_identical_scores(tiny_detector: TimeSeriesD
     calibration = restored.calibration["imputation"]
     assert calibration.streams.keys() == {"default", "pump-a", "pump-b"}
     assert calibration.served_threshold().value == 1.0 and calibration.stream("nobody").threshold > 0
+
+
+def test_a_detector_saved_by_another_version_is_refused_with_a_clear_error(
+    tiny_detector: TimeSeriesDetector, tmp_path
+) -> None:
+    tiny_detector.save(tmp_path / "model")
+    path = tmp_path / "model" / "detector.json"
+    state = json.loads(path.read_text())
+    for stream in state["calibration"]["reconstruction"]["streams"].values():
+        del stream["level_envelope"]  # calibrated before the level guard had an envelope
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"another version of the detector.*retrain the model"):
+        TimeSeriesDetector.load(tmp_path / "model", device="cpu")
 
 
 def test_served_scores_alarm_above_one_on_each_streams_own_scale(tiny_detector: TimeSeriesDetector) -> None:

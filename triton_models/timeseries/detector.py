@@ -264,11 +264,18 @@ class TimeSeriesDetector:
 
     @classmethod
     def load(cls, directory: Path, device: str | None = None) -> TimeSeriesDetector:
+        """Raises ``ValueError`` for a detector saved by a version whose configuration or calibration differs."""
         state = json.loads((Path(directory) / DETECTOR_FILE).read_text())
-        config = ModelConfig.from_json(state["config"])
+        try:
+            config = ModelConfig.from_json(state["config"])
+            calibration = {mode: ModeCalibration.from_json(c) for mode, c in state["calibration"].items()}
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"{Path(directory) / DETECTOR_FILE} was written by another version of the detector ({error}): "
+                "retrain the model"
+            ) from error
         network = cls.build_network(config)
         network.load_state_dict(torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        calibration = {mode: ModeCalibration.from_json(c) for mode, c in state["calibration"].items()}
         detector = cls(config, network, StreamNormalizer.from_json(state["normalization"]), calibration)
         detector.default_mode = state["default_mode"]
         chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.synthetic_plant import MIXTURE_ANOMALIES, MIXTURE_TEST_ROWS, write_plant
+from benchmarks.synthetic_plant import COMMANDS, MIXTURE_ANOMALIES, MIXTURE_TEST_ROWS, write_plant
 from triton_models.timeseries.data import read_benchmark
 
 
@@ -52,3 +52,20 @@ def test_suite_normal_only_set_is_the_second_half_of_the_anomaly_free_run(tmp_pa
     np.testing.assert_allclose(series.train.values, values[:50], rtol=1e-6)
     np.testing.assert_allclose(series.test.values, values[50:], rtol=1e-6)
     assert series.test.labels.sum() == 0
+
+
+def test_commands_plant_has_rare_flags_some_silent_in_training_and_analog_anomalies(tmp_path: Path) -> None:
+    write_plant("commands", tmp_path)
+    series = read_benchmark(tmp_path)
+    flags, dormant, train_rows, test_rows, _ = COMMANDS
+    assert len(series) == 3
+    for s in series:
+        assert s.train.values.shape == (train_rows, 1 + flags) and s.test.values.shape == (test_rows, 1 + flags)
+        train_flags, test_flags = s.train.values[:, 1:], s.test.values[:, 1:]
+        assert set(np.unique(train_flags)) <= {0.0, 1.0} and set(np.unique(test_flags)) <= {0.0, 1.0}
+        assert not train_flags[:, :dormant].any() and test_flags[:, :dormant].any()  # new commands after training
+        assert train_flags.mean() < 0.1  # off but for rare bursts
+        normal = s.test.labels == 0
+        assert test_flags[normal].any()  # firing commands are normal operation, not labelled
+        starts = np.flatnonzero(np.diff(np.concatenate([[0], s.test.labels])) == 1)
+        assert len(starts) == MIXTURE_ANOMALIES

@@ -125,6 +125,17 @@ def unpredictable_flags(errors: np.ndarray, windows: np.ndarray, flags: np.ndarr
     return [int(c) for c in np.flatnonzero(flags & (model >= median))]
 
 
+def guarded_errors(
+    errors: np.ndarray, scale: np.ndarray, levels: np.ndarray, envelope: float, unscored: list[int]
+) -> np.ndarray:
+    """Absolute errors [B, L, C] of one stream divided by its channel ``scale``, raised by the level guard
+    (``guard_levels``), its ``unscored`` channels counted as predicted exactly: the stream's raw scores are those of
+    ``window_scores`` on it, in calibration and in serving alike."""
+    guarded = guard_levels(errors / scale, levels, envelope)
+    guarded[:, :, unscored] = 0.0
+    return guarded
+
+
 @dataclass
 class StreamCalibration:
     channel_scale: list[float]  # mean absolute error per channel on the stream's held-out normal windows
@@ -137,9 +148,9 @@ class StreamCalibration:
         """Absolute errors [B, L, C] and window levels [B, C] -> the input of ``window_scores``, whose SCORE is then
         0 at the stream's median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps
         and the max over channels); unscored channels count as predicted exactly."""
-        scaled = guard_levels(errors / np.asarray(self.channel_scale, dtype=np.float32), levels, self.level_envelope)
-        scaled[:, :, self.unscored_channels] = 0.0
-        return served_scale(scaled, self.location, self.threshold).astype(np.float32)
+        scale = np.asarray(self.channel_scale, dtype=np.float32)
+        guarded = guarded_errors(errors, scale, levels, self.level_envelope, self.unscored_channels)
+        return served_scale(guarded, self.location, self.threshold).astype(np.float32)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -16,7 +16,7 @@ from triton_models.timeseries.detector import (
     ModelConfig,
     StreamCalibration,
     TimeSeriesDetector,
-    guard_levels,
+    guarded_errors,
     level_envelope,
     unpredictable_flags,
     window_levels,
@@ -152,14 +152,13 @@ def calibrate_mode(
     (``unpredictable_flags``) stay out of the scores, and unknown streams leave out those no stream scores.
     Returns the calibration and the served scores of each stream's held-out windows (1.0 = threshold), in time
     order."""
-    unscored = {name: unscored.get(name, []) for name in held_out_errors} if unscored else {}
-    pooled_unscored = sorted(set.intersection(*map(set, unscored.values()))) if unscored else []
+    unscored = {name: (unscored or {}).get(name, []) for name in held_out_errors}
+    pooled_unscored = sorted(set.intersection(*map(set, unscored.values())))
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
     pooled_envelope = level_envelope(pooled_levels, risk)
-    pooled_guarded = guard_levels(pooled_errors / pooled_scale, pooled_levels, pooled_envelope)
-    pooled_guarded[:, :, pooled_unscored] = 0.0
+    pooled_guarded = guarded_errors(pooled_errors, pooled_scale, pooled_levels, pooled_envelope, pooled_unscored)
     pooled_scores = window_scores(pooled_guarded)[SCORE]
     default_threshold = pot_threshold(pooled_scores, risk)
     scales, envelopes, scores = {}, {}, {}
@@ -169,8 +168,7 @@ def calibrate_mode(
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
         envelopes[name] = level_envelope(held_out_levels[name], risk)
-        guarded = guard_levels(errors / scales[name], held_out_levels[name], envelopes[name])
-        guarded[:, :, unscored.get(name, [])] = 0.0
+        guarded = guarded_errors(errors, scales[name], held_out_levels[name], envelopes[name], unscored[name])
         scores[name] = window_scores(guarded)[SCORE]
     location = float(np.median(pooled_scores))
     default = StreamCalibration(
@@ -186,7 +184,7 @@ def calibrate_mode(
                 fitted.locations[name],
                 fitted.thresholds[name],
                 envelopes[name],
-                unscored.get(name, []),
+                unscored[name],
             )
             for name in scores
         }

@@ -132,10 +132,12 @@ def test_a_channel_is_at_least_as_anomalous_as_it_is_far_beyond_its_normal_envel
     np.testing.assert_array_equal(guard_levels(scaled, levels, levels.max() + 0.1), scaled)
 
 
-def test_the_level_envelope_is_the_high_quantile_of_the_largest_channel_level() -> None:
+def test_the_level_envelope_is_the_high_quantile_of_the_largest_scored_channel_level() -> None:
     levels = np.stack([np.linspace(0.0, 2.0, 1001), np.linspace(0.0, 1.0, 1001)], axis=1)
-    assert level_envelope(levels, risk=1e-3) == pytest.approx(np.quantile(levels[:, 0], 0.999))
-    assert level_envelope(np.empty((0, 2)), risk=1e-3) == 0.0
+    assert level_envelope(levels, 1e-3, unscored=[]) == pytest.approx(np.quantile(levels[:, 0], 0.999))
+    # an unscored flag's firing does not widen the envelope of the channels that are scored
+    assert level_envelope(levels, 1e-3, unscored=[0]) == pytest.approx(np.quantile(levels[:, 1], 0.999))
+    assert level_envelope(np.empty((0, 2)), 1e-3, unscored=[]) == 0.0
 
 
 def test_a_flag_the_model_cannot_predict_stays_out_of_the_score() -> None:

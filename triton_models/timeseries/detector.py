@@ -106,10 +106,12 @@ def guard_levels(scaled_errors: np.ndarray, levels: np.ndarray, envelope: float)
     return scaled_errors + shortfall[:, None, :]
 
 
-def level_envelope(levels: np.ndarray, risk: float) -> float:
+def level_envelope(levels: np.ndarray, risk: float, unscored: list[int]) -> float:
     """How far from its training level a normal window of the stream goes: the (1 - ``risk``) quantile, over
-    held-out normal windows, of the window's largest channel level [B, C] (``window_levels``)."""
-    return float(np.quantile(levels.max(axis=1), 1 - risk)) if levels.size else 0.0
+    held-out normal windows, of the window's largest level [B, C] (``window_levels``) among the scored channels. An
+    unscored flag's firing is no measure of the scored channels' normal range."""
+    scored = np.delete(levels, unscored, axis=1)
+    return float(np.quantile(scored.max(axis=1), 1 - risk)) if scored.size else 0.0
 
 
 def unpredictable_flags(errors: np.ndarray, windows: np.ndarray, flags: np.ndarray) -> list[int]:

@@ -157,7 +157,7 @@ def calibrate_mode(
     pooled_errors = np.concatenate(list(held_out_errors.values()))
     pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
     pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    pooled_envelope = level_envelope(pooled_levels, risk)
+    pooled_envelope = level_envelope(pooled_levels, risk, pooled_unscored)
     pooled_guarded = guarded_errors(pooled_errors, pooled_scale, pooled_levels, pooled_envelope, pooled_unscored)
     pooled_scores = window_scores(pooled_guarded)[SCORE]
     default_threshold = pot_threshold(pooled_scores, risk)
@@ -167,7 +167,7 @@ def calibrate_mode(
             continue
         scale = errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        envelopes[name] = level_envelope(held_out_levels[name], risk)
+        envelopes[name] = level_envelope(held_out_levels[name], risk, unscored[name])
         guarded = guarded_errors(errors, scales[name], held_out_levels[name], envelopes[name], unscored[name])
         scores[name] = window_scores(guarded)[SCORE]
     location = float(np.median(pooled_scores))
@@ -228,7 +228,7 @@ def fit_detector(
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
-    flags = {name: flag_channels(tables[name]) for name in held_out}
+    flags = {name: flag_channels(tables[name][: cuts[name]]) for name in held_out}  # as the normaliser saw them
     for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
         unscored = {name: unpredictable_flags(errors[name], w, flags[name]) for name, w in held_out.items()}

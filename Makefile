@@ -10,7 +10,7 @@ export RUFF_CACHE_DIR := $(CACHE)/ruff
 LINT_IMPORTS := $(BIN)/lint-imports --cache-dir $(CACHE)/import-linter
 PYTEST := $(BIN)/python -m pytest -o cache_dir=$(CACHE)/pytest
 
-.PHONY: setup demo test lint stack-up stack-down stack-status
+.PHONY: setup demo test lint screenshots stack-up stack-down stack-status
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ test: setup
 	$(BIN)/ruff check .
 	$(LINT_IMPORTS)
 	$(PYTEST) -ra
+
+# The README's console pictures (docs/console/), taken by the browser tests in a real Chromium.
+screenshots: setup
+	DIFFSENTRY_SCREENSHOTS=$(abspath docs/console) $(PYTEST) -ra tests/browser
 
 lint: setup
 	$(BIN)/ruff check .

@@ -251,11 +251,9 @@ def run_settings(
     addresses: dict, models: Path, work: Path, run: str, max_batch: int = 64, mode: str | None = None
 ) -> Settings:
     """A worker's settings for one measurement: own topics and group, every asset admitted, the given batch/mode."""
-    topics = {name: f"{name.replace('_', '-')}-{run}" for name in TopicSettings.model_fields if name != "partitions"}
-    topics = {k: v for k, v in topics.items() if k != "replication_factor"}
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=addresses["kafka"]["bootstrap_servers"], consumer_group=f"bench-{run}"),
-        topics=TopicSettings(**topics),
+        topics=TopicSettings().suffixed(run),
         triton=TritonSettings(grpc_urls=addresses["triton"]["grpc_urls"]),
         influx=InfluxSettings(url=addresses["influx"]["url"]),
         sensors=SensorSettings(assets=["*"], mode=mode),

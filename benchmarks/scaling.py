@@ -112,14 +112,7 @@ def group_cpu(groups: dict[str, list[int]]) -> dict[str, float]:
 
 
 def run_settings(stack: dict, models: Path, work: Path, run: str, triton_urls: list[str]) -> Settings:
-    topics = TopicSettings(
-        sensor_readings=f"readings-{run}",
-        video_frames=f"frames-{run}",
-        scores=f"scores-{run}",
-        alerts=f"alerts-{run}",
-        dead_letter=f"dead-{run}",
-        partitions=PARTITIONS,
-    )
+    topics = TopicSettings().suffixed(run, partitions=PARTITIONS)
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=stack["kafka"], consumer_group=f"scaling-{run}"),
         topics=topics,

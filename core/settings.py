@@ -51,6 +51,12 @@ class TopicSettings(BaseModel):
     partitions: int = 4
     replication_factor: int = 1
 
+    def suffixed(self, suffix: str, **updates: Any) -> TopicSettings:
+        """These topics, each name ending in ``-<suffix>``: the topics of one run of its own on a shared broker (a
+        test, a benchmark run); ``updates`` set other fields (partitions)."""
+        names = [name for name, field in type(self).model_fields.items() if field.annotation is str]
+        return self.model_copy(update={name: f"{getattr(self, name)}-{suffix}" for name in names} | updates)
+
 
 class TritonSettings(BaseModel):
     """``grpc_urls``: the Triton replicas the worker scores on, balanced over the healthy ones (operators/

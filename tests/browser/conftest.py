@@ -8,6 +8,7 @@ Skipped with the reason when chromium, its driver or the data sets are missing."
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ from pipeline.demo import DEMO_ALERTING, run_settings
 from pipeline.demo_models import DemoModels, data_dir, ensure_models
 from pipeline.worker_process import WorkerProcess
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+# Where each test saves its page's screenshot: a session temporary folder, so that ``make test`` writes nothing in
+# the checkout; ``make screenshots`` sets it to docs/console/, whose pictures the README shows.
+SCREENSHOTS_ENV = "DIFFSENTRY_SCREENSHOTS"
 WINDOW = (1280, 900)
 MODELS = DemoModels()
 PED2_CLIP = "04"  # anomalous from frame 30 (the demo's clip)
@@ -43,6 +46,14 @@ class Console:
     @property
     def token(self) -> str:
         return self.settings.api.token
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = os.environ.get(SCREENSHOTS_ENV)
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 SKAB anomaly turning a stream firing on the live overview, the stream page's chart holding the store's points, the
 camera page showing a Ped2 anomaly's frame with its map and its alert's snapshot, subscriptions made in the UI,
 and acknowledging and silencing from the alerts page changing what a webhook receiver gets.
-Each test saves its page's screenshot under docs/console/ (shown in the README)."""
+Each test saves its page's screenshot (``make screenshots``: under docs/console/, shown in the README)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ from operators.webhook_receiver import WebhookReceiver
 from pipeline.console import SESSION_COOKIE
 from pipeline.demo import expected_window_count, replay_video
 from pipeline.ingest_sensors import ReplayTable, publish, read_sensor_csv
-from tests.browser.conftest import MODELS, PED2_CLIP, SCREENSHOTS, WINDOW, Console
+from tests.browser.conftest import MODELS, PED2_CLIP, WINDOW, Console
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,9 +50,8 @@ def wait_for(driver: WebDriver, css: str, timeout_s: float = 120.0):
     )[0]
 
 
-def screenshot(driver: WebDriver, page: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(SCREENSHOTS / f"{page}.png"))
+def screenshot(driver: WebDriver, folder: Path, page: str) -> None:
+    assert driver.save_screenshot(str(folder / f"{page}.png"))
 
 
 def sign_in(driver: WebDriver, console: Console, token: str) -> None:
@@ -80,11 +80,13 @@ def sensor_replay(console: Console) -> Iterator[threading.Thread]:
     thread.join(timeout=120)
 
 
-def test_a_wrong_token_gets_no_session_and_no_data_then_the_token_signs_in(browser: WebDriver, console: Console):
+def test_a_wrong_token_gets_no_session_and_no_data_then_the_token_signs_in(
+    browser: WebDriver, console: Console, screenshots: Path
+):
     sign_in(browser, console, "not-the-token")
     assert "Wrong token." in browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
     assert browser.get_cookie(SESSION_COOKIE) is None
-    screenshot(browser, "login")
+    screenshot(browser, screenshots, "login")
     browser.get(f"{console.url}/v1/streams")
     assert "missing or wrong bearer token" in browser.find_element(By.TAG_NAME, "body").text
     browser.get(f"{console.url}/console/")
@@ -99,18 +101,18 @@ def test_a_wrong_token_gets_no_session_and_no_data_then_the_token_signs_in(brows
 
 
 def test_the_overview_shows_the_stream_turning_firing_while_skab_replays(
-    signed_in: WebDriver, console: Console, sensor_replay: threading.Thread
+    signed_in: WebDriver, console: Console, sensor_replay: threading.Thread, screenshots: Path
 ):
     signed_in.get(f"{console.url}/console/")
     wait_for(signed_in, f'tr[data-stream="{MODELS.asset}"]', timeout_s=90)
     assert signed_in.find_element(By.ID, "live").text == "live", "the EventSource is open with the session cookie"
     row = wait_for(signed_in, f'tr[data-stream="{MODELS.asset}"][data-status="firing"]', timeout_s=180)
     assert "firing" in row.text and row.find_elements(By.CSS_SELECTOR, "svg polyline")
-    screenshot(signed_in, "overview")
+    screenshot(signed_in, screenshots, "overview")
 
 
 def test_the_stream_page_charts_the_stores_points(
-    signed_in: WebDriver, console: Console, sensor_replay: threading.Thread
+    signed_in: WebDriver, console: Console, sensor_replay: threading.Thread, screenshots: Path
 ):
     sensor_replay.join(timeout=180)
     table = read_sensor_csv(console.data / MODELS.sensor_file)
@@ -133,7 +135,7 @@ def test_the_stream_page_charts_the_stores_points(
     assert chart.find_elements(By.TAG_NAME, "canvas"), "uPlot drew the chart"
     assert signed_in.find_element(By.ID, "contributions-section").is_displayed()
     assert signed_in.find_element(By.ID, "error").text == ""
-    screenshot(signed_in, "stream")
+    screenshot(signed_in, screenshots, "stream")
 
 
 def image_width(driver: WebDriver, css: str) -> int:
@@ -141,7 +143,9 @@ def image_width(driver: WebDriver, css: str) -> int:
     return driver.execute_script(f"return document.querySelector({css!r})?.naturalWidth ?? 0")
 
 
-def test_the_camera_page_shows_a_ped2_anomaly_with_its_map_and_snapshot(signed_in: WebDriver, console: Console):
+def test_the_camera_page_shows_a_ped2_anomaly_with_its_map_and_snapshot(
+    signed_in: WebDriver, console: Console, screenshots: Path
+):
     clip = console.data / "ped2" / "testing" / PED2_CLIP
     replay = in_background(lambda: replay_video(console.settings, clip, CAMERA))
     signed_in.get(f"{console.url}/console/cameras")
@@ -160,10 +164,12 @@ def test_the_camera_page_shows_a_ped2_anomaly_with_its_map_and_snapshot(signed_i
     assert ((red - green > 60) & (red - blue > 60)).any(), "the anomaly map is overlaid in red"
     assert ((red > 240) & (green > 220) & (blue < 40)).any(), "the worst patch is boxed in yellow"
     time.sleep(2.5)  # the page's next refresh shows the clip's last frame
-    screenshot(signed_in, "cameras")
+    screenshot(signed_in, screenshots, "cameras")
 
 
-def test_a_subscription_made_in_the_console_is_stored_and_deleted(signed_in: WebDriver, console: Console):
+def test_a_subscription_made_in_the_console_is_stored_and_deleted(
+    signed_in: WebDriver, console: Console, screenshots: Path
+):
     signed_in.get(f"{console.url}/console/subscriptions")
     signed_in.find_element(By.ID, "sub-name").send_keys("control room")
     stream = signed_in.find_element(By.ID, "sub-stream")
@@ -178,7 +184,7 @@ def test_a_subscription_made_in_the_console_is_stored_and_deleted(signed_in: Web
     listed = httpx.get(f"{console.url}/v1/subscriptions", headers=headers).json()["subscriptions"]
     made = [s for s in listed if s["name"] == "control room"]
     assert len(made) == 1 and made[0]["selector"]["stream"] == "ped2-*" and made[0]["delivery"]["sse"]
-    screenshot(signed_in, "subscriptions")
+    screenshot(signed_in, screenshots, "subscriptions")
 
     row.find_element(By.XPATH, ".//button[text()='Delete']").click()
     signed_in.switch_to.alert.accept()
@@ -296,7 +302,7 @@ def test_acknowledging_in_the_console_stops_escalations_but_its_resolve_is_deliv
 
 
 def test_a_silence_made_from_an_alert_in_the_console_keeps_the_streams_next_alert_from_the_receiver(
-    signed_in: WebDriver, console: Console, webhook: WebhookReceiver
+    signed_in: WebDriver, console: Console, webhook: WebhookReceiver, screenshots: Path
 ):
     signed_in.get(f"{console.url}/console/alerts")
     click(signed_in, f"//table[@id='history']//tr[@data-stream='{MODELS.asset}']//button[text()='Silence…']")
@@ -339,7 +345,7 @@ def test_a_silence_made_from_an_alert_in_the_console_keeps_the_streams_next_aler
     wait_for(signed_in, f'#history tr[data-alert="{alert_id}"][data-status="resolved"]', 10)
     signed_in.set_window_size(WINDOW[0], 1600)
     signed_in.execute_script("window.scrollTo(0, 0)")
-    screenshot(signed_in, "alerts")
+    screenshot(signed_in, screenshots, "alerts")
     signed_in.set_window_size(*WINDOW)
 
     click(signed_in, "//table[@id='silences']//tr[@data-state='active']//button[text()='End now']")

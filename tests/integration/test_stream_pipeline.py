@@ -95,14 +95,7 @@ class Stack:
 
     def settings(self, alerting: AlertingSettings | None = None, **sensor_overrides) -> Settings:
         suffix = uuid.uuid4().hex[:8]
-        topics = TopicSettings(
-            sensor_readings=f"readings-{suffix}",
-            video_frames=f"frames-{suffix}",
-            scores=f"scores-{suffix}",
-            alerts=f"alerts-{suffix}",
-            dead_letter=f"dead-{suffix}",
-            partitions=2,
-        )
+        topics = TopicSettings().suffixed(suffix, partitions=2)
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=self.bootstrap, consumer_group=f"worker-{suffix}"),
             topics=topics,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import STATE_PATHS, Settings
+from core.settings import STATE_PATHS, Settings, TopicSettings
 from core.stack_state import KAFKA, TRITON, VICTORIA_METRICS, ServiceRecord, StackState
 
 
@@ -179,3 +179,13 @@ def test_triton_replicas_are_a_list_and_the_single_url_setting_is_refused(monkey
     monkeypatch.setenv("DIFFSENTRY_TRITON__GRPC_URLS", "[]")
     with pytest.raises(ValueError, match="at least 1 item"):
         Settings()
+
+
+def test_suffixed_topics_rename_every_topic_and_keep_the_rest() -> None:
+    base = TopicSettings(partitions=3)
+    run = base.suffixed("run7", partitions=2)
+    names = ("sensor_readings", "video_frames", "scores", "alerts", "dead_letter")
+    assert all(getattr(run, name) == f"{getattr(base, name)}-run7" for name in names)
+    assert len({getattr(run, name) for name in names}) == len(names)
+    assert (run.partitions, run.replication_factor) == (2, base.replication_factor)
+    assert base.suffixed("a").sensor_readings != base.suffixed("b").sensor_readings

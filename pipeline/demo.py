@@ -60,14 +60,9 @@ DEMO_ALERTING = AlertingSettings(for_s=5.0, for_points=3, resolve_for_s=30.0, co
 def run_settings(settings: Settings, run: str, alerting: AlertingSettings = DEMO_ALERTING) -> Settings:
     """The worker's settings for one demo run: own topics, group and state dir, free ports (0: chosen when the
     worker process is set up), a token of its own, demo alerting, and webhooks allowed to the local receiver."""
-    topics = {
-        name: f"{value}.{run}"
-        for name, value in settings.topics.model_dump().items()
-        if name in ("sensor_readings", "video_frames", "scores", "alerts", "dead_letter")
-    }
     return settings.model_copy(
         update={
-            "topics": settings.topics.model_copy(update={**topics, "partitions": 1}),
+            "topics": settings.topics.suffixed(run, partitions=1),
             "kafka": settings.kafka.model_copy(update={"consumer_group": f"diffsentry-{run}"}),
             "stream": settings.stream.model_copy(update={"metrics_port": 0, "session_timeout_ms": 3000}),
             "api": settings.api.model_copy(update={"port": 0, "token": secrets.token_hex(16)}),

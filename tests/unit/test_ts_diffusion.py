@@ -11,6 +11,7 @@ from torch import nn
 
 from triton_models.diffusion import NoiseSchedule, ddim_sample, ddpm_loss
 from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector
+from triton_models.timeseries.networks import FlagPrior
 from triton_models.timeseries.normalization import StreamNormalizer, centre_slow_channels, slow_channels
 from triton_models.timeseries.scoring import ScoringConfig, complementary_masks
 from triton_models.timeseries.training import fit_detector, sliding_windows, training_masks
@@ -293,3 +294,20 @@ def test_reconstruction_scores_the_mean_of_its_noise_draws(tiny_detector: TimeSe
     ]
     expected = (torch.stack(one_by_one).mean(0) - windows) ** 2
     torch.testing.assert_close(scorer.squared_errors(windows, "reconstruction"), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_flag_prior_predicts_a_flags_noise_as_its_posterior_mean_and_leaves_other_channels_to_the_stack() -> None:
+    rng = np.random.default_rng(0)
+    windows = np.stack([0.2 * rng.normal(size=(4000, 8)), rng.normal(size=(4000, 8))], axis=2).astype(np.float32)
+    schedule = NoiseSchedule(100)
+    prior = FlagPrior(2, schedule.alpha_bars)
+    prior.fit(windows[:2000], np.array([True, False]))
+    x0 = torch.from_numpy(windows[2000:])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    for step in (5, 40, 90):
+        t = torch.full((len(x0),), step)
+        predicted = prior(schedule.q_sample(x0, t, noise), t)
+        assert torch.all(predicted[:, :, 1] == 0)
+        error = ((predicted[:, :, 0] - noise[:, :, 0]) ** 2).mean()
+        for factor in (0.0, 0.8, 1.25):
+            assert error < ((factor * predicted[:, :, 0] - noise[:, :, 0]) ** 2).mean(), (step, factor)

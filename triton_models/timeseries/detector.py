@@ -29,7 +29,7 @@ from triton_models.diffusion import NoiseSchedule
 from triton_models.model_card import ServedThreshold
 from triton_models.names import CHANNEL_SCORES, POOLED_STREAM, RECONSTRUCTION, SCORE, STEP_SCORES, TS_MODES, TsMode
 from triton_models.timeseries.calibration import Threshold, served_scale
-from triton_models.timeseries.networks import ConvDenoiser
+from triton_models.timeseries.networks import ConvDenoiser, FlagPrior
 from triton_models.timeseries.normalization import StreamNormalizer, centre_slow_channels
 from triton_models.timeseries.scoring import DiffusionScorer, ScoringConfig
 
@@ -114,6 +114,13 @@ def level_envelope(levels: np.ndarray, risk: float, unscored: list[int]) -> floa
     return float(np.quantile(scored.max(axis=1), 1 - risk)) if scored.size else 0.0
 
 
+# A flag is scored when the model's error on it is at most this fraction of its median's: it follows the plant. The
+# flag prior (``networks.FlagPrior``) predicts a rarely firing flag at its median whatever the plant does, and an
+# error a hair below the median's kept a command flag with a tiny scale in the score, whose firings then set the
+# stream's threshold ten times above its median (``commands``: no alarm at all).
+FLAG_PREDICTED_FRACTION = 0.5
+
+
 def unpredictable_flags(errors: np.ndarray, windows: np.ndarray, flags: np.ndarray) -> list[int]:
     """Flags (``flags`` [C] bool: at most two values in the stream's training rows) that the model predicts no
     better than their training median on the stream's held-out windows [B, L, C] (absolute errors ``errors``,
@@ -124,7 +131,7 @@ def unpredictable_flags(errors: np.ndarray, windows: np.ndarray, flags: np.ndarr
     drowned (the ``commands`` plant of benchmarks/ts_suite.py)."""
     model = errors[:, -1, :].mean(axis=0)  # the last row of each held-out window: every held-out row once
     median = np.abs(windows[:, -1, :]).mean(axis=0)
-    return [int(c) for c in np.flatnonzero(flags & (model >= median))]
+    return [int(c) for c in np.flatnonzero(flags & (model > FLAG_PREDICTED_FRACTION * median))]
 
 
 def guarded_errors(
@@ -220,7 +227,9 @@ class TimeSeriesDetector:
 
     @staticmethod
     def build_network(config: ModelConfig) -> ConvDenoiser:
-        return ConvDenoiser(len(config.channels), config.hidden, config.dilations)
+        alpha_bars = NoiseSchedule(config.diffusion_steps, config.schedule).alpha_bars
+        prior = FlagPrior(len(config.channels), alpha_bars)
+        return ConvDenoiser(len(config.channels), prior, config.hidden, config.dilations)
 
     def to(self, device: torch.device | str) -> TimeSeriesDetector:
         self.device = torch.device(device)
@@ -288,7 +297,13 @@ class TimeSeriesDetector:
                 "retrain the model"
             ) from error
         network = cls.build_network(config)
-        network.load_state_dict(torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        weights = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as error:  # missing, unexpected or reshaped weights
+            raise ValueError(
+                f"{Path(directory) / WEIGHTS_FILE} does not fit this version's network: retrain the model"
+            ) from error
         detector = cls(config, network, StreamNormalizer.from_json(state["normalization"]), calibration)
         detector.default_mode = state["default_mode"]
         chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -223,6 +223,7 @@ def fit_detector(
     held_out = {name: sliding_windows(v, config.window, 1, first_end=cuts[name]) for name, v in normalised.items()}
     held_out = {name: windows for name, windows in held_out.items() if len(windows)}
     network = TimeSeriesDetector.build_network(config)
+    network.prior.fit(train, flag_channels(np.concatenate([values[: cuts[name]] for name, values in tables.items()])))
     schedule = NoiseSchedule(config.diffusion_steps, config.schedule)
     losses = train_denoiser(network, schedule, train, epochs, config.seed, progress=progress)
     detector = TimeSeriesDetector(config, network, normalizer)

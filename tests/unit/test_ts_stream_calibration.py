@@ -10,10 +10,13 @@ from triton_models.timeseries.calibration import stream_thresholds
 from triton_models.timeseries.detector import (
     ModeCalibration,
     guard_levels,
+    guard_spreads,
     level_envelope,
+    spread_limits,
     unpredictable_flags,
     window_levels,
     window_scores,
+    window_spreads,
 )
 from triton_models.timeseries.training import CHANNEL_SCALE_FLOOR, MIN_STREAM_WINDOWS, calibrate_mode
 
@@ -27,10 +30,15 @@ def _level_zero(held_out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.zeros((len(e), e.shape[2]), dtype=np.float32) for name, e in held_out.items()}
 
 
+def _spread_one(held_out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Windows that move as much as each other: no channel is held."""
+    return {name: np.ones((len(e), e.shape[2]), dtype=np.float32) for name, e in held_out.items()}
+
+
 def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served_scores() -> None:
     quiet = _errors(0, 200, [1.0, 2.0])
     held_out = {"quiet": quiet, "loud": 100 * quiet}
-    calibration, served = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
+    calibration, served = calibrate_mode(held_out, _level_zero(held_out), _spread_one(held_out), risk=1e-2)
     assert calibration.stream("loud").threshold == pytest.approx(calibration.stream("quiet").threshold)
     quiet_scale = np.asarray(calibration.stream("quiet").channel_scale)
     np.testing.assert_allclose(calibration.stream("loud").channel_scale, 100 * quiet_scale, rtol=1e-6)
@@ -45,14 +53,16 @@ def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served
 
 def test_a_noisy_channel_does_not_dominate_its_stream() -> None:
     errors = _errors(1, 100, [1.0, 5.0])
-    calibration, _ = calibrate_mode({"pump": errors}, _level_zero({"pump": errors}), risk=1e-2)
+    calibration, _ = calibrate_mode(
+        {"pump": errors}, _level_zero({"pump": errors}), _spread_one({"pump": errors}), risk=1e-2
+    )
     scaled = errors / np.asarray(calibration.stream("pump").channel_scale)
     assert scaled[..., 0].mean() == pytest.approx(1.0) and scaled[..., 1].mean() == pytest.approx(1.0)
 
 
 def test_unknown_and_short_streams_use_the_pooled_default() -> None:
     held_out = {"long": _errors(2, 300, [1.0, 1.0]), "short": _errors(3, MIN_STREAM_WINDOWS - 1, [5.0, 5.0])}
-    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
+    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), _spread_one(held_out), risk=1e-2)
     assert set(calibration.streams) == {"default", "long"}
     assert calibration.stream("short") is calibration.stream("never-seen") is calibration.streams["default"]
     assert calibration.default_threshold.value == calibration.streams["default"].threshold
@@ -61,14 +71,14 @@ def test_unknown_and_short_streams_use_the_pooled_default() -> None:
 def test_a_channel_flat_in_the_held_out_tail_keeps_a_floor_scale() -> None:
     flat = _errors(4, 100, [1.0, 1.0])
     flat[..., 1] = 0.0
-    calibration, _ = calibrate_mode({"flat": flat}, _level_zero({"flat": flat}), risk=1e-2)
+    calibration, _ = calibrate_mode({"flat": flat}, _level_zero({"flat": flat}), _spread_one({"flat": flat}), risk=1e-2)
     scale = calibration.stream("flat").channel_scale
     assert scale[1] == pytest.approx(CHANNEL_SCALE_FLOOR * (scale[0] + 0.0) / 2)
 
 
 def test_calibration_survives_json() -> None:
     held_out = {"a": _errors(6, 50, [1.0, 3.0])}
-    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), risk=1e-2)
+    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), _spread_one(held_out), risk=1e-2)
     restored = ModeCalibration.from_json(calibration.to_json())
     assert restored.to_json() == calibration.to_json()
     assert restored.served_threshold().value == 1.0
@@ -154,12 +164,33 @@ def test_a_flag_the_model_cannot_predict_stays_out_of_the_score() -> None:
     nearly = errors.copy()
     nearly[:, :, 2] *= 0.9
     assert unpredictable_flags(nearly, windows, flags) == [2]
-    calibration, served = calibrate_mode({"s": errors}, _level_zero({"s": errors}), 1e-2, {"s": [2]})
+    calibration, served = calibrate_mode(
+        {"s": errors}, _level_zero({"s": errors}), _spread_one({"s": errors}), 1e-2, {"s": [2]}
+    )
     stream = calibration.stream("s")
     assert stream.unscored_channels == [2] and calibration.stream("unknown").unscored_channels == [2]
-    scores = window_scores(stream.serve(errors, _level_zero({"s": errors})["s"]))
+    scores = window_scores(stream.serve(errors, _level_zero({"s": errors})["s"], _spread_one({"s": errors})["s"]))
     np.testing.assert_allclose(scores["SCORE"], served["s"], rtol=1e-6)
     assert scores["CHANNEL_SCORES"][150].argmax() != 2 and served["s"][150] < 1.0
     # scored, the firing would have been the worst channel and an alarm
-    loud, loud_served = calibrate_mode({"s": errors}, _level_zero({"s": errors}), 1e-2)
+    loud, loud_served = calibrate_mode({"s": errors}, _level_zero({"s": errors}), _spread_one({"s": errors}), 1e-2)
     assert loud.stream("s").unscored_channels == [] and loud_served["s"][150] > 1.0
+
+
+def test_a_sensor_held_flatter_than_any_normal_window_alarms() -> None:
+    rng = np.random.default_rng(3)
+    normal = rng.normal(size=(1000, 16, 3)).astype(np.float32)
+    normal[:, :, 2] = np.round(normal[:, :, 2])  # quantised: some normal windows sit still on it
+    normal[:20, :, 2] = 0.0
+    limits = spread_limits(window_spreads(normal), 1e-3, unscored=[])
+    assert 0 < limits[0] < 0.5 * window_spreads(normal)[:, 0].mean() and limits[2] == 0.0
+    assert spread_limits(window_spreads(normal), 1e-3, unscored=[1])[1] == 0.0
+    held = normal[:4].copy()
+    held[:, :, 0] = held[:, -1:, 0]  # sensor 0 holds its reading over the whole window
+    held[:, :, 2] = 0.0  # the quantised one sits still, as it did in normal windows
+    served = np.full(held.shape, 0.2, dtype=np.float32)  # the model reconstructed it all well
+    guarded = guard_spreads(served, window_spreads(held), np.asarray(limits, dtype=np.float32))
+    channel = window_scores(guarded)["CHANNEL_SCORES"]
+    assert np.all(channel[:, 0] == pytest.approx(2.0)) and np.all(channel[:, 1:] == pytest.approx(0.2))
+    # a normal window's spreads are above the limits: nothing is raised
+    np.testing.assert_array_equal(guard_spreads(served, window_spreads(normal[:4]), np.asarray(limits)), served)

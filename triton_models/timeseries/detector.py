@@ -90,6 +90,44 @@ def window_levels(normalised: np.ndarray, slow_channels: list[int]) -> np.ndarra
     return levels.astype(np.float32)
 
 
+def window_spreads(normalised: np.ndarray) -> np.ndarray:
+    """Each channel's standard deviation over the window [B, C] of normalised windows [B, L, C]."""
+    return normalised.std(axis=1).astype(np.float32)
+
+
+# A channel is held (a stuck sensor) when its spread over the window is below this fraction of the smallest spread
+# the stream's held-out normal windows showed on it (``spread_limits``).
+HELD_SPREAD_FRACTION = 0.5
+
+
+def spread_limits(spreads: np.ndarray, risk: float, unscored: list[int]) -> list[float]:
+    """Per channel, the spread [B, C] (``window_spreads``) of the stream's held-out normal windows below which the
+    channel counts as held: ``HELD_SPREAD_FRACTION`` x its (risk / scored channels) quantile, so that at most about
+    ``risk`` of normal windows have any channel below its limit; 0 (never held) for unscored channels, and for a
+    channel that sat still in some normal window (a quantised or slow sensor, a flag)."""
+    if not len(spreads):
+        return [0.0] * spreads.shape[1]
+    scored = max(spreads.shape[1] - len(unscored), 1)
+    limits = HELD_SPREAD_FRACTION * np.quantile(spreads, risk / scored, axis=0)
+    limits[unscored] = 0.0
+    return limits.astype(float).tolist()
+
+
+def guard_spreads(served: np.ndarray, spreads: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Served channel errors [B, L, C] (1.0 = the stream's threshold) raised, where a channel is held (its spread
+    [B, C] below its limit), so that the channel's mean over the window is at least 1 + (1 - spread / limit): a
+    sensor held flatter than any normal window of the stream alarms, the more surely the flatter.
+
+    Reconstruction cannot see it by itself: a held reading is the smoothest curve there is, and the model
+    reconstructs it better than the noisy normal signal (the ``commands`` plant of benchmarks/ts_suite.py: its stuck
+    rows scored below its clean normal rows, AUROC 0.16)."""
+    held = spreads < limits
+    deficit = np.where(held, 1.0 - spreads / np.where(held, limits, 1.0), 0.0)
+    target = np.where(held, CALIBRATED_THRESHOLD + deficit, -np.inf)
+    shortfall = np.maximum(target - served.mean(axis=1), 0.0)
+    return served + shortfall[:, None, :].astype(served.dtype)
+
+
 def guard_levels(scaled_errors: np.ndarray, levels: np.ndarray, envelope: float) -> np.ndarray:
     """Channel-scaled errors [B, L, C] raised, where needed, so that each channel's mean over the window is at least
     the part of its level [B, C] (``window_levels``) beyond the stream's ``envelope``; the per-step shape of the
@@ -152,14 +190,16 @@ class StreamCalibration:
     threshold: float  # raw score above which the stream alarms
     level_envelope: float  # levels up to this many sd are normal for the stream (``guard_levels``)
     unscored_channels: list[int]  # flags the model could not predict (``unpredictable_flags``): input only
+    spread_limits: list[float]  # per channel: a spread below it is a held sensor (``guard_spreads``)
 
-    def serve(self, errors: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        """Absolute errors [B, L, C] and window levels [B, C] -> the input of ``window_scores``, whose SCORE is then
-        0 at the stream's median and 1.0 at its threshold (an increasing affine map commutes with the mean over steps
-        and the max over channels); unscored channels count as predicted exactly."""
+    def serve(self, errors: np.ndarray, levels: np.ndarray, spreads: np.ndarray) -> np.ndarray:
+        """Absolute errors [B, L, C], window levels and spreads [B, C] -> the input of ``window_scores``, whose SCORE
+        is then 0 at the stream's median and 1.0 at its threshold (an increasing affine map commutes with the mean
+        over steps and the max over channels); unscored channels count as predicted exactly, held ones alarm."""
         scale = np.asarray(self.channel_scale, dtype=np.float32)
         guarded = guarded_errors(errors, scale, levels, self.level_envelope, self.unscored_channels)
-        return served_scale(guarded, self.location, self.threshold).astype(np.float32)
+        served = served_scale(guarded, self.location, self.threshold).astype(np.float32)
+        return guard_spreads(served, spreads, np.asarray(self.spread_limits, dtype=np.float32))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -250,10 +290,13 @@ class TimeSeriesDetector:
         windows = torch.from_numpy(np.ascontiguousarray(centred, dtype=np.float32)).to(self.device)
         return self.scorer.squared_errors(windows, mode).sqrt().cpu().numpy()
 
-    def scaled_errors(self, errors: np.ndarray, levels: np.ndarray, stream: str, mode: str) -> np.ndarray:
-        """Absolute errors of one stream's windows and their levels (``window_levels``) on the stream's calibrated
-        scale, the input of ``window_scores`` (SCORE 0 = the stream's median normal window, 1.0 = its threshold)."""
-        return self.calibration[mode].stream(stream).serve(errors, levels)
+    def scaled_errors(
+        self, errors: np.ndarray, levels: np.ndarray, spreads: np.ndarray, stream: str, mode: str
+    ) -> np.ndarray:
+        """Absolute errors of one stream's windows, their levels (``window_levels``) and spreads
+        (``window_spreads``) on the stream's calibrated scale, the input of ``window_scores`` (SCORE 0 = the stream's
+        median normal window, 1.0 = its threshold)."""
+        return self.calibration[mode].stream(stream).serve(errors, levels, spreads)
 
     def score(self, windows: np.ndarray, streams: list[str], modes: list[str]) -> dict[str, np.ndarray]:
         """Scores for raw windows; returns SCORE [B], STEP_SCORES [B, L], CHANNEL_SCORES [B, C] as float32."""
@@ -262,6 +305,7 @@ class TimeSeriesDetector:
             raise ValueError(f"windows must be [batch, {self.config.window}, {len(self.config.channels)}]")
         normalised = self.normalise_windows(windows, streams)
         levels = window_levels(normalised, self.config.slow_channels)
+        spreads = window_spreads(normalised)
         errors = np.zeros(windows.shape, dtype=np.float32)
         for mode in set(modes):
             if mode not in TS_MODES:
@@ -270,7 +314,9 @@ class TimeSeriesDetector:
             errors[rows] = self.absolute_errors(normalised[rows], mode)
             for stream in {streams[i] for i in rows}:
                 selected = [i for i in rows if streams[i] == stream]
-                errors[selected] = self.scaled_errors(errors[selected], levels[selected], stream, mode)
+                errors[selected] = self.scaled_errors(
+                    errors[selected], levels[selected], spreads[selected], stream, mode
+                )
         return window_scores(errors)
 
     def save(self, directory: Path) -> None:

@@ -27,7 +27,13 @@ from triton_models.timeseries.calibration import (
     stream_thresholds,
 )
 from triton_models.timeseries.data import LabelledAnomaly, Series, read_benchmark, read_manifest, size_key
-from triton_models.timeseries.detector import ModelConfig, TimeSeriesDetector, window_levels, window_scores
+from triton_models.timeseries.detector import (
+    ModelConfig,
+    TimeSeriesDetector,
+    window_levels,
+    window_scores,
+    window_spreads,
+)
 from triton_models.timeseries.training import (
     HOLDOUT_FRACTION,
     FitReport,
@@ -324,7 +330,11 @@ def _served_scores(
     return {
         name: window_scores(
             detector.scaled_errors(
-                batched_errors(detector, w, mode, progress), window_levels(w, slow), streams[name], mode
+                batched_errors(detector, w, mode, progress),
+                window_levels(w, slow),
+                window_spreads(w),
+                streams[name],
+                mode,
             )
         )[SCORE]
         for name, w in progress_bar(windows.items(), desc=description, disable=not progress)

@@ -18,9 +18,11 @@ from triton_models.timeseries.detector import (
     TimeSeriesDetector,
     guarded_errors,
     level_envelope,
+    spread_limits,
     unpredictable_flags,
     window_levels,
     window_scores,
+    window_spreads,
 )
 from triton_models.timeseries.networks import ConvDenoiser
 from triton_models.timeseries.normalization import (
@@ -143,13 +145,14 @@ CHANNEL_SCALE_FLOOR = 0.1
 def calibrate_mode(
     held_out_errors: dict[str, np.ndarray],
     held_out_levels: dict[str, np.ndarray],
+    held_out_spreads: dict[str, np.ndarray],
     risk: float,
     unscored: dict[str, list[int]] | None = None,
 ) -> tuple[ModeCalibration, dict[str, np.ndarray]]:
-    """Per-stream calibration from absolute errors [windows, length, channels] and levels [windows, channels]
-    (``window_levels``) of each stream's held-out normal windows: per-stream channel scale, then per-stream
-    thresholds from one pooled tail model (``stream_thresholds``); ``unscored`` channels per stream
-    (``unpredictable_flags``) stay out of the scores, and unknown streams leave out those no stream scores.
+    """Per-stream calibration from absolute errors [windows, length, channels], levels and spreads [windows,
+    channels] (``window_levels``, ``window_spreads``) of each stream's held-out normal windows: per-stream channel
+    scale, then per-stream thresholds from one pooled tail model (``stream_thresholds``); ``unscored`` channels per
+    stream (``unpredictable_flags``) stay out of the scores, and unknown streams leave out those no stream scores.
     Returns the calibration and the served scores of each stream's held-out windows (1.0 = threshold), in time
     order."""
     unscored = {name: (unscored or {}).get(name, []) for name in held_out_errors}
@@ -171,8 +174,14 @@ def calibrate_mode(
         guarded = guarded_errors(errors, scales[name], held_out_levels[name], envelopes[name], unscored[name])
         scores[name] = window_scores(guarded)[SCORE]
     location = float(np.median(pooled_scores))
+    pooled_spreads = np.concatenate([held_out_spreads[name] for name in held_out_errors])
     default = StreamCalibration(
-        pooled_scale.tolist(), location, default_threshold.value, pooled_envelope, pooled_unscored
+        pooled_scale.tolist(),
+        location,
+        default_threshold.value,
+        pooled_envelope,
+        pooled_unscored,
+        spread_limits(pooled_spreads, risk, pooled_unscored),
     )
     streams = {POOLED_STREAM: default}
     tail = None
@@ -185,13 +194,16 @@ def calibrate_mode(
                 fitted.thresholds[name],
                 envelopes[name],
                 unscored[name],
+                spread_limits(held_out_spreads[name], risk, unscored[name]),
             )
             for name in scores
         }
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
     served = {
-        name: window_scores(calibration.stream(name).serve(errors, held_out_levels[name]))[SCORE]
+        name: window_scores(calibration.stream(name).serve(errors, held_out_levels[name], held_out_spreads[name]))[
+            SCORE
+        ]
         for name, errors in held_out_errors.items()
     }
     return calibration, served
@@ -229,11 +241,12 @@ def fit_detector(
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
+    spreads = {name: window_spreads(windows) for name, windows in held_out.items()}
     flags = {name: flag_channels(tables[name][: cuts[name]]) for name in held_out}  # as the normaliser saw them
     for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
         unscored = {name: unpredictable_flags(errors[name], w, flags[name]) for name, w in held_out.items()}
-        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, risk, unscored)
+        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, spreads, risk, unscored)
     held_out_count = sum(len(w) for w in held_out.values())
     report = FitReport(losses, len(train), held_out_count, calibration_scores, {n: len(v) for n, v in tables.items()})
     return detector, report

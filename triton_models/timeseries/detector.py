@@ -103,8 +103,8 @@ HELD_SPREAD_FRACTION = 0.5
 def spread_limits(spreads: np.ndarray, risk: float, unscored: list[int]) -> list[float]:
     """Per channel, the spread [B, C] (``window_spreads``) of the stream's held-out normal windows below which the
     channel counts as held: ``HELD_SPREAD_FRACTION`` x its (risk / scored channels) quantile, so that at most about
-    ``risk`` of normal windows have any channel below its limit; 0 (never held) for unscored channels, and for a
-    channel that sat still in some normal window (a quantised or slow sensor, a flag)."""
+    ``risk`` of normal windows have any channel below its limit; 0 (never held) for unscored channels, and 0 or
+    close to it for a channel that sat still in normal windows (a quantised or slow sensor, a flag)."""
     if not len(spreads):
         return [0.0] * spreads.shape[1]
     scored = max(spreads.shape[1] - len(unscored), 1)
@@ -123,9 +123,14 @@ def guard_spreads(served: np.ndarray, spreads: np.ndarray, limits: np.ndarray) -
     rows scored below its clean normal rows, AUROC 0.16)."""
     held = spreads < limits
     deficit = np.where(held, 1.0 - spreads / np.where(held, limits, 1.0), 0.0)
-    target = np.where(held, CALIBRATED_THRESHOLD + deficit, -np.inf)
-    shortfall = np.maximum(target - served.mean(axis=1), 0.0)
-    return served + shortfall[:, None, :].astype(served.dtype)
+    return raise_channel_means(served, np.where(held, CALIBRATED_THRESHOLD + deficit, -np.inf))
+
+
+def raise_channel_means(errors: np.ndarray, floors: np.ndarray) -> np.ndarray:
+    """Errors [B, L, C] raised by one amount per window and channel, where needed, so that each channel's mean over
+    the window is at least its floor [B, C]; the per-step shape of the errors is kept (the guards' one mechanism)."""
+    shortfall = np.maximum(floors - errors.mean(axis=1), 0.0)
+    return errors + shortfall[:, None, :].astype(errors.dtype)
 
 
 def guard_levels(scaled_errors: np.ndarray, levels: np.ndarray, envelope: float) -> np.ndarray:
@@ -140,8 +145,7 @@ def guard_levels(scaled_errors: np.ndarray, levels: np.ndarray, envelope: float)
     stream's held-out normal windows reached (``level_envelope``). Counting the whole level instead (no envelope)
     alarmed on normal operation whenever a plant's channels met at levels the short training run had not shown
     together: on the 60-sensor synthetic plant, 24 % of clean normal windows (benchmarks/ts_suite.py)."""
-    shortfall = np.maximum(levels - envelope - scaled_errors.mean(axis=1), 0.0)
-    return scaled_errors + shortfall[:, None, :]
+    return raise_channel_means(scaled_errors, levels - envelope)
 
 
 def level_envelope(levels: np.ndarray, risk: float, unscored: list[int]) -> float:

@@ -221,7 +221,8 @@ def fit_detector(
     held-out rows (each held-out window may reach back into fit rows: that is the stream's past)."""
     torch.manual_seed(config.seed)
     cuts = {name: split_holdout(values, holdout_fraction) for name, values in tables.items()}
-    normalizer = StreamNormalizer.fit({name: values[: cuts[name]] for name, values in tables.items()})
+    fit_rows = {name: values[: cuts[name]] for name, values in tables.items()}
+    normalizer = StreamNormalizer.fit(fit_rows)
     normalised = {name: normalizer.normalise(values, name) for name, values in tables.items()}
     config.slow_channels = slow_channels(
         {name: v[: cuts[name]] for name, v in normalised.items()},
@@ -235,14 +236,14 @@ def fit_detector(
     held_out = {name: sliding_windows(v, config.window, 1, first_end=cuts[name]) for name, v in normalised.items()}
     held_out = {name: windows for name, windows in held_out.items() if len(windows)}
     network = TimeSeriesDetector.build_network(config)
-    network.prior.fit(train, flag_channels(np.concatenate([values[: cuts[name]] for name, values in tables.items()])))
+    network.prior.fit(train, flag_channels(np.concatenate(list(fit_rows.values()))))
     schedule = NoiseSchedule(config.diffusion_steps, config.schedule)
     losses = train_denoiser(network, schedule, train, epochs, config.seed, progress=progress)
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
     levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
     spreads = {name: window_spreads(windows) for name, windows in held_out.items()}
-    flags = {name: flag_channels(tables[name][: cuts[name]]) for name in held_out}  # as the normaliser saw them
+    flags = {name: flag_channels(fit_rows[name]) for name in held_out}  # as the normaliser saw them
     for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
         errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
         unscored = {name: unpredictable_flags(errors[name], w, flags[name]) for name, w in held_out.items()}

@@ -18,27 +18,33 @@ from triton_models.timeseries.detector import (
     window_scores,
     window_spreads,
 )
-from triton_models.timeseries.training import CHANNEL_SCALE_FLOOR, MIN_STREAM_WINDOWS, calibrate_mode
+from triton_models.timeseries.training import (
+    CHANNEL_SCALE_FLOOR,
+    MIN_STREAM_WINDOWS,
+    NormalWindows,
+    calibrate_mode,
+)
 
 
 def _errors(seed: int, windows: int, scale: list[float]) -> np.ndarray:
     return np.abs(np.random.default_rng(seed).normal(size=(windows, 8, len(scale)))) * np.asarray(scale)
 
 
-def _level_zero(held_out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Windows sitting at their training level: only the errors count."""
-    return {name: np.zeros((len(e), e.shape[2]), dtype=np.float32) for name, e in held_out.items()}
-
-
-def _spread_one(held_out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Windows that move as much as each other: no channel is held."""
-    return {name: np.ones((len(e), e.shape[2]), dtype=np.float32) for name, e in held_out.items()}
+def _windows(errors: dict[str, np.ndarray]) -> dict[str, NormalWindows]:
+    """Windows sitting at their training level (only the errors count) that move as much as each other (no channel
+    is held)."""
+    return {
+        name: NormalWindows(
+            e, np.zeros((len(e), e.shape[2]), dtype=np.float32), np.ones((len(e), e.shape[2]), dtype=np.float32)
+        )
+        for name, e in errors.items()
+    }
 
 
 def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served_scores() -> None:
     quiet = _errors(0, 200, [1.0, 2.0])
     held_out = {"quiet": quiet, "loud": 100 * quiet}
-    calibration, served = calibrate_mode(held_out, _level_zero(held_out), _spread_one(held_out), risk=1e-2)
+    calibration, served = calibrate_mode(_windows(held_out), risk=1e-2)
     assert calibration.stream("loud").threshold == pytest.approx(calibration.stream("quiet").threshold)
     quiet_scale = np.asarray(calibration.stream("quiet").channel_scale)
     np.testing.assert_allclose(calibration.stream("loud").channel_scale, 100 * quiet_scale, rtol=1e-6)
@@ -53,16 +59,14 @@ def test_loud_and_quiet_streams_get_thresholds_in_proportion_and_the_same_served
 
 def test_a_noisy_channel_does_not_dominate_its_stream() -> None:
     errors = _errors(1, 100, [1.0, 5.0])
-    calibration, _ = calibrate_mode(
-        {"pump": errors}, _level_zero({"pump": errors}), _spread_one({"pump": errors}), risk=1e-2
-    )
+    calibration, _ = calibrate_mode(_windows({"pump": errors}), risk=1e-2)
     scaled = errors / np.asarray(calibration.stream("pump").channel_scale)
     assert scaled[..., 0].mean() == pytest.approx(1.0) and scaled[..., 1].mean() == pytest.approx(1.0)
 
 
 def test_unknown_and_short_streams_use_the_pooled_default() -> None:
     held_out = {"long": _errors(2, 300, [1.0, 1.0]), "short": _errors(3, MIN_STREAM_WINDOWS - 1, [5.0, 5.0])}
-    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), _spread_one(held_out), risk=1e-2)
+    calibration, _ = calibrate_mode(_windows(held_out), risk=1e-2)
     assert set(calibration.streams) == {"default", "long"}
     assert calibration.stream("short") is calibration.stream("never-seen") is calibration.streams["default"]
     assert calibration.default_threshold.value == calibration.streams["default"].threshold
@@ -71,17 +75,33 @@ def test_unknown_and_short_streams_use_the_pooled_default() -> None:
 def test_a_channel_flat_in_the_held_out_tail_keeps_a_floor_scale() -> None:
     flat = _errors(4, 100, [1.0, 1.0])
     flat[..., 1] = 0.0
-    calibration, _ = calibrate_mode({"flat": flat}, _level_zero({"flat": flat}), _spread_one({"flat": flat}), risk=1e-2)
+    calibration, _ = calibrate_mode(_windows({"flat": flat}), risk=1e-2)
     scale = calibration.stream("flat").channel_scale
     assert scale[1] == pytest.approx(CHANNEL_SCALE_FLOOR * (scale[0] + 0.0) / 2)
 
 
 def test_calibration_survives_json() -> None:
     held_out = {"a": _errors(6, 50, [1.0, 3.0])}
-    calibration, _ = calibrate_mode(held_out, _level_zero(held_out), _spread_one(held_out), risk=1e-2)
+    calibration, _ = calibrate_mode(_windows(held_out), risk=1e-2)
     restored = ModeCalibration.from_json(calibration.to_json())
     assert restored.to_json() == calibration.to_json()
     assert restored.served_threshold().value == 1.0
+
+
+def test_fit_windows_that_score_higher_raise_the_threshold_and_never_lower_it() -> None:
+    held_out = {"a": _errors(8, 100, [1.0, 1.0]), "b": _errors(9, 100, [1.0, 1.0])}
+    base, base_served = calibrate_mode(_windows(held_out), risk=1e-2)
+    # stream a's fit rows reached operating points its short held-out tail did not: its errors there spread wider
+    wider = {"a": _errors(10, 300, [1.0, 1.0]) * np.random.default_rng(11).uniform(0.5, 3.0, (300, 1, 1))}
+    wider["b"] = 0.5 * _errors(12, 300, [1.0, 1.0])  # b's fit errors are in-sample, smaller: they change nothing
+    raised, served = calibrate_mode(_windows(held_out), risk=1e-2, fit=_windows(wider))
+    assert raised.stream("a").threshold > 1.2 * base.stream("a").threshold
+    assert raised.stream("b").threshold == base.stream("b").threshold
+    assert raised.stream("a").location == base.stream("a").location  # the served 0 stays the held-out median
+    assert raised.default_threshold.value >= base.default_threshold.value
+    # the held-out windows keep their order on a scale whose 1.0 has moved up
+    assert served["a"].max() < base_served["a"].max()
+    assert np.array_equal(np.argsort(served["a"]), np.argsort(base_served["a"]))
 
 
 def test_stream_thresholds_share_one_tail_across_score_levels() -> None:
@@ -164,16 +184,15 @@ def test_a_flag_the_model_cannot_predict_stays_out_of_the_score() -> None:
     nearly = errors.copy()
     nearly[:, :, 2] *= 0.9
     assert unpredictable_flags(nearly, windows, flags) == [2]
-    calibration, served = calibrate_mode(
-        {"s": errors}, _level_zero({"s": errors}), _spread_one({"s": errors}), 1e-2, {"s": [2]}
-    )
+    windows = _windows({"s": errors})
+    calibration, served = calibrate_mode(windows, 1e-2, {"s": [2]})
     stream = calibration.stream("s")
     assert stream.unscored_channels == [2] and calibration.stream("unknown").unscored_channels == [2]
-    scores = window_scores(stream.serve(errors, _level_zero({"s": errors})["s"], _spread_one({"s": errors})["s"]))
+    scores = window_scores(stream.serve(errors, windows["s"].levels, windows["s"].spreads))
     np.testing.assert_allclose(scores["SCORE"], served["s"], rtol=1e-6)
     assert scores["CHANNEL_SCORES"][150].argmax() != 2 and served["s"][150] < 1.0
     # scored, the firing would have been the worst channel and an alarm
-    loud, loud_served = calibrate_mode({"s": errors}, _level_zero({"s": errors}), _spread_one({"s": errors}), 1e-2)
+    loud, loud_served = calibrate_mode(windows, 1e-2)
     assert loud.stream("s").unscored_channels == [] and loud_served["s"][150] > 1.0
 
 

@@ -7,13 +7,14 @@ Per-stream calibration (the practice of the SKAB reference notebooks: every seri
 normal rows): absolute errors are divided per channel by the mean error that channel shows on THIS stream's
 held-out normal windows (so a sensor that is noisy even when healthy does not dominate), raised where needed to
 the channel's distance from its training level beyond the stream's normal envelope (``guard_levels``, against
-the identity shortcut); the window scores
-as its worst channel (``window_scores``). The stream's threshold is median + z x MAD of its held-out normal scores
-(z from one POT tail fit on the pooled robust z-scores of all streams, ``calibration.stream_thresholds``), and the
+the identity shortcut); the window scores as its worst channel (``window_scores``). The stream's threshold is
+median + z x MAD of its held-out normal scores (z from one POT tail fit on the pooled robust z-scores of all
+streams, ``calibration.stream_thresholds``), raised where the stream's fit windows score higher, and the
 served SCORE is mapped so that the median is 0 and the threshold 1.0 for every stream: (score - median) /
 (threshold - median). Scores of quiet and loud streams are comparable, and a stream whose normal windows sit
 close to its threshold does not outrank another stream's anomaly. Streams never seen in training use the pooled
-``default`` calibration (pooled channel scale, POT threshold on the pooled held-out scores, their median).
+``default`` calibration (pooled channel scale, POT threshold on the pooled held-out or fit scores, whichever is
+higher, the held-out median).
 """
 
 from __future__ import annotations
@@ -226,8 +227,9 @@ class ModeCalibration:
             value=CALIBRATED_THRESHOLD,
             method="per_stream",
             rule="SCORE = (score - stream median) / (stream threshold - stream median); stream threshold = median "
-            "+ z x MAD of the stream's held-out normal scores, z = POT on the pooled robust z-scores; unknown streams: "
-            "POT on the pooled held-out scores",
+            "+ z x MAD of the stream's held-out normal scores, z = POT on the pooled robust z-scores, raised to the "
+            "same rule on its fit windows' scores where higher; unknown streams: the higher POT on the pooled held-out "
+            "or fit scores",
             details={
                 "streams": len(self.streams) - 1,
                 "z": self.tail.to_json() if self.tail else None,

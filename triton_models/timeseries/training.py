@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -142,51 +142,77 @@ MIN_STREAM_WINDOWS = 20
 CHANNEL_SCALE_FLOOR = 0.1
 
 
+@dataclass
+class NormalWindows:
+    """What calibration takes from one stream's normal windows: the model's absolute errors [windows, length,
+    channels], the windows' levels and spreads [windows, channels] (``window_levels``, ``window_spreads``)."""
+
+    errors: np.ndarray
+    levels: np.ndarray
+    spreads: np.ndarray
+
+
+def pooled_windows(streams: dict[str, NormalWindows]) -> NormalWindows:
+    """The windows of every stream as one set (the pooled ``default`` calibration)."""
+    return NormalWindows(
+        *(np.concatenate([getattr(windows, key.name) for windows in streams.values()]) for key in fields(NormalWindows))
+    )
+
+
+# Calibration also scores every this many windows of the fit rows (``stream_thresholds``): overlapping windows
+# repeat each other, and a quarter of them show the same operating points at a quarter of the scoring time.
+FIT_WINDOW_STRIDE = 4
+
+
 def calibrate_mode(
-    held_out_errors: dict[str, np.ndarray],
-    held_out_levels: dict[str, np.ndarray],
-    held_out_spreads: dict[str, np.ndarray],
+    held_out: dict[str, NormalWindows],
     risk: float,
     unscored: dict[str, list[int]] | None = None,
+    fit: dict[str, NormalWindows] | None = None,
 ) -> tuple[ModeCalibration, dict[str, np.ndarray]]:
-    """Per-stream calibration from absolute errors [windows, length, channels], levels and spreads [windows,
-    channels] (``window_levels``, ``window_spreads``) of each stream's held-out normal windows: per-stream channel
-    scale, then per-stream thresholds from one pooled tail model (``stream_thresholds``); ``unscored`` channels per
-    stream (``unpredictable_flags``) stay out of the scores, and unknown streams leave out those no stream scores.
-    Returns the calibration and the served scores of each stream's held-out windows (1.0 = threshold), in time
-    order."""
-    unscored = {name: (unscored or {}).get(name, []) for name in held_out_errors}
+    """Per-stream calibration from each stream's held-out normal windows: per-stream channel scale, then per-stream
+    thresholds from one pooled tail model (``stream_thresholds``), raised where the stream's ``fit`` windows (the
+    rows the model was trained on) score higher; ``unscored`` channels per stream (``unpredictable_flags``) stay out
+    of the scores, and unknown streams leave out those no stream scores. Returns the calibration and the served
+    scores of each stream's held-out windows (1.0 = threshold), in time order."""
+    unscored = {name: (unscored or {}).get(name, []) for name in held_out}
+    fit = fit or {}
     pooled_unscored = sorted(set.intersection(*map(set, unscored.values())))
-    pooled_errors = np.concatenate(list(held_out_errors.values()))
-    pooled_levels = np.concatenate([held_out_levels[name] for name in held_out_errors])
-    pooled_scale = np.maximum(pooled_errors.mean(axis=(0, 1)), 1e-8)
-    pooled_envelope = level_envelope(pooled_levels, risk, pooled_unscored)
-    pooled_guarded = guarded_errors(pooled_errors, pooled_scale, pooled_levels, pooled_envelope, pooled_unscored)
-    pooled_scores = window_scores(pooled_guarded)[SCORE]
+    pooled = pooled_windows(held_out)
+    pooled_scale = np.maximum(pooled.errors.mean(axis=(0, 1)), 1e-8)
+    pooled_envelope = level_envelope(pooled.levels, risk, pooled_unscored)
+
+    def raw_scores(windows: NormalWindows, scale: np.ndarray, envelope: float, skipped: list[int]) -> np.ndarray:
+        return window_scores(guarded_errors(windows.errors, scale, windows.levels, envelope, skipped))[SCORE]
+
+    pooled_scores = raw_scores(pooled, pooled_scale, pooled_envelope, pooled_unscored)
     default_threshold = pot_threshold(pooled_scores, risk)
-    scales, envelopes, scores = {}, {}, {}
-    for name, errors in held_out_errors.items():
-        if len(errors) < MIN_STREAM_WINDOWS:
+    if fit:
+        pooled_fit = pooled_windows(fit)
+        fit_threshold = pot_threshold(raw_scores(pooled_fit, pooled_scale, pooled_envelope, pooled_unscored), risk)
+        default_threshold = max(default_threshold, fit_threshold, key=lambda threshold: threshold.value)
+    scales, envelopes, scores, fit_scores = {}, {}, {}, {}
+    for name, windows in held_out.items():
+        if len(windows.errors) < MIN_STREAM_WINDOWS:
             continue
-        scale = errors.mean(axis=(0, 1))
+        scale = windows.errors.mean(axis=(0, 1))
         scales[name] = np.maximum(scale, max(CHANNEL_SCALE_FLOOR * scale.mean(), 1e-8))
-        envelopes[name] = level_envelope(held_out_levels[name], risk, unscored[name])
-        guarded = guarded_errors(errors, scales[name], held_out_levels[name], envelopes[name], unscored[name])
-        scores[name] = window_scores(guarded)[SCORE]
-    location = float(np.median(pooled_scores))
-    pooled_spreads = np.concatenate([held_out_spreads[name] for name in held_out_errors])
+        envelopes[name] = level_envelope(windows.levels, risk, unscored[name])
+        scores[name] = raw_scores(windows, scales[name], envelopes[name], unscored[name])
+        if name in fit:
+            fit_scores[name] = raw_scores(fit[name], scales[name], envelopes[name], unscored[name])
     default = StreamCalibration(
         pooled_scale.tolist(),
-        location,
+        float(np.median(pooled_scores)),
         default_threshold.value,
         pooled_envelope,
         pooled_unscored,
-        spread_limits(pooled_spreads, risk, pooled_unscored),
+        spread_limits(pooled.spreads, risk, pooled_unscored),
     )
     streams = {POOLED_STREAM: default}
     tail = None
     if scores:
-        fitted = stream_thresholds(scores, risk)
+        fitted = stream_thresholds(scores, risk, fit_scores)
         streams |= {
             name: StreamCalibration(
                 scales[name].tolist(),
@@ -194,17 +220,15 @@ def calibrate_mode(
                 fitted.thresholds[name],
                 envelopes[name],
                 unscored[name],
-                spread_limits(held_out_spreads[name], risk, unscored[name]),
+                spread_limits(held_out[name].spreads, risk, unscored[name]),
             )
             for name in scores
         }
         tail = fitted.tail
     calibration = ModeCalibration(streams, default_threshold, tail)
     served = {
-        name: window_scores(calibration.stream(name).serve(errors, held_out_levels[name], held_out_spreads[name]))[
-            SCORE
-        ]
-        for name, errors in held_out_errors.items()
+        name: window_scores(calibration.stream(name).serve(w.errors, w.levels, w.spreads))[SCORE]
+        for name, w in held_out.items()
     }
     return calibration, served
 
@@ -218,7 +242,8 @@ def fit_detector(
     progress: bool = True,
 ) -> tuple[TimeSeriesDetector, FitReport]:
     """Normalise per stream on its fit rows, train on their windows, calibrate every mode per stream on the
-    held-out rows (each held-out window may reach back into fit rows: that is the stream's past)."""
+    held-out rows (each held-out window may reach back into fit rows: that is the stream's past), the thresholds
+    raised where the fit rows' windows score higher (``calibrate_mode``)."""
     torch.manual_seed(config.seed)
     cuts = {name: split_holdout(values, holdout_fraction) for name, values in tables.items()}
     fit_rows = {name: values[: cuts[name]] for name, values in tables.items()}
@@ -241,13 +266,20 @@ def fit_detector(
     losses = train_denoiser(network, schedule, train, epochs, config.seed, progress=progress)
     detector = TimeSeriesDetector(config, network, normalizer)
     calibration_scores = {}
-    levels = {name: window_levels(windows, config.slow_channels) for name, windows in held_out.items()}
-    spreads = {name: window_spreads(windows) for name, windows in held_out.items()}
+    fit_windows = {
+        name: sliding_windows(normalised[name][: cuts[name]], config.window, FIT_WINDOW_STRIDE) for name in held_out
+    }
     flags = {name: flag_channels(fit_rows[name]) for name in held_out}  # as the normaliser saw them
+
+    def normal_windows(windows: np.ndarray, mode: str) -> NormalWindows:
+        errors = batched_errors(detector, windows, mode, False)
+        return NormalWindows(errors, window_levels(windows, config.slow_channels), window_spreads(windows))
+
     for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
-        errors = {name: batched_errors(detector, windows, mode, False) for name, windows in held_out.items()}
-        unscored = {name: unpredictable_flags(errors[name], w, flags[name]) for name, w in held_out.items()}
-        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(errors, levels, spreads, risk, unscored)
+        held = {name: normal_windows(windows, mode) for name, windows in held_out.items()}
+        fit = {name: normal_windows(windows, mode) for name, windows in fit_windows.items() if len(windows)}
+        unscored = {name: unpredictable_flags(held[name].errors, w, flags[name]) for name, w in held_out.items()}
+        detector.calibration[mode], calibration_scores[mode] = calibrate_mode(held, risk, unscored, fit)
     held_out_count = sum(len(w) for w in held_out.values())
     report = FitReport(losses, len(train), held_out_count, calibration_scores, {n: len(v) for n, v in tables.items()})
     return detector, report

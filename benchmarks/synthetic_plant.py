@@ -17,6 +17,7 @@ stay put):
   +-0.5 of its sd by the end (normal operation moved on; not labelled);
 - ``few_rows``: 8 sensors, 500 train rows;
 - ``wide``: 60 sensors, 4,000 train rows;
+- ``wide_few``: 52 sensors, 500 train rows (the shape of a process plant's short reference run);
 - ``binary``: 4 analog + 6 binary sensors (on/off flags, each switching with its own latent sine's sign), 6,000
   train rows; anomalies also include a flag flipped against its latent for the anomaly's rows.
 
@@ -52,6 +53,7 @@ MIXTURES = {
     "few_rows": (8, 0, 500, 0.0, 3),
     "wide": (60, 0, 4_000, 0.0, 4),
     "binary": (4, 6, 6_000, 0.0, 5),
+    "wide_few": (52, 0, 500, 0.0, 7),
 }
 MIXTURE_TEST_ROWS = 3_000
 COMMANDS = (24, 6, 2_000, 3_000, 6)  # command flags, of which dormant in training, train rows, test rows, seed

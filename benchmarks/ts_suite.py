@@ -6,9 +6,9 @@ diffusion modes, the level z-score and PCA baselines in the same run, thresholds
 - ``skab``: SKAB in the leaderboard protocol (``diffsentry datasets skab``);
 - ``skab_normal``: out-of-sample false alarms on normal data only: SKAB's anomaly-free run, the first half as
   train.csv, the second half as test.csv (all rows normal); only the alarm rate means something here;
-- ``drift``, ``few_rows``, ``wide``, ``binary``: the mixture plants of ``benchmarks/synthetic_plant.py`` (slow
-  drift between the training and test periods, 500 training rows, 60 sensors, binary flags; stuck sensors and
-  broken correlations in all of them);
+- ``drift``, ``few_rows``, ``wide``, ``wide_few``, ``binary``: the mixture plants of
+  ``benchmarks/synthetic_plant.py`` (slow drift between the training and test periods, 500 training rows, 60
+  sensors, 52 sensors with 500 training rows, binary flags; stuck sensors and broken correlations in all of them);
 - ``shapes``: the synthetic plant whose anomalies leave the level put (frequency, noise burst, stuck, amplitude);
 - ``commands``: telemetry of the spacecraft kind, one analog sensor beside 24 rarely firing command flags (some of
   which never fire in training); the anomalies are on the analog sensor only.
@@ -40,7 +40,7 @@ from triton_models.timeseries.datasets import convert_skab  # noqa: E402
 from triton_models.timeseries.detector import ModelConfig  # noqa: E402
 from triton_models.timeseries.evaluation import evaluate_benchmark  # noqa: E402
 
-SETS = ("few_rows", "skab_normal", "binary", "drift", "wide", "shapes", "commands", "skab")
+SETS = ("few_rows", "skab_normal", "binary", "drift", "wide", "wide_few", "shapes", "commands", "skab")
 NORMAL_ONLY = ("skab_normal",)
 RISK = 1e-3
 METRICS = ("auroc", "auprc", "vus_pr", "f1", "point_adjusted_f1", "event_f1", "clean_normal_alarm_rate")

@@ -33,7 +33,9 @@ def test_drift_plant_moves_its_normal_level_in_the_test_period(tmp_path: Path) -
 def test_few_rows_and_wide_plants(tmp_path: Path) -> None:
     write_plant("few_rows", tmp_path / "few")
     write_plant("wide", tmp_path / "wide")
+    write_plant("wide_few", tmp_path / "wide_few")
     assert read_benchmark(tmp_path / "few")[0].train.values.shape == (500, 8)
+    assert read_benchmark(tmp_path / "wide_few")[0].train.values.shape == (500, 52)
     wide = read_benchmark(tmp_path / "wide")[0].train.values
     assert wide.shape == (4_000, 60)
     assert np.abs(np.corrcoef(wide.T)[np.triu_indices(60, 1)]).mean() > 0.3  # sensors share 3 latent signals

@@ -269,15 +269,22 @@ def fit_detector(
     fit_windows = {
         name: sliding_windows(normalised[name][: cuts[name]], config.window, FIT_WINDOW_STRIDE) for name in held_out
     }
+    fit_windows = {name: windows for name, windows in fit_windows.items() if len(windows)}
     flags = {name: flag_channels(fit_rows[name]) for name in held_out}  # as the normaliser saw them
 
-    def normal_windows(windows: np.ndarray, mode: str) -> NormalWindows:
-        errors = batched_errors(detector, windows, mode, False)
-        return NormalWindows(errors, window_levels(windows, config.slow_channels), window_spreads(windows))
+    def levels_and_spreads(windows: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {name: (window_levels(w, config.slow_channels), window_spreads(w)) for name, w in windows.items()}
 
+    held_shapes, fit_shapes = levels_and_spreads(held_out), levels_and_spreads(fit_windows)  # the same in every mode
     for mode in progress_bar(TS_MODES, desc="calibrate", disable=not progress):
-        held = {name: normal_windows(windows, mode) for name, windows in held_out.items()}
-        fit = {name: normal_windows(windows, mode) for name, windows in fit_windows.items() if len(windows)}
+        held = {
+            name: NormalWindows(batched_errors(detector, w, mode, False), *held_shapes[name])
+            for name, w in held_out.items()
+        }
+        fit = {
+            name: NormalWindows(batched_errors(detector, w, mode, False), *fit_shapes[name])
+            for name, w in fit_windows.items()
+        }
         unscored = {name: unpredictable_flags(held[name].errors, w, flags[name]) for name, w in held_out.items()}
         detector.calibration[mode], calibration_scores[mode] = calibrate_mode(held, risk, unscored, fit)
     held_out_count = sum(len(w) for w in held_out.values())
